@@ -1,0 +1,179 @@
+//! `allowed_outbound_hosts`: which network destinations a component may reach.
+//!
+//! Spin denies every outbound connection that the component did not declare,
+//! so a compromised or buggy guest cannot reach arbitrary hosts. Entries have
+//! the form `scheme://host[:port]`, where the scheme, the host (or its leftmost
+//! labels, `*.example.com`) and the port may be `*`, and a missing port means
+//! the scheme's well-known port.
+
+use anyhow::{Result, bail};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHost {
+    scheme: Pattern,
+    host: HostPattern,
+    port: PortPattern,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Any,
+    Exact(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Any,
+    /// `*.example.com`: any name ending in `.example.com`.
+    Subdomains(String),
+    /// `self`: requests back into this application. Accepted, as Spin
+    /// accepts it, but such requests are not routed yet, so it allows nothing.
+    ToSelf,
+    Exact(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PortPattern {
+    Any,
+    /// No port given: the scheme's default port.
+    Default,
+    Exact(u16),
+    Range(u16, u16),
+}
+
+impl AllowedHost {
+    pub fn parse(text: &str) -> Result<Self> {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            bail!("expected `scheme://host[:port]` (for example \"https://example.com\"); the scheme is required");
+        };
+        if scheme.is_empty() {
+            bail!("the scheme is empty");
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            bail!("a path is not allowed, only `scheme://host[:port]`");
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
+                (host, Some(port))
+            }
+            _ => (rest, None),
+        };
+        if host.is_empty() {
+            bail!("the host is empty");
+        }
+        let host = match host {
+            "*" => HostPattern::Any,
+            "self" | "self.alt" => HostPattern::ToSelf,
+            h if h.starts_with("*.") => HostPattern::Subdomains(h[1..].to_ascii_lowercase()),
+            h if h.contains('*') => bail!("`*` may only stand for the whole host or its leftmost labels (`*.example.com`)"),
+            h => HostPattern::Exact(h.to_ascii_lowercase()),
+        };
+        let port = match port {
+            None if default_port(scheme).is_none() && scheme != "*" && host != HostPattern::ToSelf => bail!(
+                "no port was given and the scheme {scheme:?} has no default port"
+            ),
+            None => PortPattern::Default,
+            Some("*") => PortPattern::Any,
+            Some(p) => match p.split_once("..") {
+                Some((lo, hi)) => PortPattern::Range(parse_port(lo)?, parse_port(hi)?),
+                None => PortPattern::Exact(parse_port(p)?),
+            },
+        };
+        let scheme = match scheme {
+            "*" => Pattern::Any,
+            s => Pattern::Exact(s.to_ascii_lowercase()),
+        };
+        Ok(AllowedHost { scheme, host, port })
+    }
+
+    /// Whether a request to `scheme://host[:port]` is covered by this entry.
+    pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        let scheme_ok = match &self.scheme {
+            Pattern::Any => true,
+            Pattern::Exact(s) => s.eq_ignore_ascii_case(scheme),
+        };
+        let host = host.to_ascii_lowercase();
+        let host_ok = match &self.host {
+            HostPattern::Any => true,
+            HostPattern::Subdomains(suffix) => host.ends_with(suffix.as_str()),
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::ToSelf => false,
+        };
+        let port = port.or_else(|| default_port(scheme));
+        let port_ok = match (&self.port, port) {
+            (PortPattern::Any, _) => true,
+            (PortPattern::Default, Some(p)) => Some(p) == default_port(scheme),
+            (PortPattern::Exact(want), Some(p)) => *want == p,
+            (PortPattern::Range(lo, hi), Some(p)) => (*lo..*hi).contains(&p),
+            (_, None) => false,
+        };
+        scheme_ok && host_ok && port_ok
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16> {
+    text.parse()
+        .map_err(|_| anyhow::anyhow!("expected a port number, `*` or a range `lo..hi`, found {text:?}"))
+}
+
+pub fn default_port(scheme: &str) -> Option<u16> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        "redis" => Some(6379),
+        "rediss" => Some(6380),
+        "mysql" => Some(3306),
+        "postgres" => Some(5432),
+        "mqtt" => Some(1883),
+        _ => None,
+    }
+}
+
+/// A component's whole allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList(Vec<AllowedHost>);
+
+impl AllowList {
+    pub fn new(hosts: Vec<AllowedHost>) -> Self {
+        AllowList(hosts)
+    }
+
+    pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        self.0.iter().any(|h| h.allows(scheme, host, port))
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(entry: &str, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        AllowedHost::parse(entry).unwrap().allows(scheme, host, port)
+    }
+
+    #[test]
+    fn default_port_is_the_schemes() {
+        assert!(allows("https://api.example.com", "https", "api.example.com", None));
+        assert!(allows("https://api.example.com", "https", "api.example.com", Some(443)));
+        assert!(!allows("https://api.example.com", "https", "api.example.com", Some(8443)));
+        assert!(!allows("https://api.example.com", "http", "api.example.com", None));
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(allows("http://*.spin.internal", "http", "users.spin.internal", None));
+        assert!(!allows("http://*.spin.internal", "http", "spin.internal", None));
+        assert!(allows("*://localhost:*", "redis", "localhost", Some(7000)));
+        assert!(allows("http://127.0.0.1:3000..3010", "http", "127.0.0.1", Some(3005)));
+        assert!(!allows("http://127.0.0.1:3000..3010", "http", "127.0.0.1", Some(3010)));
+    }
+
+    #[test]
+    fn malformed_entries_are_rejected() {
+        for bad in ["example.com", "http://", "http://a/b", "http://a:x", "http://a*b.com"] {
+            assert!(AllowedHost::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

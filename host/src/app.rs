@@ -1,0 +1,235 @@
+//! Turning a manifest into a running application: resolve variables and
+//! stores, compile and link every triggered component, build the router.
+//!
+//! Everything that can be checked is checked here, before the listener
+//! opens, so configuration mistakes stop `bazaar up` with one clear message
+//! rather than surfacing as failed requests.
+
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use wasmtime::component::Component;
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+
+use crate::allowed_hosts::{AllowList, AllowedHost};
+use crate::component::{ComponentRuntime, Limits};
+use crate::http_trigger::HttpApp;
+use crate::instance::{self, Capabilities};
+use crate::key_value::{KvGrants, KvStores};
+use crate::logs::ComponentLogs;
+use crate::manifest::{Manifest, RouteSpec};
+use crate::router::Router;
+use crate::runtime_config::{Location, RuntimeConfig};
+use crate::sqlite::{Databases, SqliteGrants};
+use crate::template::Template;
+use crate::variables::{AppVariables, ComponentVariables};
+
+pub struct AppOptions {
+    pub state_dir: PathBuf,
+    pub runtime_config_file: Option<PathBuf>,
+    pub cache_dir: PathBuf,
+    /// Components whose stdio is echoed to the terminal.
+    pub follow: Follow,
+    pub limits: Limits,
+}
+
+pub enum Follow {
+    None,
+    All,
+    Some(BTreeSet<String>),
+}
+
+impl Follow {
+    fn includes(&self, id: &str) -> bool {
+        match self {
+            Follow::None => false,
+            Follow::All => true,
+            Follow::Some(ids) => ids.contains(id),
+        }
+    }
+}
+
+pub fn engine(options: &AppOptions) -> Result<Engine> {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .wasm_component_model_async(true)
+        .concurrency_support(true)
+        .epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.max_memory_size(options.limits.memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let mut cache = CacheConfig::new();
+    cache.with_directory(&options.cache_dir);
+    let cache = Cache::new(cache).map_err(anyhow::Error::from);
+    config.cache(Some(cache.context("cannot set up the compiled-component cache")?));
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("cannot create the wasmtime engine")
+}
+
+/// Loads the application; the returned app is ready to serve.
+pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Result<Arc<HttpApp>> {
+    let variables = AppVariables::resolve(manifest, |name| std::env::var(name).ok())?;
+    let runtime_config =
+        RuntimeConfig::load(options.runtime_config_file.as_deref(), &options.state_dir)?;
+    check_labels_defined(manifest, &runtime_config)?;
+
+    let triggered: Vec<(&str, bool)> = manifest
+        .http_triggers
+        .iter()
+        .map(|t| (t.component.as_str(), t.route == RouteSpec::Private))
+        .collect();
+    let used = |pick: fn(&crate::manifest::Component) -> &Vec<String>| -> BTreeSet<String> {
+        triggered
+            .iter()
+            .flat_map(|(id, _)| pick(&manifest.components[*id]).iter().cloned())
+            .collect()
+    };
+    let kv_used = used(|c| &c.key_value_stores);
+    let sqlite_used = used(|c| &c.sqlite_databases);
+    announce_defaults(&runtime_config, &kv_used, &sqlite_used);
+    let kv_stores = Arc::new(KvStores::open(
+        runtime_config.key_value_stores.keys().cloned().collect(),
+        only(&runtime_config.key_value_stores, &kv_used),
+    )?);
+    let databases = Arc::new(Databases::open(
+        runtime_config.sqlite_databases.keys().cloned().collect(),
+        only(&runtime_config.sqlite_databases, &sqlite_used),
+    )?);
+
+    let logs_dir = options.state_dir.join("logs");
+    eprintln!("Logging component stdio to \"{}/\"", logs_dir.display());
+    let linker = instance::linker(engine)?;
+    let app_link = Arc::new(OnceLock::new());
+    let mut runtimes = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (id, _) in &triggered {
+        if !seen.insert(*id) {
+            continue;
+        }
+        let component = &manifest.components[*id];
+        let context = || format!("component `{id}`");
+        let wasm = compile(engine, &manifest.source_path(component)).with_context(context)?;
+        let pre = linker
+            .instantiate_pre(&wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(context)?;
+        let pre = ServicePre::new(pre).map_err(|e| {
+            anyhow::anyhow!(
+                "component `{id}` does not export `wasi:http/handler@0.3.0`, so it cannot serve HTTP \
+                 (build it with spin-sdk 7's #[http_service]): {e}"
+            )
+        })?;
+        let capabilities = Arc::new(Capabilities {
+            key_value: KvGrants {
+                stores: Arc::clone(&kv_stores),
+                granted: component.key_value_stores.iter().cloned().collect(),
+            },
+            sqlite: SqliteGrants {
+                databases: Arc::clone(&databases),
+                granted: component.sqlite_databases.iter().cloned().collect(),
+            },
+            variables: ComponentVariables::resolve(&variables, &component.variables)
+                .with_context(context)?,
+        });
+        let allowed = allow_list(&variables, &component.allowed_outbound_hosts).with_context(context)?;
+        let logs = ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?;
+        runtimes.push(Arc::new(ComponentRuntime::new(
+            id,
+            pre,
+            capabilities,
+            Arc::new(allowed),
+            component.environment.clone().into_iter().collect(),
+            logs,
+            options.limits.clone(),
+            Arc::clone(&app_link),
+        )));
+    }
+
+    let router = Router::new(manifest.http_triggers.iter().filter_map(|t| match &t.route {
+        RouteSpec::Public(route) => Some((route.as_str(), t.component.as_str())),
+        RouteSpec::Private => None,
+    }));
+    let application = &manifest.application;
+    let info = serde_json::json!({
+        "name": application.name,
+        "version": application.version,
+        "description": application.description,
+        "runtime": concat!("bazaar ", env!("CARGO_PKG_VERSION")),
+    });
+    let app = Arc::new(HttpApp::new(info, router, runtimes));
+    app_link
+        .set(Arc::downgrade(&app))
+        .map_err(|_| anyhow::anyhow!("application linked twice"))?;
+    Ok(app)
+}
+
+fn compile(engine: &Engine, path: &Path) -> Result<Component> {
+    if !path.exists() {
+        bail!("{} does not exist: run `bazaar build` first", path.display());
+    }
+    Component::from_file(engine, path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot load {}", path.display()))
+}
+
+/// Spin refuses to start when a component names a store nobody defined.
+fn check_labels_defined(manifest: &Manifest, config: &RuntimeConfig) -> Result<()> {
+    let mut problems = Vec::new();
+    for (id, component) in &manifest.components {
+        for label in &component.key_value_stores {
+            if !config.key_value_stores.contains_key(label) {
+                problems.push(format!("component `{id}` uses key-value store `{label}`"));
+            }
+        }
+        for label in &component.sqlite_databases {
+            if !config.sqlite_databases.contains_key(label) {
+                problems.push(format!("component `{id}` uses SQLite database `{label}`"));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}: stores are used but not defined; only `default` exists without a runtime config file \
+             (--runtime-config-file) defining `[key_value_store.<label>]` or `[sqlite_database.<label>]`:\n  - {}",
+            manifest.path.display(),
+            problems.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+fn only(all: &BTreeMap<String, Location>, used: &BTreeSet<String>) -> BTreeMap<String, Location> {
+    all.iter()
+        .filter(|(label, _)| used.contains(*label))
+        .map(|(l, loc)| (l.clone(), loc.clone()))
+        .collect()
+}
+
+fn announce_defaults(config: &RuntimeConfig, kv_used: &BTreeSet<String>, sqlite_used: &BTreeSet<String>) {
+    if kv_used.contains("default")
+        && let Some(Location::File(path)) = config.key_value_stores.get("default")
+    {
+        eprintln!("Storing default key-value data to \"{}\".", path.display());
+    }
+    if sqlite_used.contains("default")
+        && let Some(Location::File(path)) = config.sqlite_databases.get("default")
+    {
+        eprintln!("Storing default SQLite data to \"{}\".", path.display());
+    }
+}
+
+fn allow_list(variables: &AppVariables, entries: &[String]) -> Result<AllowList> {
+    let hosts = entries
+        .iter()
+        .map(|entry| {
+            let resolved = variables.render(&Template::parse(entry)?)?;
+            AllowedHost::parse(&resolved)
+                .with_context(|| format!("allowed_outbound_hosts entry {entry:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(AllowList::new(hosts))
+}

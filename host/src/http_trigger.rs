@@ -1,0 +1,240 @@
+//! Spin's HTTP trigger: a hyper server that routes each request to a
+//! component and adds Spin's `spin-*` request headers.
+//!
+//! Requests chained from one component to another (`*.spin.internal`) enter
+//! through [`HttpApp::chain`] and reach private components too; only the
+//! socket-facing path goes through the router.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
+
+use crate::component::{ComponentPool, ComponentRuntime};
+use crate::router::{RouteMatch, Router};
+
+/// Paths Spin reserves for the runtime itself.
+const WELL_KNOWN: &str = "/.well-known/spin/";
+
+/// Where a chained request reports coming from, as in Spin.
+const CHAINED_CLIENT: &str = "0.0.0.0:0";
+
+pub struct HttpApp {
+    info: serde_json::Value,
+    router: Router,
+    handlers: BTreeMap<String, ProxyHandler<ComponentPool>>,
+    next_request: AtomicU64,
+}
+
+/// The parts of a route match that become `spin-*` headers.
+struct Matched<'a> {
+    raw_route: &'a str,
+    component_route: &'a str,
+    params: &'a [(String, String)],
+    path_info: &'a str,
+}
+
+impl HttpApp {
+    /// `info` is served at `/.well-known/spin/info`.
+    pub fn new(info: serde_json::Value, router: Router, runtimes: Vec<Arc<ComponentRuntime>>) -> Self {
+        let handlers = runtimes
+            .into_iter()
+            .map(|rt| (rt.id.to_string(), ProxyHandler::new(ComponentPool(rt))))
+            .collect();
+        HttpApp { info, router, handlers, next_request: AtomicU64::new(0) }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Serves one request from a client socket.
+    pub async fn handle(&self, mut req: Request<WasiBody>, client: SocketAddr) -> Response<WasiBody> {
+        let path = req.uri().path().to_string();
+        if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
+            return self.well_known(rest);
+        }
+        let Some(RouteMatch { component, route, params, path_info }) = self.router.route(&path) else {
+            return empty(StatusCode::NOT_FOUND);
+        };
+        if let Err(status) = absolutize(&mut req) {
+            return empty(status);
+        }
+        let matched = Matched {
+            raw_route: route.raw(),
+            component_route: route.without_wildcard(),
+            params: &params,
+            path_info: &path_info,
+        };
+        set_spin_headers(&mut req, &matched, &client.to_string());
+        self.dispatch(component, req).await
+    }
+
+    /// Serves a request another component sent to `http://<target>.spin.internal`.
+    pub async fn chain(
+        &self,
+        target: &str,
+        mut req: Request<WasiBody>,
+    ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
+        if !self.handlers.contains_key(target) {
+            tracing::warn!(target, "service chaining to a component that has no HTTP trigger");
+            return Err(wasmtime_wasi_http::Error::DestinationNotFound);
+        }
+        let path_info = req.uri().path().to_string();
+        let matched = Matched {
+            raw_route: "/...",
+            component_route: "",
+            params: &[],
+            path_info: &path_info,
+        };
+        set_spin_headers(&mut req, &matched, CHAINED_CLIENT);
+        Ok(self.dispatch(target, req).await)
+    }
+
+    async fn dispatch(&self, component: &str, req: Request<WasiBody>) -> Response<WasiBody> {
+        let Some(handler) = self.handlers.get(component) else {
+            return empty(StatusCode::NOT_FOUND);
+        };
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        match handler.handle(request, req).await {
+            Ok(response) => {
+                tracing::debug!(component, %method, %uri, status = response.status().as_u16(), "handled");
+                response
+            }
+            Err(error) if error.downcast_ref::<ExpirationError>().is_some() => {
+                tracing::error!(
+                    component, %method, %uri,
+                    timeout = ?handler.state().0.limits.request_timeout,
+                    "request deadline exceeded; the instance was discarded"
+                );
+                empty(StatusCode::GATEWAY_TIMEOUT)
+            }
+            Err(error) => {
+                tracing::error!(component, %method, %uri, "error processing request: {error:?}");
+                empty(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    fn well_known(&self, rest: &str) -> Response<WasiBody> {
+        match rest {
+            "health" => full(StatusCode::OK, "text/plain", Bytes::from_static(b"OK")),
+            "info" => full(StatusCode::OK, "application/json", Bytes::from(self.info.to_string())),
+            _ => empty(StatusCode::NOT_FOUND),
+        }
+    }
+}
+
+/// Spin hands components an absolute URI built from the `Host` header.
+fn absolutize(req: &mut Request<WasiBody>) -> Result<(), StatusCode> {
+    if req.uri().authority().is_some() {
+        return Ok(());
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    *req.uri_mut() = format!("http://{host}{path}").parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+    Ok(())
+}
+
+fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: &str) {
+    let full_url = req.uri().to_string();
+    let headers = req.headers_mut();
+    // Clients must not be able to forge what the host tells the component.
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("spin-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+    let raw = matched.raw_route;
+    let matched_route = if raw.len() > 1 { raw.strip_suffix('/').unwrap_or(raw) } else { raw };
+    let mut set = |name: &str, value: &str| {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
+        }
+    };
+    set("spin-path-info", matched.path_info);
+    set("spin-full-url", &full_url);
+    set("spin-matched-route", matched_route);
+    set("spin-base-path", "/");
+    set("spin-raw-component-route", matched.raw_route);
+    set("spin-component-route", matched.component_route);
+    set("spin-client-addr", client);
+    for (name, value) in matched.params {
+        set(&format!("spin-path-match-{}", name.to_ascii_lowercase().replace('_', "-")), value);
+    }
+}
+
+fn empty(status: StatusCode) -> Response<WasiBody> {
+    let mut response = Response::new(Empty::new().map_err(|e| match e {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<WasiBody> {
+    let mut response = Response::new(Full::new(body).map_err(|e| match e {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    app: Arc<HttpApp>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!("accept failed: {error}");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let app = Arc::clone(&app);
+            async move {
+                let req = req.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                Ok::<_, std::convert::Infallible>(app.handle(req, client).await)
+            }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%client, "connection closed with error: {error}");
+            }
+        });
+    }
+    eprintln!("Shutting down: waiting for in-flight requests…");
+    graceful.shutdown().await;
+    Ok(())
+}

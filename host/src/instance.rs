@@ -1,0 +1,72 @@
+//! The state of one guest instance (`Store<InstanceState>`), and the linker
+//! that gives guests their imports.
+//!
+//! Each capability keeps its grants in a shared, read-only [`Capabilities`]
+//! and borrows the instance's resource table through a small view type, the
+//! same shape `wasmtime-wasi` and `wasmtime-wasi-http` use.
+
+use std::sync::Arc;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings;
+use crate::key_value::{KeyValue, KvGrants, KvView};
+use crate::outbound_http::OutboundHttp;
+use crate::sqlite::{Sqlite, SqliteGrants, SqliteView};
+use crate::variables::{ComponentVariables, Variables};
+
+/// What one component was granted in the manifest, shared by its instances.
+pub struct Capabilities {
+    pub key_value: KvGrants,
+    pub sqlite: SqliteGrants,
+    pub variables: Arc<ComponentVariables>,
+}
+
+pub struct InstanceState {
+    pub table: ResourceTable,
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub outbound: OutboundHttp,
+    pub capabilities: Arc<Capabilities>,
+    pub limits: StoreLimits,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+    }
+}
+
+fn kv_view(state: &mut InstanceState) -> KvView<'_> {
+    KvView { grants: &state.capabilities.key_value, table: &mut state.table }
+}
+
+fn sqlite_view(state: &mut InstanceState) -> SqliteView<'_> {
+    SqliteView { grants: &state.capabilities.sqlite, table: &mut state.table }
+}
+
+fn variables_view(state: &mut InstanceState) -> &ComponentVariables {
+    &state.capabilities.variables
+}
+
+/// Every import a Spin component may use. Rust's std in a `wasm32-wasip2`
+/// guest imports the WASI 0.2 command interfaces, and `spin-sdk` 7 the WASI
+/// 0.3 ones, so both generations are linked.
+pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    bindings::key_value::add_to_linker::<_, KeyValue>(&mut linker, kv_view)?;
+    bindings::sqlite::add_to_linker::<_, Sqlite>(&mut linker, sqlite_view)?;
+    bindings::variables::add_to_linker::<_, Variables>(&mut linker, variables_view)?;
+    Ok(linker)
+}

@@ -1,0 +1,246 @@
+//! `spin:key-value/key-value@3.0.0`, backed by SQLite files as Spin's
+//! `type = "spin"` stores are.
+//!
+//! A component may open only the labels in its `key_value_stores`. Each label
+//! maps to a [`KvBackend`] (one SQLite file, shared by every instance of every
+//! component granted it), opened once at start-up so a bad path fails then,
+//! not on the first request.
+
+use anyhow::Context as _;
+use rusqlite::OptionalExtension;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
+
+use crate::bindings::key_value::{self, Error};
+use crate::runtime_config::Location;
+
+/// One SQLite file holding the `spin_key_value` table (Spin's schema, so a
+/// store written by `bazaar` can be read by `spin up` and back).
+pub struct KvBackend {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl KvBackend {
+    pub fn open(location: &Location) -> anyhow::Result<Self> {
+        let conn = match location {
+            Location::File(path) => crate::sqlite::open_file(path)?,
+            Location::Memory => rusqlite::Connection::open_in_memory()?,
+        };
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS spin_key_value (
+                store TEXT NOT NULL,
+                key   TEXT NOT NULL,
+                value BLOB NOT NULL,
+                PRIMARY KEY (store, key)
+            );",
+        )
+        .context("cannot create the key-value table")?;
+        Ok(KvBackend { conn: Mutex::new(conn) })
+    }
+
+    /// Runs `f` on the connection off the async runtime: SQLite calls block.
+    async fn with_conn<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, Error> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("key-value task failed: {e}")))?
+        .map_err(|e| Error::Other(e.to_string()))
+    }
+}
+
+/// Where each key-value label lives, for the whole application.
+pub struct KvStores {
+    /// Every label the application defines, opened or not.
+    defined: BTreeSet<String>,
+    /// Backends for the labels some component uses.
+    backends: BTreeMap<String, Arc<KvBackend>>,
+}
+
+impl KvStores {
+    /// Opens a backend for every label; several labels may share one file
+    /// (rows are keyed by label).
+    pub fn open(defined: BTreeSet<String>, locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
+        let mut by_location: BTreeMap<Location, Arc<KvBackend>> = BTreeMap::new();
+        let mut backends = BTreeMap::new();
+        for (label, location) in locations {
+            let backend = match by_location.get(&location) {
+                Some(b) => Arc::clone(b),
+                None => {
+                    let b = Arc::new(
+                        KvBackend::open(&location)
+                            .with_context(|| format!("key-value store `{label}` ({location:?})"))?,
+                    );
+                    by_location.insert(location, Arc::clone(&b));
+                    b
+                }
+            };
+            backends.insert(label, backend);
+        }
+        Ok(KvStores { defined, backends })
+    }
+}
+
+/// What one component may open.
+pub struct KvGrants {
+    pub stores: Arc<KvStores>,
+    pub granted: BTreeSet<String>,
+}
+
+/// The guest's handle: a label and its backend.
+pub struct StoreHandle {
+    label: String,
+    backend: Arc<KvBackend>,
+}
+
+/// `HasData` marker tying the generated traits to [`KvView`].
+pub struct KeyValue;
+
+impl HasData for KeyValue {
+    type Data<'a> = KvView<'a>;
+}
+
+pub struct KvView<'a> {
+    pub grants: &'a KvGrants,
+    pub table: &'a mut ResourceTable,
+}
+
+fn handle_of<T>(
+    accessor: &Accessor<T, KeyValue>,
+    store: &Resource<StoreHandle>,
+) -> wasmtime::Result<(String, Arc<KvBackend>)> {
+    accessor.with(|mut access| {
+        let handle = access.get().table.get(store)?;
+        Ok((handle.label.clone(), Arc::clone(&handle.backend)))
+    })
+}
+
+impl key_value::Host for KvView<'_> {}
+
+impl key_value::HostStore for KvView<'_> {
+    fn drop(&mut self, store: Resource<StoreHandle>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        Ok(())
+    }
+}
+
+impl<T> key_value::HostStoreWithStore<T> for KeyValue {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<StoreHandle>, Error>> {
+        accessor.with(|mut access| {
+            let view = access.get();
+            if !view.grants.stores.defined.contains(&label) {
+                return Ok(Err(Error::NoSuchStore));
+            }
+            let backend = match view.grants.stores.backends.get(&label) {
+                Some(backend) if view.grants.granted.contains(&label) => Arc::clone(backend),
+                _ => return Ok(Err(Error::AccessDenied)),
+            };
+            let handle = view.table.push(StoreHandle { label, backend })?;
+            Ok(Ok(handle))
+        })
+    }
+
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let (label, backend) = handle_of(accessor, &store)?;
+        Ok(backend
+            .with_conn(move |c| {
+                c.query_row(
+                    "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                    (&label, &key),
+                    |row| row.get(0),
+                )
+                .optional()
+            })
+            .await)
+    }
+
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        store: Resource<StoreHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let (label, backend) = handle_of(accessor, &store)?;
+        Ok(backend
+            .with_conn(move |c| {
+                c.execute(
+                    "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                    (&label, &key, &value),
+                )
+                .map(drop)
+            })
+            .await)
+    }
+
+    async fn delete(
+        accessor: &Accessor<T, Self>,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let (label, backend) = handle_of(accessor, &store)?;
+        Ok(backend
+            .with_conn(move |c| {
+                c.execute(
+                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                    (&label, &key),
+                )
+                .map(drop)
+            })
+            .await)
+    }
+
+    async fn exists(
+        accessor: &Accessor<T, Self>,
+        store: Resource<StoreHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        let (label, backend) = handle_of(accessor, &store)?;
+        Ok(backend
+            .with_conn(move |c| {
+                c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
+                    (&label, &key),
+                    |row| row.get(0),
+                )
+            })
+            .await)
+    }
+
+    async fn get_keys(
+        accessor: &Accessor<T, Self>,
+        store: Resource<StoreHandle>,
+    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
+        let (label, backend) = handle_of(accessor, &store)?;
+        let keys = backend
+            .with_conn(move |c| {
+                let mut stmt =
+                    c.prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
+                stmt.query_map([&label], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()
+            })
+            .await;
+        let (keys, outcome) = match keys {
+            Ok(keys) => (keys, Ok(())),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        accessor.with(|mut access| {
+            let stream = StreamReader::new(&mut access, keys)?;
+            let done = FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(outcome) })?;
+            Ok((stream, done))
+        })
+    }
+}

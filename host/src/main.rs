@@ -1,0 +1,244 @@
+//! `bazaar`: runs a Spin application (`spin.toml`) on wasmtime, with Spin's
+//! semantics, so Bazaar can be developed and tested without the Spin CLI.
+
+mod allowed_hosts;
+mod app;
+mod bindings;
+mod build;
+mod component;
+mod http_trigger;
+mod instance;
+mod key_value;
+mod logs;
+mod manifest;
+mod outbound_http;
+mod router;
+mod runtime_config;
+mod sqlite;
+mod template;
+mod variables;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::{AppOptions, Follow};
+use crate::component::Limits;
+use crate::manifest::Manifest;
+
+#[derive(Parser)]
+#[command(name = "bazaar", version, about = "Run a Spin application on wasmtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build every component with its `[component.<id>.build] command`.
+    Build(ManifestArg),
+    /// Serve the application.
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct ManifestArg {
+    /// The application manifest.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    manifest: PathBuf,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    manifest: ManifestArg,
+    /// Address to serve HTTP on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Folder for default stores and logs [default: `.spin` beside the manifest].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Spin runtime configuration file defining more key-value stores and databases.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
+    /// Folder of compiled components, so a restart does not recompile
+    /// [default: `<state-dir>/cache`].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Run `bazaar build` first.
+    #[arg(long)]
+    build: bool,
+    /// Echo this component's stdout and stderr to the terminal (repeatable).
+    #[arg(long, value_name = "COMPONENT")]
+    follow: Vec<String>,
+    /// Echo every component's stdout and stderr to the terminal.
+    #[arg(long)]
+    follow_all: bool,
+    /// Requests one instance serves before it is retired.
+    #[arg(long, default_value_t = 128)]
+    max_instance_reuse_count: usize,
+    /// Requests one instance serves at the same time.
+    #[arg(long, default_value_t = 16)]
+    max_instance_concurrent_reuse_count: usize,
+    /// How long an idle instance is kept for reuse.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    idle_instance_timeout: Duration,
+    /// Longest a request may run before it gets 504 and its instance is discarded.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    /// Linear memory limit of each component instance, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_limit_mib: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "bazaar=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build(args) => build::build_all(&Manifest::load(&args.manifest)?),
+        Command::Up(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(up(args))
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest.manifest)?;
+    if args.build {
+        build::build_all(&manifest)?;
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| manifest.dir.join(".spin"));
+    let follow = if args.follow_all {
+        Follow::All
+    } else if args.follow.is_empty() {
+        Follow::None
+    } else {
+        check_follow(&manifest, &args.follow)?;
+        Follow::Some(args.follow.iter().cloned().collect())
+    };
+    let options = AppOptions {
+        cache_dir: args.cache_dir.clone().unwrap_or_else(|| state_dir.join("cache")),
+        state_dir,
+        runtime_config_file: args.runtime_config_file.clone(),
+        follow,
+        limits: Limits {
+            max_requests_per_instance: args.max_instance_reuse_count.max(1),
+            max_concurrent_per_instance: args.max_instance_concurrent_reuse_count.max(1),
+            idle_instance_timeout: args.idle_instance_timeout,
+            request_timeout: args.request_timeout,
+            memory_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
+        },
+    };
+    let engine = app::engine(&options)?;
+    let app = app::load(&manifest, &options, &engine)?;
+    let listener = bind(args.listen)?;
+    print_banner(&manifest, &listener, &app);
+    let _epoch = EpochTicker::start(engine.clone());
+    http_trigger::serve(Arc::clone(&app), listener, shutdown_signal()).await
+}
+
+fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
+    let unknown: Vec<&String> = follow.iter().filter(|id| !manifest.components.contains_key(*id)).collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "--follow names components that are not in {}: {:?} (components: {})",
+            manifest.path.display(),
+            unknown,
+            manifest.components.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::anyhow!("{addr} is already in use: stop what is using it, or pass another --listen address")
+        }
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
+fn print_banner(manifest: &Manifest, listener: &tokio::net::TcpListener, app: &http_trigger::HttpApp) {
+    let base = match listener.local_addr() {
+        Ok(addr) => format!("http://{addr}"),
+        Err(_) => "http://?".into(),
+    };
+    println!("\nServing {base}");
+    println!("Available Routes:");
+    for (route, component) in app.router().routes() {
+        println!("  {component}: {base}{route}");
+        if let Some(description) = manifest.components.get(component).and_then(|c| c.description.as_deref()) {
+            println!("    {description}");
+        }
+    }
+    for (replaced, route, winner) in app.router().duplicates() {
+        tracing::error!("route {route} of component `{replaced}` is a duplicate of `{winner}`'s and will never be used");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!("cannot listen for SIGTERM: {error}");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Advances wasmtime's epoch so guests yield regularly (see
+/// `ComponentRuntime::new_store`); stops with the server.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often running guests yield to the host.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

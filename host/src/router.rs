@@ -1,0 +1,220 @@
+//! Spin's HTTP route matching.
+//!
+//! A route is exact (`/hello`, `/users/:id`) or a trailing wildcard
+//! (`/api/...`, which also matches `/api` itself). An exact match beats any
+//! wildcard; among wildcards the longest prefix wins, whatever the order in
+//! the manifest; a literal segment beats a `:param` at the same depth. Two
+//! triggers with the same route text: the last one wins, as in Spin.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// One route as written in the manifest, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    raw: String,
+    segments: Vec<Segment>,
+    wildcard: bool,
+}
+
+impl Route {
+    pub fn parse(raw: &str) -> Route {
+        let (body, wildcard) = match raw.strip_suffix("/...").or_else(|| raw.strip_suffix("/*")) {
+            Some(prefix) => (prefix, true),
+            None => (raw.strip_suffix('/').unwrap_or(raw), false),
+        };
+        let segments = body
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.strip_prefix(':') {
+                Some(name) => Segment::Param(name.to_string()),
+                None => Segment::Literal(s.to_string()),
+            })
+            .collect();
+        Route { raw: raw.to_string(), segments, wildcard }
+    }
+
+    /// The route as written, e.g. `/api/...` (`spin-raw-component-route`).
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    /// The route without its trailing wildcard (`spin-component-route`).
+    pub fn without_wildcard(&self) -> &str {
+        self.raw
+            .strip_suffix("/...")
+            .or_else(|| self.raw.strip_suffix("/*"))
+            .unwrap_or(&self.raw)
+    }
+
+    /// Matches `path`, returning the captured params and the path info.
+    fn matches(&self, path: &str) -> Option<(Vec<(String, String)>, String)> {
+        let trailing_slash = path.len() > 1 && path.ends_with('/');
+        let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if parts.len() < self.segments.len() || (!self.wildcard && parts.len() != self.segments.len()) {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (segment, part) in self.segments.iter().zip(&parts) {
+            match segment {
+                Segment::Literal(lit) if lit == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.clone(), part.to_string())),
+            }
+        }
+        let rest = &parts[self.segments.len()..];
+        let path_info = if !self.wildcard {
+            String::new()
+        } else if rest.is_empty() {
+            if path.ends_with('/') { "/".into() } else { String::new() }
+        } else {
+            format!("/{}{}", rest.join("/"), if trailing_slash { "/" } else { "" })
+        };
+        Some((params, path_info))
+    }
+
+    /// Orders candidate matches: exact first, then longer, then more literal.
+    fn rank(&self) -> (bool, usize, usize) {
+        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        (!self.wildcard, self.segments.len(), literals)
+    }
+}
+
+impl fmt::Display for Route {
+    /// As Spin's banner shows it: `/api (wildcard)`, or the exact path.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = self.without_wildcard().trim_end_matches('/');
+        if self.wildcard {
+            write!(f, "{shown} (wildcard)")
+        } else {
+            write!(f, "{shown}")
+        }
+    }
+}
+
+/// The result of routing one request.
+#[derive(Debug, Clone)]
+pub struct RouteMatch<'a> {
+    pub component: &'a str,
+    pub route: &'a Route,
+    pub params: Vec<(String, String)>,
+    pub path_info: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<(Route, String)>,
+    /// `(replaced component, route, winning component)` for the banner.
+    duplicates: Vec<(String, String, String)>,
+}
+
+impl Router {
+    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Router {
+        let mut router = Router::default();
+        for (raw, component) in routes {
+            let route = Route::parse(raw);
+            match router.routes.iter_mut().find(|(r, _)| r.raw == route.raw) {
+                Some(existing) => {
+                    let replaced = std::mem::replace(&mut existing.1, component.to_string());
+                    router.duplicates.push((replaced, raw.to_string(), component.to_string()));
+                }
+                None => router.routes.push((route, component.to_string())),
+            }
+        }
+        router
+    }
+
+    pub fn route(&self, path: &str) -> Option<RouteMatch<'_>> {
+        self.routes
+            .iter()
+            .filter_map(|(route, component)| {
+                route.matches(path).map(|(params, path_info)| RouteMatch {
+                    component,
+                    route,
+                    params,
+                    path_info,
+                })
+            })
+            .max_by_key(|m| m.route.rank())
+    }
+
+    /// Routes in manifest order, for the banner.
+    pub fn routes(&self) -> impl Iterator<Item = (&Route, &str)> {
+        self.routes.iter().map(|(r, c)| (r, c.as_str()))
+    }
+
+    pub fn duplicates(&self) -> &[(String, String, String)] {
+        &self.duplicates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new([
+            ("/...", "catch-all"),
+            ("/api/...", "api"),
+            ("/api/users/...", "users"),
+            ("/api/users/me", "me"),
+            ("/api/users/:id", "user"),
+            ("/hello", "hello"),
+        ])
+    }
+
+    fn routed(path: &str) -> (String, String) {
+        let m = router().route(path).unwrap();
+        (m.component.to_string(), m.path_info)
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longest_prefix_wins() {
+        assert_eq!(routed("/hello"), ("hello".into(), "".into()));
+        assert_eq!(routed("/api/users/me"), ("me".into(), "".into()));
+        assert_eq!(routed("/api/users/7/orders"), ("users".into(), "/7/orders".into()));
+        assert_eq!(routed("/api/products"), ("api".into(), "/products".into()));
+        assert_eq!(routed("/elsewhere/deep/"), ("catch-all".into(), "/elsewhere/deep/".into()));
+    }
+
+    #[test]
+    fn wildcard_matches_its_own_prefix_and_root() {
+        assert_eq!(routed("/api"), ("api".into(), "".into()));
+        assert_eq!(routed("/"), ("catch-all".into(), "/".into()));
+    }
+
+    #[test]
+    fn params_are_captured_and_literals_win() {
+        let r = router();
+        let m = r.route("/api/users/42").unwrap();
+        assert_eq!(m.component, "user");
+        assert_eq!(m.params, vec![("id".to_string(), "42".to_string())]);
+    }
+
+    #[test]
+    fn no_match_without_catch_all() {
+        let r = Router::new([("/hello", "hello")]);
+        assert!(r.route("/hello/there").is_none());
+        assert!(r.route("/").is_none());
+    }
+
+    #[test]
+    fn duplicate_route_last_wins() {
+        let r = Router::new([("/x", "first"), ("/x", "second")]);
+        assert_eq!(r.route("/x").unwrap().component, "second");
+        assert_eq!(r.duplicates(), [("first".into(), "/x".into(), "second".into())]);
+    }
+
+    #[test]
+    fn banner_display() {
+        assert_eq!(Route::parse("/...").to_string(), " (wildcard)");
+        assert_eq!(Route::parse("/api/...").to_string(), "/api (wildcard)");
+        assert_eq!(Route::parse("/hello").to_string(), "/hello");
+        assert_eq!(Route::parse("/api/...").without_wildcard(), "/api");
+    }
+}

@@ -1,0 +1,155 @@
+//! Application variables and `spin:variables/variables@3.0.0`.
+//!
+//! Providers are consulted in Spin's order: the environment
+//! (`SPIN_VARIABLE_<NAME>`), then the manifest `default`. Everything is
+//! resolved at start-up, so a missing required variable stops `bazaar up`
+//! with a clear message instead of failing a request later. Values of
+//! `secret` variables are never formatted into logs or errors.
+
+use anyhow::{Result, bail};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use wasmtime::component::HasData;
+
+use crate::bindings::variables::{self, Error};
+use crate::manifest::{Manifest, validate_variable_name};
+use crate::template::Template;
+
+/// Resolved application variables.
+pub struct AppVariables {
+    values: BTreeMap<String, String>,
+}
+
+impl AppVariables {
+    /// Resolves every declared variable from `env` (normally the process
+    /// environment) and defaults.
+    pub fn resolve(manifest: &Manifest, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut values = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (name, decl) in &manifest.variables {
+            let env_name = env_var_name(name);
+            match env(&env_name).or_else(|| decl.default.clone()) {
+                Some(value) => {
+                    values.insert(name.clone(), value);
+                }
+                None if decl.required => missing.push(format!("`{name}` (set {env_name})")),
+                None => {}
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "{}: required variables have no value: {}",
+                manifest.path.display(),
+                missing.join(", ")
+            );
+        }
+        Ok(AppVariables { values })
+    }
+
+    /// Renders an expression such as `"redis://{{ host }}:6379"`.
+    pub fn render(&self, template: &Template) -> Result<String> {
+        template.render(|name| match self.values.get(name) {
+            Some(value) => Ok(value.clone()),
+            None => bail!(
+                "variable `{name}` has no value: give it a `default` or set {}",
+                env_var_name(name)
+            ),
+        })
+    }
+}
+
+/// Spin's environment provider name for a variable.
+pub fn env_var_name(name: &str) -> String {
+    format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
+}
+
+/// The resolved `variables` of one component: the only names it may `get`.
+#[derive(Default)]
+pub struct ComponentVariables {
+    values: BTreeMap<String, String>,
+}
+
+impl ComponentVariables {
+    pub fn resolve(app: &AppVariables, declared: &BTreeMap<String, String>) -> Result<Arc<Self>> {
+        let mut values = BTreeMap::new();
+        for (name, expression) in declared {
+            let template = Template::parse(expression)?;
+            let value = app
+                .render(&template)
+                .map_err(|e| anyhow::anyhow!("component variable `{name}`: {e}"))?;
+            values.insert(name.clone(), value);
+        }
+        Ok(Arc::new(ComponentVariables { values }))
+    }
+
+    fn get(&self, name: &str) -> Result<String, Error> {
+        if validate_variable_name(name).is_err() {
+            return Err(Error::InvalidName(format!("invalid variable name {name:?}")));
+        }
+        self.values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Undefined(format!("no variable for {name:?}")))
+    }
+}
+
+pub struct Variables;
+
+impl HasData for Variables {
+    type Data<'a> = &'a ComponentVariables;
+}
+
+impl variables::Host for &ComponentVariables {}
+
+impl<T> variables::HostWithStore<T> for Variables {
+    async fn get(
+        accessor: &wasmtime::component::Accessor<T, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<String, Error>> {
+        Ok(accessor.with(|mut access| access.get().get(&name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn manifest(vars: &str) -> Manifest {
+        let text = format!(
+            "spin_manifest_version = 2\n[application]\nname = \"a\"\n[variables]\n{vars}\n"
+        );
+        Manifest::parse(Path::new("spin.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn environment_overrides_default() {
+        let m = manifest("greeting = { default = \"hi\" }");
+        let none = AppVariables::resolve(&m, |_| None).unwrap();
+        let t = Template::parse("{{ greeting }}").unwrap();
+        assert_eq!(none.render(&t).unwrap(), "hi");
+        let env = AppVariables::resolve(&m, |k| {
+            (k == "SPIN_VARIABLE_GREETING").then(|| "hello".to_string())
+        })
+        .unwrap();
+        assert_eq!(env.render(&t).unwrap(), "hello");
+    }
+
+    #[test]
+    fn missing_required_names_the_environment_variable() {
+        let m = manifest("api_key = { required = true, secret = true }");
+        let msg = format!("{:#}", AppVariables::resolve(&m, |_| None).err().unwrap());
+        assert!(msg.contains("SPIN_VARIABLE_API_KEY"), "{msg}");
+    }
+
+    #[test]
+    fn component_get_distinguishes_invalid_and_undefined() {
+        let m = manifest("a = { default = \"1\" }");
+        let app = AppVariables::resolve(&m, |_| None).unwrap();
+        let declared = BTreeMap::from([("x".to_string(), "v{{ a }}".to_string())]);
+        let vars = ComponentVariables::resolve(&app, &declared).unwrap();
+        assert_eq!(vars.get("x").unwrap(), "v1");
+        assert!(matches!(vars.get("Bad-Name"), Err(Error::InvalidName(_))));
+        assert!(matches!(vars.get("y"), Err(Error::Undefined(_))));
+    }
+}

@@ -1,0 +1,169 @@
+//! Test harness: builds the probe guest once, starts the real `bazaar`
+//! binary on a free port against a manifest written for the test, and talks
+//! to it over HTTP.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Builds the test guests (once per test binary; cargo serialises builds).
+pub fn probe_wasm() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--target", "wasm32-wasip2", "--release", "-p", "probe"])
+                .current_dir(&root)
+                .status()
+                .expect("run cargo to build the probe guest");
+            assert!(status.success(), "building the probe guest failed");
+            root.join("target/wasm32-wasip2/release/probe.wasm")
+        })
+        .clone()
+}
+
+/// A scratch folder holding a manifest, its state dir and runtime config.
+pub struct AppDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl AppDir {
+    /// Writes `spin.toml`; `{probe}` in `manifest` becomes the probe's path.
+    pub fn new(manifest: &str) -> AppDir {
+        let dir = tempfile::tempdir().unwrap();
+        let text = manifest.replace("{probe}", &probe_wasm().display().to_string());
+        std::fs::write(dir.path().join("spin.toml"), text).unwrap();
+        AppDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bazaar"));
+        cmd.arg("up")
+            .arg("--from")
+            .arg(self.path().join("spin.toml"))
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--cache-dir")
+            .arg(workspace_root().join("target/bazaar-test-cache"))
+            .args(args)
+            .env("RUST_LOG", "bazaar=debug,warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts `bazaar up` and waits until it serves.
+    pub fn start(&self, args: &[&str]) -> Host {
+        self.start_with(self.command(args))
+    }
+
+    pub fn start_with(&self, mut cmd: Command) -> Host {
+        let mut child = cmd.spawn().expect("spawn bazaar");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut banner = String::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let base = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("bazaar did not start:\n{}", stderr.lock().unwrap());
+            }
+            banner.push_str(&line);
+            if let Some(url) = line.trim().strip_prefix("Serving ") {
+                break url.to_string();
+            }
+        };
+        // The route list follows the `Serving` line; keep reading it.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stdout.read_to_string(&mut rest);
+        });
+        Host { child, base, stderr, banner }
+    }
+
+    /// Runs `bazaar up` expecting it to fail; returns its stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        self.fail_with(self.command(args))
+    }
+
+    pub fn fail_with(&self, mut cmd: Command) -> String {
+        let output = cmd.output().expect("run bazaar");
+        assert!(!output.status.success(), "bazaar was expected to fail");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+pub struct Host {
+    child: Child,
+    pub base: String,
+    stderr: Arc<Mutex<String>>,
+    pub banner: String,
+}
+
+impl Host {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        send(reqwest::Client::new().get(self.url(path))).await
+    }
+
+    /// Stops the host with SIGTERM, as a service manager would, and waits.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a request; a non-JSON body comes back as a JSON string.
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let response = request.send().await.expect("request reached bazaar");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}

@@ -1,0 +1,176 @@
+//! The HTTP trigger through real sockets: routing, Spin's headers, private
+//! routes, service chaining and the outbound allow-list.
+
+mod common;
+
+use common::AppDir;
+
+const ROUTES: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "routes"
+
+[[trigger.http]]
+route = "/..."
+component = "catch-all"
+[[trigger.http]]
+route = "/api/..."
+component = "api"
+[[trigger.http]]
+route = "/api/users/me"
+component = "me"
+[[trigger.http]]
+route = "/api/users/:user_id"
+component = "user"
+[[trigger.http]]
+route = { private = true }
+component = "back"
+
+[component.catch-all]
+source = "{probe}"
+environment = { COMPONENT = "catch-all" }
+[component.api]
+source = "{probe}"
+environment = { COMPONENT = "api" }
+allowed_outbound_hosts = ["http://back.spin.internal"]
+[component.me]
+source = "{probe}"
+environment = { COMPONENT = "me" }
+[component.user]
+source = "{probe}"
+environment = { COMPONENT = "user" }
+[component.back]
+source = "{probe}"
+environment = { COMPONENT = "back" }
+"#;
+
+#[tokio::test]
+async fn routes_follow_spin_precedence() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    for (path, component) in [
+        ("/api/users/me", "me"),
+        ("/api/users/42", "user"),
+        ("/api/users/42/headers", "api"),
+        ("/api/headers", "api"),
+        ("/api", "api"),
+        ("/", "catch-all"),
+        ("/elsewhere/headers", "catch-all"),
+    ] {
+        let (status, body) = host.get(path).await;
+        assert_eq!(body["component"], component, "{path}: {body}");
+        assert!(status == 200 || status == 404, "{path}: {status}");
+    }
+    // A private component is never routed to from outside.
+    let (_, body) = host.get("/headers").await;
+    assert_eq!(body["component"], "catch-all");
+    assert!(host.banner.contains("Available Routes:"), "{}", host.banner);
+}
+
+#[tokio::test]
+async fn spin_headers_describe_the_match() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    let (status, h) = host.get("/api/headers?x=1").await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["spin-full-url"], host.url("/api/headers?x=1"));
+    assert_eq!(h["spin-path-info"], "/headers");
+    assert_eq!(h["spin-matched-route"], "/api/...");
+    assert_eq!(h["spin-raw-component-route"], "/api/...");
+    assert_eq!(h["spin-component-route"], "/api");
+    assert_eq!(h["spin-base-path"], "/");
+    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{h}");
+
+    let (_, h) = host.get("/api/users/42").await;
+    assert_eq!(h["spin-path-match-user-id"], "42", "{h}");
+    assert_eq!(h["spin-path-info"], "");
+}
+
+#[tokio::test]
+async fn clients_cannot_forge_spin_headers() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    let request = reqwest::Client::new()
+        .get(host.url("/api/headers"))
+        .header("spin-client-addr", "10.0.0.1:1")
+        .header("spin-path-match-admin", "yes");
+    let (_, h) = common::send(request).await;
+    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{h}");
+    assert!(h.get("spin-path-match-admin").is_none(), "{h}");
+}
+
+#[tokio::test]
+async fn unmatched_path_is_404_and_well_known_health_answers() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "one"
+[[trigger.http]]
+route = "/hello"
+component = "hello"
+[component.hello]
+source = "{probe}"
+"#,
+    );
+    let host = app.start(&[]);
+    assert_eq!(host.get("/nope").await.0, 404);
+    assert_eq!(host.get("/hello/deeper").await.0, 404);
+    assert_eq!(host.get("/hello").await.0, 200);
+    let (status, body) = host.get("/.well-known/spin/health").await;
+    assert_eq!((status, body.as_str()), (200, Some("OK")));
+}
+
+#[tokio::test]
+async fn chaining_reaches_a_private_component_in_process() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    let (status, body) = host.get("/api/fetch?url=http://back.spin.internal/headers").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], 200, "{body}");
+    let inner: serde_json::Value = serde_json::from_str(body["body"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["component"], "back");
+    assert_eq!(inner["spin-path-info"], "/headers");
+    assert_eq!(inner["spin-client-addr"], "0.0.0.0:0");
+    assert_eq!(inner["spin-matched-route"], "/...");
+}
+
+#[tokio::test]
+async fn outbound_requests_need_an_allowed_host() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    // `catch-all` may reach nothing at all.
+    let (status, body) = host.get("/fetch?url=http://back.spin.internal/headers").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("HttpRequestDenied"), "{body}");
+    // `api` may reach `back` but not this very server over a socket.
+    let (status, body) = host.get(&format!("/api/fetch?url={}", host.url("/headers"))).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("HttpRequestDenied"), "{body}");
+    assert!(host.stderr().contains("outbound request denied"), "{}", host.stderr());
+}
+
+#[tokio::test]
+async fn allowed_outbound_request_goes_over_a_real_socket() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "out"
+[[trigger.http]]
+route = "/..."
+component = "web"
+[component.web]
+source = "{probe}"
+allowed_outbound_hosts = ["http://127.0.0.1:*"]
+"#,
+    );
+    let host = app.start(&[]);
+    // The host's own well-known endpoint is a real HTTP server on loopback.
+    let (status, body) = host
+        .get(&format!("/fetch?url={}", host.url("/.well-known/spin/health")))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], 200);
+    assert_eq!(body["body"], "OK");
+}

@@ -1,0 +1,130 @@
+//! Instance lifecycle and failure handling: traps, memory and time limits,
+//! instance reuse, component logs, and start-up errors.
+
+mod common;
+
+use common::AppDir;
+use futures::future::join_all;
+use std::collections::BTreeSet;
+
+const ONE: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "one"
+[[trigger.http]]
+route = "/..."
+component = "web"
+[component.web]
+source = "{probe}"
+"#;
+
+#[tokio::test]
+async fn a_trap_fails_only_its_request() {
+    let app = AppDir::new(ONE);
+    let host = app.start(&[]);
+    let (status, _) = host.get("/trap").await;
+    assert_eq!(status, 500);
+    let (status, body) = host.get("/instance").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(host.stderr().contains("error processing request"), "{}", host.stderr());
+}
+
+#[tokio::test]
+async fn memory_limit_is_enforced_per_instance() {
+    let app = AppDir::new(ONE);
+    let host = app.start(&["--memory-limit-mib", "32"]);
+    let (status, body) = host.get("/alloc/4").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = host.get("/alloc/64").await;
+    assert_eq!(status, 507, "the guest's allocation must fail: {body}");
+    let (status, _) = host.get("/instance").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_runaway_request_hits_the_deadline() {
+    let app = AppDir::new(ONE);
+    let host = app.start(&["--request-timeout", "1s"]);
+    let (status, _) = host.get("/loop").await;
+    assert_eq!(status, 504);
+    assert!(host.stderr().contains("request deadline exceeded"), "{}", host.stderr());
+    let (status, _) = host.get("/instance").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_instances() {
+    let app = AppDir::new(ONE);
+    let host = app.start(&[]);
+    let client = reqwest::Client::new();
+    let requests = (0..24).map(|_| common::send(client.get(host.url("/sleep/300"))));
+    let results = join_all(requests).await;
+    let mut instances = BTreeSet::new();
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        instances.insert(body["instance"].as_u64().unwrap());
+    }
+    // 24 overlapping requests, 16 per instance at most: some instance served
+    // several at once, and more than one instance was needed.
+    assert!(instances.len() >= 2 && instances.len() < 24, "{instances:?}");
+
+    let host = app.start(&["--max-instance-concurrent-reuse-count", "1", "--max-instance-reuse-count", "1"]);
+    let requests = (0..4).map(|_| common::send(client.get(host.url("/sleep/100"))));
+    let instances: BTreeSet<u64> = join_all(requests)
+        .await
+        .iter()
+        .map(|(_, body)| body["instance"].as_u64().unwrap())
+        .collect();
+    assert_eq!(instances.len(), 4, "reuse disabled: one instance per request");
+}
+
+#[tokio::test]
+async fn component_output_goes_to_log_files() {
+    let app = AppDir::new(ONE);
+    let host = app.start(&["--follow", "web"]);
+    let (status, _) = host.get("/log/marker-7").await;
+    assert_eq!(status, 200);
+    let logs = app.path().join(".spin/logs");
+    let wait_for = |file: &str, text: &str| {
+        for _ in 0..50 {
+            if std::fs::read_to_string(logs.join(file)).unwrap_or_default().contains(text) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{file} never contained {text:?}");
+    };
+    wait_for("web_stdout.txt", "stdout says marker-7");
+    wait_for("web_stderr.txt", "stderr says marker-7");
+    assert!(host.stderr().contains("[web] stdout says marker-7"), "{}", host.stderr());
+}
+
+#[test]
+fn start_up_errors_are_clear() {
+    let app = AppDir::new(&ONE.replace("{probe}", "missing/web.wasm"));
+    let stderr = app.fail(&[]);
+    assert!(stderr.contains("run `bazaar build`"), "{stderr}");
+
+    let app = AppDir::new(&ONE.replace("source =", "sorce ="));
+    let stderr = app.fail(&[]);
+    assert!(stderr.contains("spin.toml") && stderr.contains("unknown field `sorce`"), "{stderr}");
+
+    let app = AppDir::new(ONE);
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let mut cmd = app.command(&[]);
+    cmd.args(["--listen", &addr]);
+    let stderr = app.fail_with(cmd);
+    assert!(stderr.contains("already in use"), "{stderr}");
+
+    let config = app.write("rc.toml", "[key_value_store.x]\ntype = \"redis\"\n");
+    let stderr = app.fail(&["--runtime-config-file", config.to_str().unwrap()]);
+    assert!(stderr.contains("key_value_store.x.type"), "{stderr}");
+
+    // An empty component (magic, version, layer) exports no handler.
+    let empty = app.path().join("empty.wasm");
+    std::fs::write(&empty, [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]).unwrap();
+    let app = AppDir::new(&ONE.replace("{probe}", empty.to_str().unwrap()));
+    let stderr = app.fail(&[]);
+    assert!(stderr.contains("does not export `wasi:http/handler@0.3.0`"), "{stderr}");
+}

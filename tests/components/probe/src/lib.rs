@@ -1,0 +1,177 @@
+//! A test guest: each path exercises one host capability and reports what it
+//! saw as JSON, so host tests can assert on real guest behaviour.
+//!
+//! The path is read from `spin-path-info`, so the same wasm can be mounted
+//! under several routes and granted different stores in a test manifest.
+
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{EmptyBody, IntoResponse, Request, Response};
+use spin_sdk::{http_service, key_value, sqlite, variables};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Distinguishes instances, so tests can see reuse.
+fn instance_id() -> u64 {
+    static ID: OnceLock<u64> = OnceLock::new();
+    *ID.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8))
+}
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    let served = REQUESTS.fetch_add(1, Ordering::SeqCst) + 1;
+    let path_info = header(&req, "spin-path-info").unwrap_or_default();
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let segments: Vec<String> = path_info
+        .trim_start_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().as_str().to_string();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", [""] | ["headers"]) => {
+            let mut seen = serde_json::Map::new();
+            for (name, value) in req.headers() {
+                let value = value.to_str().unwrap_or_default().to_string();
+                seen.insert(name.as_str().to_string(), value.into());
+            }
+            seen.insert("uri".into(), req.uri().to_string().into());
+            let component = std::env::var("COMPONENT").unwrap_or_default();
+            seen.insert("component".into(), component.into());
+            json(200, serde_json::Value::Object(seen))
+        }
+        ("GET", ["instance"]) => json(200, serde_json::json!({ "instance": instance_id(), "served": served })),
+        ("GET", ["sleep", ms]) => {
+            spin_sdk::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            json(200, serde_json::json!({ "instance": instance_id(), "served": served }))
+        }
+        ("GET", ["log", text]) => {
+            println!("stdout says {text}");
+            eprintln!("stderr says {text}");
+            json(200, serde_json::json!({ "logged": text }))
+        }
+        ("GET", ["trap"]) => panic!("probe asked to trap"),
+        ("GET", ["loop"]) => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        ("GET", ["alloc", mib]) => {
+            let bytes = mib.parse::<usize>().unwrap_or(0) * 1024 * 1024;
+            let mut block: Vec<u8> = Vec::new();
+            match block.try_reserve_exact(bytes) {
+                Ok(()) => {
+                    block.resize(bytes, 1);
+                    json(200, serde_json::json!({ "allocated": std::hint::black_box(&block).len() }))
+                }
+                Err(e) => json(507, serde_json::json!({ "error": e.to_string() })),
+            }
+        }
+        ("GET", ["var", name]) => match variables::get(*name).await {
+            Ok(value) => json(200, serde_json::json!({ "value": value })),
+            Err(e) => json(404, serde_json::json!({ "error": format!("{e:?}") })),
+        },
+        (_, ["kv", label, rest @ ..]) => kv(&method, label, rest, req).await,
+        ("POST", ["sql", label]) => {
+            let body = req.into_body().bytes().await.unwrap_or_default();
+            sql(label, &String::from_utf8_lossy(&body)).await
+        }
+        ("GET", ["fetch"]) => {
+            let url = query.strip_prefix("url=").unwrap_or_default();
+            fetch(url).await
+        }
+        _ => json(
+            404,
+            serde_json::json!({
+                "error": format!("probe has no {method} {path_info}"),
+                "component": std::env::var("COMPONENT").unwrap_or_default(),
+            }),
+        ),
+    }
+}
+
+async fn kv(method: &str, label: &str, rest: &[&str], req: Request) -> Response<String> {
+    let store = match key_value::Store::open(label).await {
+        Ok(store) => store,
+        Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let outcome = match (method, rest) {
+        ("GET", []) => store.get_keys().await.collect().await.map(|keys| serde_json::json!({ "keys": keys })),
+        ("GET", [key]) => store.get(key).await.map(|value| {
+            serde_json::json!({ "value": value.map(|v| String::from_utf8_lossy(&v).into_owned()) })
+        }),
+        ("PUT", [key]) => {
+            let body = req.into_body().bytes().await.unwrap_or_default();
+            store.set(key, &body).await.map(|()| serde_json::json!({ "stored": key }))
+        }
+        ("DELETE", [key]) => store.delete(key).await.map(|()| serde_json::json!({ "deleted": key })),
+        _ => return json(404, serde_json::json!({ "error": "unknown kv operation" })),
+    };
+    match outcome {
+        Ok(body) => json(200, body),
+        Err(e) => json(500, serde_json::json!({ "error": format!("{e:?}") })),
+    }
+}
+
+async fn sql(label: &str, statement: &str) -> Response<String> {
+    let conn = match sqlite::Connection::open(label).await {
+        Ok(conn) => conn,
+        Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let result = match conn.execute(statement, []).await {
+        Ok(result) => result,
+        Err(e) => return json(400, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let columns = result.columns().to_vec();
+    let rows = match result.collect().await {
+        Ok(rows) => rows,
+        Err(e) => return json(400, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let rows: Vec<Vec<serde_json::Value>> = rows
+        .iter()
+        .map(|row| row.values.iter().map(value_json).collect())
+        .collect();
+    json(200, serde_json::json!({ "columns": columns, "rows": rows }))
+}
+
+fn value_json(value: &sqlite::Value) -> serde_json::Value {
+    match value {
+        sqlite::Value::Integer(i) => (*i).into(),
+        sqlite::Value::Real(r) => (*r).into(),
+        sqlite::Value::Text(t) => t.clone().into(),
+        sqlite::Value::Blob(b) => serde_json::json!({ "blob": b }),
+        sqlite::Value::Null => serde_json::Value::Null,
+    }
+}
+
+async fn fetch(url: &str) -> Response<String> {
+    let request = match Request::get(url).body(EmptyBody::new()) {
+        Ok(request) => request,
+        Err(e) => return json(400, serde_json::json!({ "error": e.to_string() })),
+    };
+    match spin_sdk::http::send(request).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.into_body().bytes().await.unwrap_or_default();
+            json(200, serde_json::json!({ "status": status, "body": String::from_utf8_lossy(&body) }))
+        }
+        Err(e) => json(502, serde_json::json!({ "error": format!("{e:?}") })),
+    }
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn json(status: u16, body: serde_json::Value) -> Response<String> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .expect("valid status and header")
+}
