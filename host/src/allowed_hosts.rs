@@ -44,7 +44,9 @@ enum PortPattern {
 impl AllowedHost {
     pub fn parse(text: &str) -> Result<Self> {
         let Some((scheme, rest)) = text.split_once("://") else {
-            bail!("expected `scheme://host[:port]` (for example \"https://example.com\"); the scheme is required");
+            bail!(
+                "expected `scheme://host[:port]` (for example \"https://example.com\"); the scheme is required"
+            );
         };
         if scheme.is_empty() {
             bail!("the scheme is empty");
@@ -66,13 +68,18 @@ impl AllowedHost {
             "*" => HostPattern::Any,
             "self" | "self.alt" => HostPattern::ToSelf,
             h if h.starts_with("*.") => HostPattern::Subdomains(h[1..].to_ascii_lowercase()),
-            h if h.contains('*') => bail!("`*` may only stand for the whole host or its leftmost labels (`*.example.com`)"),
+            h if h.contains('*') => bail!(
+                "`*` may only stand for the whole host or its leftmost labels (`*.example.com`)"
+            ),
             h => HostPattern::Exact(h.to_ascii_lowercase()),
         };
         let port = match port {
-            None if default_port(scheme).is_none() && scheme != "*" && host != HostPattern::ToSelf => bail!(
-                "no port was given and the scheme {scheme:?} has no default port"
-            ),
+            None if default_port(scheme).is_none()
+                && scheme != "*"
+                && host != HostPattern::ToSelf =>
+            {
+                bail!("no port was given and the scheme {scheme:?} has no default port")
+            }
             None => PortPattern::Default,
             Some("*") => PortPattern::Any,
             Some(p) => match p.split_once("..") {
@@ -113,8 +120,9 @@ impl AllowedHost {
 }
 
 fn parse_port(text: &str) -> Result<u16> {
-    text.parse()
-        .map_err(|_| anyhow::anyhow!("expected a port number, `*` or a range `lo..hi`, found {text:?}"))
+    text.parse().map_err(|_| {
+        anyhow::anyhow!("expected a port number, `*` or a range `lo..hi`, found {text:?}")
+    })
 }
 
 pub fn default_port(scheme: &str) -> Option<u16> {
@@ -142,7 +150,6 @@ impl AllowList {
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
         self.0.iter().any(|h| h.allows(scheme, host, port))
     }
-
 }
 
 #[cfg(test)]
@@ -150,29 +157,77 @@ mod tests {
     use super::*;
 
     fn allows(entry: &str, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        AllowedHost::parse(entry).unwrap().allows(scheme, host, port)
+        AllowedHost::parse(entry)
+            .unwrap()
+            .allows(scheme, host, port)
     }
 
     #[test]
     fn default_port_is_the_schemes() {
-        assert!(allows("https://api.example.com", "https", "api.example.com", None));
-        assert!(allows("https://api.example.com", "https", "api.example.com", Some(443)));
-        assert!(!allows("https://api.example.com", "https", "api.example.com", Some(8443)));
-        assert!(!allows("https://api.example.com", "http", "api.example.com", None));
+        assert!(allows(
+            "https://api.example.com",
+            "https",
+            "api.example.com",
+            None
+        ));
+        assert!(allows(
+            "https://api.example.com",
+            "https",
+            "api.example.com",
+            Some(443)
+        ));
+        assert!(!allows(
+            "https://api.example.com",
+            "https",
+            "api.example.com",
+            Some(8443)
+        ));
+        assert!(!allows(
+            "https://api.example.com",
+            "http",
+            "api.example.com",
+            None
+        ));
     }
 
     #[test]
     fn wildcards() {
-        assert!(allows("http://*.spin.internal", "http", "users.spin.internal", None));
-        assert!(!allows("http://*.spin.internal", "http", "spin.internal", None));
+        assert!(allows(
+            "http://*.spin.internal",
+            "http",
+            "users.spin.internal",
+            None
+        ));
+        assert!(!allows(
+            "http://*.spin.internal",
+            "http",
+            "spin.internal",
+            None
+        ));
         assert!(allows("*://localhost:*", "redis", "localhost", Some(7000)));
-        assert!(allows("http://127.0.0.1:3000..3010", "http", "127.0.0.1", Some(3005)));
-        assert!(!allows("http://127.0.0.1:3000..3010", "http", "127.0.0.1", Some(3010)));
+        assert!(allows(
+            "http://127.0.0.1:3000..3010",
+            "http",
+            "127.0.0.1",
+            Some(3005)
+        ));
+        assert!(!allows(
+            "http://127.0.0.1:3000..3010",
+            "http",
+            "127.0.0.1",
+            Some(3010)
+        ));
     }
 
     #[test]
     fn malformed_entries_are_rejected() {
-        for bad in ["example.com", "http://", "http://a/b", "http://a:x", "http://a*b.com"] {
+        for bad in [
+            "example.com",
+            "http://",
+            "http://a/b",
+            "http://a:x",
+            "http://a*b.com",
+        ] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad}");
         }
     }

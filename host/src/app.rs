@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use wasmtime::component::Component;
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::allowed_hosts::{AllowList, AllowedHost};
@@ -64,7 +66,9 @@ pub fn engine(options: &AppOptions) -> Result<Engine> {
     let mut cache = CacheConfig::new();
     cache.with_directory(&options.cache_dir);
     let cache = Cache::new(cache).map_err(anyhow::Error::from);
-    config.cache(Some(cache.context("cannot set up the compiled-component cache")?));
+    config.cache(Some(
+        cache.context("cannot set up the compiled-component cache")?,
+    ));
     Engine::new(&config)
         .map_err(anyhow::Error::from)
         .context("cannot create the wasmtime engine")
@@ -135,7 +139,8 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
             variables: ComponentVariables::resolve(&variables, &component.variables)
                 .with_context(context)?,
         });
-        let allowed = allow_list(&variables, &component.allowed_outbound_hosts).with_context(context)?;
+        let allowed =
+            allow_list(&variables, &component.allowed_outbound_hosts).with_context(context)?;
         let logs = ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?;
         runtimes.push(Arc::new(ComponentRuntime::new(
             id,
@@ -149,10 +154,15 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
         )));
     }
 
-    let router = Router::new(manifest.http_triggers.iter().filter_map(|t| match &t.route {
-        RouteSpec::Public(route) => Some((route.as_str(), t.component.as_str())),
-        RouteSpec::Private => None,
-    }));
+    let router = Router::new(
+        manifest
+            .http_triggers
+            .iter()
+            .filter_map(|t| match &t.route {
+                RouteSpec::Public(route) => Some((route.as_str(), t.component.as_str())),
+                RouteSpec::Private => None,
+            }),
+    );
     let application = &manifest.application;
     let info = serde_json::json!({
         "name": application.name,
@@ -169,7 +179,10 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
 
 fn compile(engine: &Engine, path: &Path) -> Result<Component> {
     if !path.exists() {
-        bail!("{} does not exist: run `bazaar build` first", path.display());
+        bail!(
+            "{} does not exist: run `bazaar build` first",
+            path.display()
+        );
     }
     Component::from_file(engine, path)
         .map_err(anyhow::Error::from)
@@ -209,7 +222,11 @@ fn only(all: &BTreeMap<String, Location>, used: &BTreeSet<String>) -> BTreeMap<S
         .collect()
 }
 
-fn announce_defaults(config: &RuntimeConfig, kv_used: &BTreeSet<String>, sqlite_used: &BTreeSet<String>) {
+fn announce_defaults(
+    config: &RuntimeConfig,
+    kv_used: &BTreeSet<String>,
+    sqlite_used: &BTreeSet<String>,
+) {
     if kv_used.contains("default")
         && let Some(Location::File(path)) = config.key_value_stores.get("default")
     {

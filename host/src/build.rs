@@ -25,7 +25,12 @@ pub fn build_all(manifest: &Manifest) -> Result<()> {
             .arg(&build.command)
             .current_dir(&workdir)
             .status()
-            .with_context(|| format!("cannot run the build command of component `{id}` in {}", workdir.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot run the build command of component `{id}` in {}",
+                    workdir.display()
+                )
+            })?;
         if !status.success() {
             bail!(
                 "build of component `{id}` failed: `{}` exited with {status} (its output is above)",

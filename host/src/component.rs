@@ -123,10 +123,15 @@ impl HandlerState for ComponentPool {
                 limits: runtime.limits.clone(),
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
             },
-            state: Worker { runtime: Arc::clone(runtime), instance },
+            state: Worker {
+                runtime: Arc::clone(runtime),
+                instance,
+            },
         })
     }
 }
+
+const EXPIRY_GRACE: Duration = Duration::from_millis(500);
 
 /// When an instance is retired: idle too long, or its requests overran.
 pub struct Expiration {
@@ -135,10 +140,19 @@ pub struct Expiration {
 }
 
 impl WorkerExpiration for Expiration {
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
+        // A busy instance outlives its requests' deadline by a grace period,
+        // so each request's own deadline (`on_request_start`) reports first.
         let timeout = match status {
             WorkerStatus::Idle => self.limits.idle_instance_timeout,
-            WorkerStatus::Requests | WorkerStatus::PostReturn => self.limits.request_timeout,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => {
+                self.limits.request_timeout.saturating_add(EXPIRY_GRACE)
+            }
         };
         let Some(deadline) = start.checked_add(timeout) else {
             return Poll::Pending;

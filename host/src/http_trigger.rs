@@ -43,12 +43,21 @@ struct Matched<'a> {
 
 impl HttpApp {
     /// `info` is served at `/.well-known/spin/info`.
-    pub fn new(info: serde_json::Value, router: Router, runtimes: Vec<Arc<ComponentRuntime>>) -> Self {
+    pub fn new(
+        info: serde_json::Value,
+        router: Router,
+        runtimes: Vec<Arc<ComponentRuntime>>,
+    ) -> Self {
         let handlers = runtimes
             .into_iter()
             .map(|rt| (rt.id.to_string(), ProxyHandler::new(ComponentPool(rt))))
             .collect();
-        HttpApp { info, router, handlers, next_request: AtomicU64::new(0) }
+        HttpApp {
+            info,
+            router,
+            handlers,
+            next_request: AtomicU64::new(0),
+        }
     }
 
     pub fn router(&self) -> &Router {
@@ -56,12 +65,22 @@ impl HttpApp {
     }
 
     /// Serves one request from a client socket.
-    pub async fn handle(&self, mut req: Request<WasiBody>, client: SocketAddr) -> Response<WasiBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<WasiBody>,
+        client: SocketAddr,
+    ) -> Response<WasiBody> {
         let path = req.uri().path().to_string();
         if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
             return self.well_known(rest);
         }
-        let Some(RouteMatch { component, route, params, path_info }) = self.router.route(&path) else {
+        let Some(RouteMatch {
+            component,
+            route,
+            params,
+            path_info,
+        }) = self.router.route(&path)
+        else {
             return empty(StatusCode::NOT_FOUND);
         };
         if let Err(status) = absolutize(&mut req) {
@@ -84,7 +103,10 @@ impl HttpApp {
         mut req: Request<WasiBody>,
     ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
         if !self.handlers.contains_key(target) {
-            tracing::warn!(target, "service chaining to a component that has no HTTP trigger");
+            tracing::warn!(
+                target,
+                "service chaining to a component that has no HTTP trigger"
+            );
             return Err(wasmtime_wasi_http::Error::DestinationNotFound);
         }
         let path_info = req.uri().path().to_string();
@@ -105,15 +127,21 @@ impl HttpApp {
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let method = req.method().clone();
         let uri = req.uri().clone();
+        let started = std::time::Instant::now();
+        let timeout = handler.state().0.limits.request_timeout;
         match handler.handle(request, req).await {
             Ok(response) => {
                 tracing::debug!(component, %method, %uri, status = response.status().as_u16(), "handled");
                 response
             }
-            Err(error) if error.downcast_ref::<ExpirationError>().is_some() => {
+            // The instance may be retired by its own expiry before the
+            // request's deadline reports, so elapsed time decides too.
+            Err(error)
+                if error.downcast_ref::<ExpirationError>().is_some()
+                    || started.elapsed() >= timeout =>
+            {
                 tracing::error!(
-                    component, %method, %uri,
-                    timeout = ?handler.state().0.limits.request_timeout,
+                    component, %method, %uri, ?timeout,
                     "request deadline exceeded; the instance was discarded"
                 );
                 empty(StatusCode::GATEWAY_TIMEOUT)
@@ -128,7 +156,11 @@ impl HttpApp {
     fn well_known(&self, rest: &str) -> Response<WasiBody> {
         match rest {
             "health" => full(StatusCode::OK, "text/plain", Bytes::from_static(b"OK")),
-            "info" => full(StatusCode::OK, "application/json", Bytes::from(self.info.to_string())),
+            "info" => full(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(self.info.to_string()),
+            ),
             _ => empty(StatusCode::NOT_FOUND),
         }
     }
@@ -145,8 +177,14 @@ fn absolutize(req: &mut Request<WasiBody>) -> Result<(), StatusCode> {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost")
         .to_string();
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    *req.uri_mut() = format!("http://{host}{path}").parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    *req.uri_mut() = format!("http://{host}{path}")
+        .parse()
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok(())
 }
 
@@ -163,7 +201,11 @@ fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: 
         headers.remove(name);
     }
     let raw = matched.raw_route;
-    let matched_route = if raw.len() > 1 { raw.strip_suffix('/').unwrap_or(raw) } else { raw };
+    let matched_route = if raw.len() > 1 {
+        raw.strip_suffix('/').unwrap_or(raw)
+    } else {
+        raw
+    };
     let mut set = |name: &str, value: &str| {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             headers.insert(name, value);
@@ -177,7 +219,13 @@ fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: 
     set("spin-component-route", matched.component_route);
     set("spin-client-addr", client);
     for (name, value) in matched.params {
-        set(&format!("spin-path-match-{}", name.to_ascii_lowercase().replace('_', "-")), value);
+        set(
+            &format!(
+                "spin-path-match-{}",
+                name.to_ascii_lowercase().replace('_', "-")
+            ),
+            value,
+        );
     }
 }
 
@@ -190,9 +238,10 @@ fn empty(status: StatusCode) -> Response<WasiBody> {
 fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<WasiBody> {
     let mut response = Response::new(Full::new(body).map_err(|e| match e {}).boxed_unsync());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -222,7 +271,8 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let app = Arc::clone(&app);
             async move {
-                let req = req.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                let req =
+                    req.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
                 Ok::<_, std::convert::Infallible>(app.handle(req, client).await)
             }
         });

@@ -35,22 +35,35 @@ pub struct InstanceState {
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
     }
 }
 
 fn kv_view(state: &mut InstanceState) -> KvView<'_> {
-    KvView { grants: &state.capabilities.key_value, table: &mut state.table }
+    KvView {
+        grants: &state.capabilities.key_value,
+        table: &mut state.table,
+    }
 }
 
 fn sqlite_view(state: &mut InstanceState) -> SqliteView<'_> {
-    SqliteView { grants: &state.capabilities.sqlite, table: &mut state.table }
+    SqliteView {
+        grants: &state.capabilities.sqlite,
+        table: &mut state.table,
+    }
 }
 
 fn variables_view(state: &mut InstanceState) -> &ComponentVariables {

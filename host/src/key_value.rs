@@ -36,7 +36,9 @@ impl KvBackend {
             );",
         )
         .context("cannot create the key-value table")?;
-        Ok(KvBackend { conn: Mutex::new(conn) })
+        Ok(KvBackend {
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Runs `f` on the connection off the async runtime: SQLite calls block.
@@ -66,17 +68,20 @@ pub struct KvStores {
 impl KvStores {
     /// Opens a backend for every label; several labels may share one file
     /// (rows are keyed by label).
-    pub fn open(defined: BTreeSet<String>, locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
+    pub fn open(
+        defined: BTreeSet<String>,
+        locations: BTreeMap<String, Location>,
+    ) -> anyhow::Result<Self> {
         let mut by_location: BTreeMap<Location, Arc<KvBackend>> = BTreeMap::new();
         let mut backends = BTreeMap::new();
         for (label, location) in locations {
             let backend = match by_location.get(&location) {
                 Some(b) => Arc::clone(b),
                 None => {
-                    let b = Arc::new(
-                        KvBackend::open(&location)
-                            .with_context(|| format!("key-value store `{label}` ({location:?})"))?,
-                    );
+                    let b =
+                        Arc::new(KvBackend::open(&location).with_context(|| {
+                            format!("key-value store `{label}` ({location:?})")
+                        })?);
                     by_location.insert(location, Arc::clone(&b));
                     b
                 }
@@ -239,7 +244,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         };
         accessor.with(|mut access| {
             let stream = StreamReader::new(&mut access, keys)?;
-            let done = FutureReader::new(&mut access, async move { Ok::<_, wasmtime::Error>(outcome) })?;
+            let done = FutureReader::new(
+                &mut access,
+                async move { Ok::<_, wasmtime::Error>(outcome) },
+            )?;
             Ok((stream, done))
         })
     }

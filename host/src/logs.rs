@@ -44,7 +44,10 @@ impl ComponentLogs {
                 echo: echo.then(|| format!("[{component}] ")),
             }))
         };
-        Ok(ComponentLogs { stdout: sink("stdout")?, stderr: sink("stderr")? })
+        Ok(ComponentLogs {
+            stdout: sink("stdout")?,
+            stderr: sink("stderr")?,
+        })
     }
 
     pub fn stdout(&self) -> AsyncStdoutStream {
@@ -58,7 +61,10 @@ impl ComponentLogs {
 
 impl Sink {
     fn write(&self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.lock().unwrap_or_else(|p| p.into_inner()).write_all(buf)?;
+        self.file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all(buf)?;
         if let Some(prefix) = &self.echo {
             let mut out = Vec::with_capacity(buf.len() + prefix.len());
             for line in buf.split_inclusive(|b| *b == b'\n') {
@@ -75,7 +81,11 @@ impl Sink {
 struct Writer(Arc<Sink>);
 
 impl AsyncWrite for Writer {
-    fn poll_write(self: Pin<&mut Self>, _: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(self.0.write(buf).map(|()| buf.len()))
     }
 

@@ -115,7 +115,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build::build_all(&Manifest::load(&args.manifest)?),
         Command::Up(args) => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(up(args))
         }
     }
@@ -126,7 +127,12 @@ async fn up(args: UpArgs) -> Result<()> {
     if args.build {
         build::build_all(&manifest)?;
     }
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| manifest.dir.join(".spin"));
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| manifest.dir.join(".spin"));
+    let state_dir = std::path::absolute(&state_dir)
+        .with_context(|| format!("invalid --state-dir {}", state_dir.display()))?;
     let follow = if args.follow_all {
         Follow::All
     } else if args.follow.is_empty() {
@@ -136,7 +142,11 @@ async fn up(args: UpArgs) -> Result<()> {
         Follow::Some(args.follow.iter().cloned().collect())
     };
     let options = AppOptions {
-        cache_dir: args.cache_dir.clone().unwrap_or_else(|| state_dir.join("cache")),
+        cache_dir: match &args.cache_dir {
+            Some(dir) => std::path::absolute(dir)
+                .with_context(|| format!("invalid --cache-dir {}", dir.display()))?,
+            None => state_dir.join("cache"),
+        },
         state_dir,
         runtime_config_file: args.runtime_config_file.clone(),
         follow,
@@ -157,13 +167,21 @@ async fn up(args: UpArgs) -> Result<()> {
 }
 
 fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
-    let unknown: Vec<&String> = follow.iter().filter(|id| !manifest.components.contains_key(*id)).collect();
+    let unknown: Vec<&String> = follow
+        .iter()
+        .filter(|id| !manifest.components.contains_key(*id))
+        .collect();
     if !unknown.is_empty() {
         anyhow::bail!(
             "--follow names components that are not in {}: {:?} (components: {})",
             manifest.path.display(),
             unknown,
-            manifest.components.keys().cloned().collect::<Vec<_>>().join(", ")
+            manifest
+                .components
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())
@@ -172,7 +190,9 @@ fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
 fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
-            anyhow::anyhow!("{addr} is already in use: stop what is using it, or pass another --listen address")
+            anyhow::anyhow!(
+                "{addr} is already in use: stop what is using it, or pass another --listen address"
+            )
         }
         _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
     })?;
@@ -180,7 +200,11 @@ fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-fn print_banner(manifest: &Manifest, listener: &tokio::net::TcpListener, app: &http_trigger::HttpApp) {
+fn print_banner(
+    manifest: &Manifest,
+    listener: &tokio::net::TcpListener,
+    app: &http_trigger::HttpApp,
+) {
     let base = match listener.local_addr() {
         Ok(addr) => format!("http://{addr}"),
         Err(_) => "http://?".into(),
@@ -189,12 +213,18 @@ fn print_banner(manifest: &Manifest, listener: &tokio::net::TcpListener, app: &h
     println!("Available Routes:");
     for (route, component) in app.router().routes() {
         println!("  {component}: {base}{route}");
-        if let Some(description) = manifest.components.get(component).and_then(|c| c.description.as_deref()) {
+        if let Some(description) = manifest
+            .components
+            .get(component)
+            .and_then(|c| c.description.as_deref())
+        {
             println!("    {description}");
         }
     }
     for (replaced, route, winner) in app.router().duplicates() {
-        tracing::error!("route {route} of component `{replaced}` is a duplicate of `{winner}`'s and will never be used");
+        tracing::error!(
+            "route {route} of component `{replaced}` is a duplicate of `{winner}`'s and will never be used"
+        );
     }
 }
 

@@ -204,10 +204,10 @@ impl Manifest {
                 );
             }
         }
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         Ok(Manifest {
             path: path.to_path_buf(),
             dir,
@@ -224,11 +224,13 @@ impl Manifest {
     }
 }
 
-fn validate_component(app_variables: &BTreeMap<String, VariableDecl>, component: &Component) -> Result<()> {
+fn validate_component(
+    app_variables: &BTreeMap<String, VariableDecl>,
+    component: &Component,
+) -> Result<()> {
     for (name, value) in &component.variables {
         validate_variable_name(name).with_context(|| format!("key `variables.{name}`"))?;
-        let template =
-            Template::parse(value).with_context(|| format!("key `variables.{name}`"))?;
+        let template = Template::parse(value).with_context(|| format!("key `variables.{name}`"))?;
         for reference in template.references() {
             if !app_variables.contains_key(reference) {
                 bail!(
@@ -333,6 +335,11 @@ source = "web.wasm"
     }
 
     #[test]
+    fn bare_file_name_resolves_against_the_current_folder() {
+        assert_eq!(parse(MINIMAL).unwrap().dir, PathBuf::from("."));
+    }
+
+    #[test]
     fn unknown_key_names_file_and_key() {
         let err = parse(&MINIMAL.replace("source =", "sourc =")).unwrap_err();
         let msg = format!("{err:#}");
@@ -345,14 +352,15 @@ source = "web.wasm"
     fn private_route_parses_and_false_is_rejected() {
         let m = parse(&MINIMAL.replace("route = \"/...\"", "route = { private = true }")).unwrap();
         assert_eq!(m.http_triggers[0].route, RouteSpec::Private);
-        let err = parse(&MINIMAL.replace("route = \"/...\"", "route = { private = false }"))
-            .unwrap_err();
+        let err =
+            parse(&MINIMAL.replace("route = \"/...\"", "route = { private = false }")).unwrap_err();
         assert!(format!("{err:#}").contains("private = false"));
     }
 
     #[test]
     fn trigger_must_name_a_component() {
-        let err = parse(&MINIMAL.replace("component = \"web\"", "component = \"api\"")).unwrap_err();
+        let err =
+            parse(&MINIMAL.replace("component = \"web\"", "component = \"api\"")).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("trigger.http[0].component"), "{msg}");
         assert!(msg.contains("`api`"), "{msg}");
@@ -360,7 +368,8 @@ source = "web.wasm"
 
     #[test]
     fn component_variable_must_reference_declared_variable() {
-        let text = format!("{MINIMAL}[component.web.variables]\ntoken = \"{{{{ secret_token }}}}\"\n");
+        let text =
+            format!("{MINIMAL}[component.web.variables]\ntoken = \"{{{{ secret_token }}}}\"\n");
         let msg = format!("{:#}", parse(&text).unwrap_err());
         assert!(msg.contains("secret_token"), "{msg}");
         assert!(msg.contains("not declared"), "{msg}");
@@ -370,7 +379,10 @@ source = "web.wasm"
     fn required_with_default_is_rejected() {
         for decl in ["{ required = true, default = \"a\" }", "{ secret = true }"] {
             let text = format!("{MINIMAL}[variables]\nx = {decl}\n");
-            assert!(format!("{:#}", parse(&text).unwrap_err()).contains("variables.x"), "{decl}");
+            assert!(
+                format!("{:#}", parse(&text).unwrap_err()).contains("variables.x"),
+                "{decl}"
+            );
         }
     }
 

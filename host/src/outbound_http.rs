@@ -21,7 +21,8 @@ const CHAINING_SUFFIX: &str = ".spin.internal";
 pub type AppLink = Arc<OnceLock<Weak<HttpApp>>>;
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
-type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send>;
+type SendFuture =
+    Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send>;
 
 pub struct OutboundHttp {
     pub component: Arc<str>,
@@ -34,7 +35,9 @@ impl OutboundHttp {
         self.app
             .get()
             .and_then(Weak::upgrade)
-            .ok_or(Error::InternalError(Some("the application is shutting down".into())))
+            .ok_or(Error::InternalError(Some(
+                "the application is shutting down".into(),
+            )))
     }
 
     fn deny(&self, destination: &str) -> SendFuture {
@@ -81,7 +84,10 @@ impl WasiHttpHooks for OutboundHttp {
         }
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as IoFuture))
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as IoFuture,
+            ))
         })
     }
 }

@@ -36,7 +36,11 @@ impl Route {
                 None => Segment::Literal(s.to_string()),
             })
             .collect();
-        Route { raw: raw.to_string(), segments, wildcard }
+        Route {
+            raw: raw.to_string(),
+            segments,
+            wildcard,
+        }
     }
 
     /// The route as written, e.g. `/api/...` (`spin-raw-component-route`).
@@ -56,7 +60,9 @@ impl Route {
     fn matches(&self, path: &str) -> Option<(Vec<(String, String)>, String)> {
         let trailing_slash = path.len() > 1 && path.ends_with('/');
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if parts.len() < self.segments.len() || (!self.wildcard && parts.len() != self.segments.len()) {
+        if parts.len() < self.segments.len()
+            || (!self.wildcard && parts.len() != self.segments.len())
+        {
             return None;
         }
         let mut params = Vec::new();
@@ -71,16 +77,28 @@ impl Route {
         let path_info = if !self.wildcard {
             String::new()
         } else if rest.is_empty() {
-            if path.ends_with('/') { "/".into() } else { String::new() }
+            if path.ends_with('/') {
+                "/".into()
+            } else {
+                String::new()
+            }
         } else {
-            format!("/{}{}", rest.join("/"), if trailing_slash { "/" } else { "" })
+            format!(
+                "/{}{}",
+                rest.join("/"),
+                if trailing_slash { "/" } else { "" }
+            )
         };
         Some((params, path_info))
     }
 
     /// Orders candidate matches: exact first, then longer, then more literal.
     fn rank(&self) -> (bool, usize, usize) {
-        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        let literals = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
         (!self.wildcard, self.segments.len(), literals)
     }
 }
@@ -121,7 +139,9 @@ impl Router {
             match router.routes.iter_mut().find(|(r, _)| r.raw == route.raw) {
                 Some(existing) => {
                     let replaced = std::mem::replace(&mut existing.1, component.to_string());
-                    router.duplicates.push((replaced, raw.to_string(), component.to_string()));
+                    router
+                        .duplicates
+                        .push((replaced, raw.to_string(), component.to_string()));
                 }
                 None => router.routes.push((route, component.to_string())),
             }
@@ -169,7 +189,8 @@ mod tests {
     }
 
     fn routed(path: &str) -> (String, String) {
-        let m = router().route(path).unwrap();
+        let router = router();
+        let m = router.route(path).unwrap();
         (m.component.to_string(), m.path_info)
     }
 
@@ -177,9 +198,15 @@ mod tests {
     fn exact_beats_wildcard_and_longest_prefix_wins() {
         assert_eq!(routed("/hello"), ("hello".into(), "".into()));
         assert_eq!(routed("/api/users/me"), ("me".into(), "".into()));
-        assert_eq!(routed("/api/users/7/orders"), ("users".into(), "/7/orders".into()));
+        assert_eq!(
+            routed("/api/users/7/orders"),
+            ("users".into(), "/7/orders".into())
+        );
         assert_eq!(routed("/api/products"), ("api".into(), "/products".into()));
-        assert_eq!(routed("/elsewhere/deep/"), ("catch-all".into(), "/elsewhere/deep/".into()));
+        assert_eq!(
+            routed("/elsewhere/deep/"),
+            ("catch-all".into(), "/elsewhere/deep/".into())
+        );
     }
 
     #[test]
@@ -207,7 +234,10 @@ mod tests {
     fn duplicate_route_last_wins() {
         let r = Router::new([("/x", "first"), ("/x", "second")]);
         assert_eq!(r.route("/x").unwrap().component, "second");
-        assert_eq!(r.duplicates(), [("first".into(), "/x".into(), "second".into())]);
+        assert_eq!(
+            r.duplicates(),
+            [("first".into(), "/x".into(), "second".into())]
+        );
     }
 
     #[test]

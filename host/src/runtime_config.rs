@@ -123,16 +123,24 @@ mod tests {
 
     #[test]
     fn relative_paths_follow_the_file() {
-        let c = load("[key_value_store.cache]\ntype = \"spin\"\npath = \"data/cache.db\"\n").unwrap();
-        let Location::File(path) = &c.key_value_stores["cache"] else { panic!("not a file") };
-        assert!(path.ends_with("data/cache.db") && path.is_absolute(), "{path:?}");
+        let c =
+            load("[key_value_store.cache]\ntype = \"spin\"\npath = \"data/cache.db\"\n").unwrap();
+        let Location::File(path) = &c.key_value_stores["cache"] else {
+            panic!("not a file")
+        };
+        assert!(
+            path.ends_with("data/cache.db") && path.is_absolute(),
+            "{path:?}"
+        );
         let c = load("[sqlite_database.scratch]\ntype = \"spin\"\n").unwrap();
         assert_eq!(c.sqlite_databases["scratch"], Location::Memory);
     }
 
     #[test]
     fn unsupported_type_and_unknown_key_are_named() {
-        let msg = load("[sqlite_database.main]\ntype = \"libsql\"\n").unwrap_err().to_string();
+        let msg = load("[sqlite_database.main]\ntype = \"libsql\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("sqlite_database.main.type"), "{msg}");
         let msg = load("[variables_provider]\n").unwrap_err().to_string();
         assert!(msg.contains("unknown field `variables_provider`"), "{msg}");

@@ -45,7 +45,10 @@ pub struct Databases {
 
 impl Databases {
     /// Opens every database once now, so a bad path fails at start-up.
-    pub fn open(defined: BTreeSet<String>, locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
+    pub fn open(
+        defined: BTreeSet<String>,
+        locations: BTreeMap<String, Location>,
+    ) -> anyhow::Result<Self> {
         let mut anchors = Vec::new();
         for (label, location) in &locations {
             let conn = connect(label, location)
@@ -54,7 +57,11 @@ impl Databases {
                 anchors.push(conn);
             }
         }
-        Ok(Databases { defined, locations, _memory_anchors: Mutex::new(anchors) })
+        Ok(Databases {
+            defined,
+            locations,
+            _memory_anchors: Mutex::new(anchors),
+        })
     }
 }
 
@@ -106,17 +113,26 @@ impl SqliteView<'_> {
             Ok(conn) => conn,
             Err(e) => return Ok(Err(Error::Io(format!("{e:#}")))),
         };
-        let handle = ConnectionHandle { conn: Arc::new(Mutex::new(conn)) };
+        let handle = ConnectionHandle {
+            conn: Arc::new(Mutex::new(conn)),
+        };
         Ok(Ok(self.table.push(handle)?))
     }
 
-    fn conn(&self, r: &Resource<ConnectionHandle>) -> wasmtime::Result<Arc<Mutex<rusqlite::Connection>>> {
+    fn conn(
+        &self,
+        r: &Resource<ConnectionHandle>,
+    ) -> wasmtime::Result<Arc<Mutex<rusqlite::Connection>>> {
         Ok(Arc::clone(&self.table.get(r)?.conn))
     }
 }
 
 /// Runs one statement to completion, returning its columns and rows.
-fn run(conn: &rusqlite::Connection, statement: &str, params: Vec<Value>) -> Result<QueryResult, Error> {
+fn run(
+    conn: &rusqlite::Connection,
+    statement: &str,
+    params: Vec<Value>,
+) -> Result<QueryResult, Error> {
     let mut stmt = conn.prepare(statement).map_err(io_error)?;
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
@@ -176,7 +192,10 @@ async fn blocking<R: Send + 'static>(
 impl sqlite::Host for SqliteView<'_> {}
 
 impl sqlite::HostConnection for SqliteView<'_> {
-    fn open(&mut self, database: String) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
+    fn open(
+        &mut self,
+        database: String,
+    ) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
         SqliteView::open(self, &database)
     }
 
@@ -220,7 +239,14 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
         statement: String,
         parameters: Vec<Value>,
     ) -> wasmtime::Result<
-        Result<(Vec<String>, StreamReader<RowResult>, FutureReader<Result<(), Error>>), Error>,
+        Result<
+            (
+                Vec<String>,
+                StreamReader<RowResult>,
+                FutureReader<Result<(), Error>>,
+            ),
+            Error,
+        >,
     > {
         let conn = accessor.with(|mut access| access.get().conn(&conn))?;
         let result = blocking(conn, move |c| run(c, &statement, parameters)).await?;

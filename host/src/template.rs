@@ -74,7 +74,13 @@ mod tests {
         let t = Template::parse("redis://{{ host }}:{{port}}/0").unwrap();
         assert_eq!(t.references().collect::<Vec<_>>(), ["host", "port"]);
         let out = t
-            .render(|n| Ok(if n == "host" { "db".into() } else { "6379".into() }))
+            .render(|n| {
+                Ok(if n == "host" {
+                    "db".into()
+                } else {
+                    "6379".into()
+                })
+            })
             .unwrap();
         assert_eq!(out, "redis://db:6379/0");
     }

@@ -84,7 +84,9 @@ impl ComponentVariables {
 
     fn get(&self, name: &str) -> Result<String, Error> {
         if validate_variable_name(name).is_err() {
-            return Err(Error::InvalidName(format!("invalid variable name {name:?}")));
+            return Err(Error::InvalidName(format!(
+                "invalid variable name {name:?}"
+            )));
         }
         self.values
             .get(name)

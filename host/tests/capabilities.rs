@@ -53,19 +53,30 @@ async fn put(host: &common::Host, path: &str, body: &'static str) -> (u16, serde
 }
 
 async fn sql(host: &common::Host, statement: &'static str) -> (u16, serde_json::Value) {
-    send(reqwest::Client::new().post(host.url("/granted/sql/default")).body(statement)).await
+    send(
+        reqwest::Client::new()
+            .post(host.url("/granted/sql/default"))
+            .body(statement),
+    )
+    .await
 }
 
 #[tokio::test]
 async fn key_value_persists_across_restarts() {
     let app = AppDir::new(STORES);
     let host = start(&app);
-    assert_eq!(put(&host, "/granted/kv/default/colour", "teal").await.0, 200);
+    assert_eq!(
+        put(&host, "/granted/kv/default/colour", "teal").await.0,
+        200
+    );
     assert_eq!(put(&host, "/granted/kv/cache/size", "42").await.0, 200);
     assert_eq!(host.stop().code(), Some(0), "graceful stop exits 0");
 
     assert!(app.path().join(".spin/sqlite_key_value.db").exists());
-    assert!(app.path().join("cache/kv.db").exists(), "relative to the runtime config file");
+    assert!(
+        app.path().join("cache/kv.db").exists(),
+        "relative to the runtime config file"
+    );
 
     let host = start(&app);
     let (_, body) = host.get("/granted/kv/default/colour").await;
@@ -73,8 +84,17 @@ async fn key_value_persists_across_restarts() {
     let (_, body) = host.get("/granted/kv/cache/size").await;
     assert_eq!(body["value"], "42");
     let (_, body) = host.get("/granted/kv/default").await;
-    assert_eq!(body["keys"], serde_json::json!(["colour"]), "labels do not share keys");
-    assert_eq!(send(reqwest::Client::new().delete(host.url("/granted/kv/default/colour"))).await.0, 200);
+    assert_eq!(
+        body["keys"],
+        serde_json::json!(["colour"]),
+        "labels do not share keys"
+    );
+    assert_eq!(
+        send(reqwest::Client::new().delete(host.url("/granted/kv/default/colour")))
+            .await
+            .0,
+        200
+    );
     let (_, body) = host.get("/granted/kv/default/colour").await;
     assert_eq!(body["value"], serde_json::Value::Null);
 }
@@ -84,19 +104,42 @@ async fn key_value_grants_are_enforced() {
     let app = AppDir::new(STORES);
     let host = start(&app);
     let (status, body) = host.get("/bare/kv/default/x").await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("AccessDenied")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("Error::AccessDenied")),
+        "{body}"
+    );
     let (_, body) = host.get("/granted/kv/unused/x").await;
-    assert_eq!(body["error"], "AccessDenied", "defined but not granted: {body}");
+    assert_eq!(
+        body["error"], "Error::AccessDenied",
+        "defined but not granted: {body}"
+    );
     let (_, body) = host.get("/granted/kv/nowhere/x").await;
-    assert_eq!(body["error"], "NoSuchStore", "{body}");
+    assert_eq!(body["error"], "Error::NoSuchStore", "{body}");
 }
 
 #[tokio::test]
 async fn sqlite_persists_and_uses_wal() {
     let app = AppDir::new(STORES);
     let host = start(&app);
-    assert_eq!(sql(&host, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)").await.0, 200);
-    assert_eq!(sql(&host, "INSERT INTO notes (body) VALUES ('first'), ('second')").await.0, 200);
+    assert_eq!(
+        sql(
+            &host,
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        sql(
+            &host,
+            "INSERT INTO notes (body) VALUES ('first'), ('second')"
+        )
+        .await
+        .0,
+        200
+    );
     let (status, body) = sql(&host, "SELECT nonsense FROM").await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Io"), "{body}");
@@ -106,14 +149,25 @@ async fn sqlite_persists_and_uses_wal() {
     let (status, body) = sql(&host, "SELECT id, body FROM notes ORDER BY id").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["columns"], serde_json::json!(["id", "body"]));
-    assert_eq!(body["rows"], serde_json::json!([[1, "first"], [2, "second"]]));
+    assert_eq!(
+        body["rows"],
+        serde_json::json!([[1, "first"], [2, "second"]])
+    );
     let (_, body) = sql(&host, "PRAGMA journal_mode").await;
     assert_eq!(body["rows"], serde_json::json!([["wal"]]));
     assert!(app.path().join(".spin/sqlite_db.db").exists());
 
-    let (status, body) =
-        send(reqwest::Client::new().post(host.url("/bare/sql/default")).body("SELECT 1")).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("AccessDenied")), "{body}");
+    let (status, body) = send(
+        reqwest::Client::new()
+            .post(host.url("/bare/sql/default"))
+            .body("SELECT 1"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("Error::AccessDenied")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -125,17 +179,39 @@ async fn variables_resolve_from_environment_and_defaults() {
     let (_, body) = host.get("/granted/var/token").await;
     assert_eq!(body["value"], "s3cr3t-t0ken");
     let (_, body) = host.get("/granted/var/nope").await;
-    assert!(body["error"].as_str().unwrap().starts_with("Undefined"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error::Undefined"),
+        "{body}"
+    );
     let (_, body) = host.get("/granted/var/Not-Valid").await;
-    assert!(body["error"].as_str().unwrap().starts_with("InvalidName"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error::InvalidName"),
+        "{body}"
+    );
     let (_, body) = host.get("/bare/var/message").await;
-    assert!(body["error"].as_str().unwrap().starts_with("Undefined"), "{body}");
-    assert!(!host.stderr().contains("s3cr3t"), "a secret leaked into the logs");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error::Undefined"),
+        "{body}"
+    );
+    assert!(
+        !host.stderr().contains("s3cr3t"),
+        "a secret leaked into the logs"
+    );
 
     // The environment overrides a default.
     let config = app.path().join("runtime-config.toml");
     let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
-    cmd.env("SPIN_VARIABLE_API_TOKEN", "t").env("SPIN_VARIABLE_GREETING", "hi");
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "t")
+        .env("SPIN_VARIABLE_GREETING", "hi");
     let host = app.start_with(cmd);
     let (_, body) = host.get("/granted/var/message").await;
     assert_eq!(body["value"], "hi, world");
@@ -157,5 +233,8 @@ fn undefined_store_label_stops_start_up() {
     let mut cmd = app.command(&[]);
     cmd.env("SPIN_VARIABLE_API_TOKEN", "x");
     let stderr = app.fail_with(cmd);
-    assert!(stderr.contains("component `granted` uses key-value store `cache`"), "{stderr}");
+    assert!(
+        stderr.contains("component `granted` uses key-value store `cache`"),
+        "{stderr}"
+    );
 }

@@ -64,7 +64,19 @@ async fn routes_follow_spin_precedence() {
     // A private component is never routed to from outside.
     let (_, body) = host.get("/headers").await;
     assert_eq!(body["component"], "catch-all");
-    assert!(host.banner.contains("Available Routes:"), "{}", host.banner);
+    let banner = host.wait_for_stdout("  user: ");
+    assert!(
+        banner.contains(&format!("  api: {}/api (wildcard)", host.base)),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("  me: {}/api/users/me\n", host.base)),
+        "{banner}"
+    );
+    assert!(
+        !banner.contains("back:"),
+        "private routes are not listed: {banner}"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +91,13 @@ async fn spin_headers_describe_the_match() {
     assert_eq!(h["spin-raw-component-route"], "/api/...");
     assert_eq!(h["spin-component-route"], "/api");
     assert_eq!(h["spin-base-path"], "/");
-    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{h}");
+    assert!(
+        h["spin-client-addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{h}"
+    );
 
     let (_, h) = host.get("/api/users/42").await;
     assert_eq!(h["spin-path-match-user-id"], "42", "{h}");
@@ -95,7 +113,13 @@ async fn clients_cannot_forge_spin_headers() {
         .header("spin-client-addr", "10.0.0.1:1")
         .header("spin-path-match-admin", "yes");
     let (_, h) = common::send(request).await;
-    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{h}");
+    assert!(
+        h["spin-client-addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{h}"
+    );
     assert!(h.get("spin-path-match-admin").is_none(), "{h}");
 }
 
@@ -125,7 +149,9 @@ source = "{probe}"
 async fn chaining_reaches_a_private_component_in_process() {
     let app = AppDir::new(ROUTES);
     let host = app.start(&[]);
-    let (status, body) = host.get("/api/fetch?url=http://back.spin.internal/headers").await;
+    let (status, body) = host
+        .get("/api/fetch?url=http://back.spin.internal/headers")
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], 200, "{body}");
     let inner: serde_json::Value = serde_json::from_str(body["body"].as_str().unwrap()).unwrap();
@@ -140,14 +166,34 @@ async fn outbound_requests_need_an_allowed_host() {
     let app = AppDir::new(ROUTES);
     let host = app.start(&[]);
     // `catch-all` may reach nothing at all.
-    let (status, body) = host.get("/fetch?url=http://back.spin.internal/headers").await;
+    let (status, body) = host
+        .get("/fetch?url=http://back.spin.internal/headers")
+        .await;
     assert_eq!(status, 502, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("HttpRequestDenied"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied"),
+        "{body}"
+    );
     // `api` may reach `back` but not this very server over a socket.
-    let (status, body) = host.get(&format!("/api/fetch?url={}", host.url("/headers"))).await;
+    let (status, body) = host
+        .get(&format!("/api/fetch?url={}", host.url("/headers")))
+        .await;
     assert_eq!(status, 502, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("HttpRequestDenied"), "{body}");
-    assert!(host.stderr().contains("outbound request denied"), "{}", host.stderr());
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied"),
+        "{body}"
+    );
+    assert!(
+        host.stderr().contains("outbound request denied"),
+        "{}",
+        host.stderr()
+    );
 }
 
 #[tokio::test]
@@ -168,7 +214,10 @@ allowed_outbound_hosts = ["http://127.0.0.1:*"]
     let host = app.start(&[]);
     // The host's own well-known endpoint is a real HTTP server on loopback.
     let (status, body) = host
-        .get(&format!("/fetch?url={}", host.url("/.well-known/spin/health")))
+        .get(&format!(
+            "/fetch?url={}",
+            host.url("/.well-known/spin/health")
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], 200);

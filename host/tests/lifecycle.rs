@@ -26,7 +26,11 @@ async fn a_trap_fails_only_its_request() {
     assert_eq!(status, 500);
     let (status, body) = host.get("/instance").await;
     assert_eq!(status, 200, "{body}");
-    assert!(host.stderr().contains("error processing request"), "{}", host.stderr());
+    assert!(
+        host.stderr().contains("error processing request"),
+        "{}",
+        host.stderr()
+    );
 }
 
 #[tokio::test]
@@ -47,7 +51,11 @@ async fn a_runaway_request_hits_the_deadline() {
     let host = app.start(&["--request-timeout", "1s"]);
     let (status, _) = host.get("/loop").await;
     assert_eq!(status, 504);
-    assert!(host.stderr().contains("request deadline exceeded"), "{}", host.stderr());
+    assert!(
+        host.stderr().contains("request deadline exceeded"),
+        "{}",
+        host.stderr()
+    );
     let (status, _) = host.get("/instance").await;
     assert_eq!(status, 200);
 }
@@ -66,16 +74,28 @@ async fn concurrent_requests_share_instances() {
     }
     // 24 overlapping requests, 16 per instance at most: some instance served
     // several at once, and more than one instance was needed.
-    assert!(instances.len() >= 2 && instances.len() < 24, "{instances:?}");
+    assert!(
+        instances.len() >= 2 && instances.len() < 24,
+        "{instances:?}"
+    );
 
-    let host = app.start(&["--max-instance-concurrent-reuse-count", "1", "--max-instance-reuse-count", "1"]);
+    let host = app.start(&[
+        "--max-instance-concurrent-reuse-count",
+        "1",
+        "--max-instance-reuse-count",
+        "1",
+    ]);
     let requests = (0..4).map(|_| common::send(client.get(host.url("/sleep/100"))));
     let instances: BTreeSet<u64> = join_all(requests)
         .await
         .iter()
         .map(|(_, body)| body["instance"].as_u64().unwrap())
         .collect();
-    assert_eq!(instances.len(), 4, "reuse disabled: one instance per request");
+    assert_eq!(
+        instances.len(),
+        4,
+        "reuse disabled: one instance per request"
+    );
 }
 
 #[tokio::test]
@@ -87,7 +107,10 @@ async fn component_output_goes_to_log_files() {
     let logs = app.path().join(".spin/logs");
     let wait_for = |file: &str, text: &str| {
         for _ in 0..50 {
-            if std::fs::read_to_string(logs.join(file)).unwrap_or_default().contains(text) {
+            if std::fs::read_to_string(logs.join(file))
+                .unwrap_or_default()
+                .contains(text)
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -96,7 +119,11 @@ async fn component_output_goes_to_log_files() {
     };
     wait_for("web_stdout.txt", "stdout says marker-7");
     wait_for("web_stderr.txt", "stderr says marker-7");
-    assert!(host.stderr().contains("[web] stdout says marker-7"), "{}", host.stderr());
+    assert!(
+        host.stderr().contains("[web] stdout says marker-7"),
+        "{}",
+        host.stderr()
+    );
 }
 
 #[test]
@@ -107,14 +134,15 @@ fn start_up_errors_are_clear() {
 
     let app = AppDir::new(&ONE.replace("source =", "sorce ="));
     let stderr = app.fail(&[]);
-    assert!(stderr.contains("spin.toml") && stderr.contains("unknown field `sorce`"), "{stderr}");
+    assert!(
+        stderr.contains("spin.toml") && stderr.contains("unknown field `sorce`"),
+        "{stderr}"
+    );
 
     let app = AppDir::new(ONE);
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let mut cmd = app.command(&[]);
-    cmd.args(["--listen", &addr]);
-    let stderr = app.fail_with(cmd);
+    let stderr = app.fail(&["--listen", &addr]);
     assert!(stderr.contains("already in use"), "{stderr}");
 
     let config = app.write("rc.toml", "[key_value_store.x]\ntype = \"redis\"\n");
@@ -126,5 +154,8 @@ fn start_up_errors_are_clear() {
     std::fs::write(&empty, [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00]).unwrap();
     let app = AppDir::new(&ONE.replace("{probe}", empty.to_str().unwrap()));
     let stderr = app.fail(&[]);
-    assert!(stderr.contains("does not export `wasi:http/handler@0.3.0`"), "{stderr}");
+    assert!(
+        stderr.contains("does not export `wasi:http/handler@0.3.0`"),
+        "{stderr}"
+    );
 }

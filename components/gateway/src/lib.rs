@@ -17,7 +17,11 @@ async fn handle(req: Request) -> impl IntoResponse {
                 "version": env!("CARGO_PKG_VERSION"),
             }),
         ),
-        (_, "/health") => problem(405, "Method Not Allowed", "GET is the only method on /health"),
+        (_, "/health") => problem(
+            405,
+            "Method Not Allowed",
+            "GET is the only method on /health",
+        ),
         (_, path) => problem(404, "Not Found", &format!("no route for {path}")),
     }
 }

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds the test guests (once per test binary; cargo serialises builds).
@@ -22,7 +25,14 @@ pub fn probe_wasm() -> PathBuf {
             let root = workspace_root();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--target", "wasm32-wasip2", "--release", "-p", "probe"])
+                .args([
+                    "build",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--release",
+                    "-p",
+                    "probe",
+                ])
                 .current_dir(&root)
                 .status()
                 .expect("run cargo to build the probe guest");
@@ -61,7 +71,11 @@ impl AppDir {
         cmd.arg("up")
             .arg("--from")
             .arg(self.path().join("spin.toml"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .arg("--cache-dir")
             .arg(workspace_root().join("target/bazaar-test-cache"))
             .args(args)
@@ -73,44 +87,11 @@ impl AppDir {
 
     /// Starts `bazaar up` and waits until it serves.
     pub fn start(&self, args: &[&str]) -> Host {
-        self.start_with(self.command(args))
+        start(self.command(args))
     }
 
-    pub fn start_with(&self, mut cmd: Command) -> Host {
-        let mut child = cmd.spawn().expect("spawn bazaar");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut banner = String::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let base = loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("bazaar did not start:\n{}", stderr.lock().unwrap());
-            }
-            banner.push_str(&line);
-            if let Some(url) = line.trim().strip_prefix("Serving ") {
-                break url.to_string();
-            }
-        };
-        // The route list follows the `Serving` line; keep reading it.
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stdout.read_to_string(&mut rest);
-        });
-        Host { child, base, stderr, banner }
+    pub fn start_with(&self, cmd: Command) -> Host {
+        start(cmd)
     }
 
     /// Runs `bazaar up` expecting it to fail; returns its stderr.
@@ -125,11 +106,59 @@ impl AppDir {
     }
 }
 
+/// Spawns a prepared `bazaar up` command and waits until it serves.
+pub fn start(mut cmd: Command) -> Host {
+    let mut child = cmd.spawn().expect("spawn bazaar");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&stderr);
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&stdout);
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let base = loop {
+        let text = stdout.lock().unwrap().clone();
+        if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Serving ")) {
+            break url.to_string();
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bazaar did not start:\n{}", stderr.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Host {
+        child,
+        base,
+        stderr,
+        stdout,
+    }
+}
+
 pub struct Host {
     child: Child,
     pub base: String,
     stderr: Arc<Mutex<String>>,
-    pub banner: String,
+    stdout: Arc<Mutex<String>>,
 }
 
 impl Host {
@@ -141,13 +170,31 @@ impl Host {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (briefly) until the host has printed `text` on stdout.
+    pub fn wait_for_stdout(&self, text: &str) -> String {
+        for _ in 0..100 {
+            let out = self.stdout.lock().unwrap().clone();
+            if out.contains(text) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "stdout never showed {text:?}:\n{}",
+            self.stdout.lock().unwrap()
+        );
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         send(reqwest::Client::new().get(self.url(path))).await
     }
 
     /// Stops the host with SIGTERM, as a service manager would, and waits.
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         self.child.wait().unwrap()
     }
 }

@@ -44,10 +44,16 @@ async fn handle(req: Request) -> impl IntoResponse {
             seen.insert("component".into(), component.into());
             json(200, serde_json::Value::Object(seen))
         }
-        ("GET", ["instance"]) => json(200, serde_json::json!({ "instance": instance_id(), "served": served })),
+        ("GET", ["instance"]) => json(
+            200,
+            serde_json::json!({ "instance": instance_id(), "served": served }),
+        ),
         ("GET", ["sleep", ms]) => {
             spin_sdk::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-            json(200, serde_json::json!({ "instance": instance_id(), "served": served }))
+            json(
+                200,
+                serde_json::json!({ "instance": instance_id(), "served": served }),
+            )
         }
         ("GET", ["log", text]) => {
             println!("stdout says {text}");
@@ -67,7 +73,10 @@ async fn handle(req: Request) -> impl IntoResponse {
             match block.try_reserve_exact(bytes) {
                 Ok(()) => {
                     block.resize(bytes, 1);
-                    json(200, serde_json::json!({ "allocated": std::hint::black_box(&block).len() }))
+                    json(
+                        200,
+                        serde_json::json!({ "allocated": std::hint::black_box(&block).len() }),
+                    )
                 }
                 Err(e) => json(507, serde_json::json!({ "error": e.to_string() })),
             }
@@ -158,14 +167,20 @@ async fn fetch(url: &str) -> Response<String> {
         Ok(response) => {
             let status = response.status().as_u16();
             let body = response.into_body().bytes().await.unwrap_or_default();
-            json(200, serde_json::json!({ "status": status, "body": String::from_utf8_lossy(&body) }))
+            json(
+                200,
+                serde_json::json!({ "status": status, "body": String::from_utf8_lossy(&body) }),
+            )
         }
         Err(e) => json(502, serde_json::json!({ "error": format!("{e:?}") })),
     }
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 fn json(status: u16, body: serde_json::Value) -> Response<String> {
