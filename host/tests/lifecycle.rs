@@ -159,3 +159,31 @@ fn start_up_errors_are_clear() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk() {
+    let app = AppDir::new(ONE);
+    let cache = app.path().join("compiled");
+    let host = app.start(&["--cache-dir", cache.to_str().unwrap()]);
+    assert_eq!(host.get("/instance").await.0, 200);
+    drop(host);
+    let cached = walk(&cache);
+    assert!(
+        !cached.is_empty(),
+        "nothing cached under {}",
+        cache.display()
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

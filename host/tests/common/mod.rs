@@ -70,15 +70,17 @@ impl AppDir {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bazaar"));
         cmd.arg("up")
             .arg("--from")
-            .arg(self.path().join("spin.toml"))
-            .args(if args.contains(&"--listen") {
-                &[][..]
-            } else {
-                &["--listen", "127.0.0.1:0"][..]
-            })
-            .arg("--cache-dir")
-            .arg(workspace_root().join("target/bazaar-test-cache"))
-            .args(args)
+            .arg(self.path().join("spin.toml"));
+        // Defaults the test may override: a free port, and one compiled-code
+        // cache for all tests so each guest is compiled once.
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--cache-dir") {
+            cmd.arg("--cache-dir")
+                .arg(workspace_root().join("target/bazaar-test-cache"));
+        }
+        cmd.args(args)
             .env("RUST_LOG", "bazaar=debug,warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
