@@ -16,12 +16,16 @@ use wasmtime::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::allowed_hosts::{AllowList, AllowedHost};
+use crate::bindings::redis_trigger::RedisTriggerPre;
 use crate::component::{ComponentRuntime, Limits};
+use crate::http_pool::ComponentPool;
 use crate::http_trigger::HttpApp;
 use crate::instance::{self, Capabilities};
 use crate::key_value::{KvGrants, KvStores};
 use crate::logs::ComponentLogs;
 use crate::manifest::{Manifest, RouteSpec};
+use crate::outbound_redis::{RedisClients, RedisGrants};
+use crate::redis_trigger::{self, RedisHandler, Subscription};
 use crate::router::Router;
 use crate::runtime_config::{Location, RuntimeConfig};
 use crate::sqlite::{Databases, SqliteGrants};
@@ -35,6 +39,11 @@ pub struct AppOptions {
     /// Components whose stdio is echoed to the terminal.
     pub follow: Follow,
     pub limits: Limits,
+    /// Variable values from `bazaar up`'s own flags, ranked after the
+    /// environment and before manifest defaults.
+    pub variable_overrides: BTreeMap<String, String>,
+    /// Values for variables that would otherwise have none.
+    pub variable_fallbacks: BTreeMap<String, String>,
 }
 
 pub enum Follow {
@@ -74,22 +83,39 @@ pub fn engine(options: &AppOptions) -> Result<Engine> {
         .context("cannot create the wasmtime engine")
 }
 
-/// Loads the application; the returned app is ready to serve.
-pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Result<Arc<HttpApp>> {
-    let variables = AppVariables::resolve(manifest, |name| std::env::var(name).ok())?;
+/// A loaded application, ready to serve.
+pub struct LoadedApp {
+    /// `None` when the manifest has no HTTP trigger.
+    pub http: Option<Arc<HttpApp>>,
+    pub redis: Vec<Subscription>,
+    pub redis_clients: Arc<RedisClients>,
+}
+
+/// Loads the application: every check that can fail fails here.
+pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Result<LoadedApp> {
+    let variables = AppVariables::resolve(
+        manifest,
+        |name| std::env::var(name).ok(),
+        &options.variable_overrides,
+        &options.variable_fallbacks,
+    )?;
     let runtime_config =
         RuntimeConfig::load(options.runtime_config_file.as_deref(), &options.state_dir)?;
     check_labels_defined(manifest, &runtime_config)?;
+    let redis_targets = redis_trigger::resolve_targets(manifest, &variables)?;
 
-    let triggered: Vec<(&str, bool)> = manifest
-        .http_triggers
-        .iter()
-        .map(|t| (t.component.as_str(), t.route == RouteSpec::Private))
-        .collect();
+    // Components some trigger runs, each with the trigger kinds that run it.
+    let mut triggered: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+    for t in &manifest.http_triggers {
+        triggered.entry(&t.component).or_default().0 = true;
+    }
+    for (_, _, component) in &redis_targets {
+        triggered.entry(component).or_default().1 = true;
+    }
     let used = |pick: fn(&crate::manifest::Component) -> &Vec<String>| -> BTreeSet<String> {
         triggered
-            .iter()
-            .flat_map(|(id, _)| pick(&manifest.components[*id]).iter().cloned())
+            .keys()
+            .flat_map(|id| pick(&manifest.components[*id]).iter().cloned())
             .collect()
     };
     let kv_used = used(|c| &c.key_value_stores);
@@ -103,30 +129,25 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
         runtime_config.sqlite_databases.keys().cloned().collect(),
         only(&runtime_config.sqlite_databases, &sqlite_used),
     )?);
+    let redis_clients = Arc::new(RedisClients::default());
 
     let logs_dir = options.state_dir.join("logs");
     eprintln!("Logging component stdio to \"{}/\"", logs_dir.display());
     let linker = instance::linker(engine)?;
     let app_link = Arc::new(OnceLock::new());
-    let mut runtimes = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (id, _) in &triggered {
-        if !seen.insert(*id) {
-            continue;
-        }
-        let component = &manifest.components[*id];
+    let mut http_pools = Vec::new();
+    let mut redis_handlers = BTreeMap::new();
+    for (id, (http, redis)) in triggered {
+        let component = &manifest.components[id];
         let context = || format!("component `{id}`");
         let wasm = compile(engine, &manifest.source_path(component)).with_context(context)?;
         let pre = linker
             .instantiate_pre(&wasm)
             .map_err(anyhow::Error::from)
             .with_context(context)?;
-        let pre = ServicePre::new(pre).map_err(|e| {
-            anyhow::anyhow!(
-                "component `{id}` does not export `wasi:http/handler@0.3.0`, so it cannot serve HTTP \
-                 (build it with spin-sdk 7's #[http_service]): {e}"
-            )
-        })?;
+        let allowed = Arc::new(
+            allow_list(&variables, &component.allowed_outbound_hosts).with_context(context)?,
+        );
         let capabilities = Arc::new(Capabilities {
             key_value: KvGrants {
                 stores: Arc::clone(&kv_stores),
@@ -136,45 +157,80 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
                 databases: Arc::clone(&databases),
                 granted: component.sqlite_databases.iter().cloned().collect(),
             },
+            redis: RedisGrants {
+                clients: Arc::clone(&redis_clients),
+                allowed: Arc::clone(&allowed),
+            },
             variables: ComponentVariables::resolve(&variables, &component.variables)
                 .with_context(context)?,
         });
-        let allowed =
-            allow_list(&variables, &component.allowed_outbound_hosts).with_context(context)?;
-        let logs = ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?;
-        runtimes.push(Arc::new(ComponentRuntime::new(
+        let runtime = Arc::new(ComponentRuntime::new(
             id,
-            pre,
             capabilities,
-            Arc::new(allowed),
+            allowed,
             component.environment.clone().into_iter().collect(),
-            logs,
+            ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?,
             options.limits.clone(),
             Arc::clone(&app_link),
-        )));
+        ));
+        if http {
+            let pre = ServicePre::new(pre.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "component `{id}` has an HTTP trigger but does not export `wasi:http/handler@0.3.0` \
+                     (build it with spin-sdk 7's #[http_service]): {e}"
+                )
+            })?;
+            http_pools.push(ComponentPool {
+                runtime: Arc::clone(&runtime),
+                pre,
+            });
+        }
+        if redis {
+            let pre = RedisTriggerPre::new(pre).map_err(|e| {
+                anyhow::anyhow!(
+                    "component `{id}` has a Redis trigger but does not export `spin:redis/inbound-redis@3.0.0` \
+                     (build it with spin-sdk 7's #[redis_subscriber]): {e}"
+                )
+            })?;
+            redis_handlers.insert(id.to_string(), Arc::new(RedisHandler { runtime, pre }));
+        }
     }
 
-    let router = Router::new(
-        manifest
-            .http_triggers
-            .iter()
-            .filter_map(|t| match &t.route {
-                RouteSpec::Public(route) => Some((route.as_str(), t.component.as_str())),
-                RouteSpec::Private => None,
-            }),
+    let http =
+        (!manifest.http_triggers.is_empty()).then(|| {
+            let router = Router::new(manifest.http_triggers.iter().filter_map(
+                |t| match &t.route {
+                    RouteSpec::Public(route) => Some((route.as_str(), t.component.as_str())),
+                    RouteSpec::Private => None,
+                },
+            ));
+            let application = &manifest.application;
+            let info = serde_json::json!({
+                "name": application.name,
+                "version": application.version,
+                "description": application.description,
+                "runtime": concat!("bazaar ", env!("CARGO_PKG_VERSION")),
+            });
+            Arc::new(HttpApp::new(info, router, http_pools))
+        });
+    if let Some(http) = &http {
+        app_link
+            .set(Arc::downgrade(http))
+            .map_err(|_| anyhow::anyhow!("application linked twice"))?;
+    }
+    let redis = redis_trigger::subscriptions(
+        redis_targets
+            .into_iter()
+            .map(|(address, channel, component)| {
+                (address, channel, Arc::clone(&redis_handlers[&component]))
+            })
+            .collect(),
     );
-    let application = &manifest.application;
-    let info = serde_json::json!({
-        "name": application.name,
-        "version": application.version,
-        "description": application.description,
-        "runtime": concat!("bazaar ", env!("CARGO_PKG_VERSION")),
-    });
-    let app = Arc::new(HttpApp::new(info, router, runtimes));
-    app_link
-        .set(Arc::downgrade(&app))
-        .map_err(|_| anyhow::anyhow!("application linked twice"))?;
-    Ok(app)
+    Ok(LoadedApp {
+        http,
+        redis,
+        redis_clients,
+    })
 }
 
 fn compile(engine: &Engine, path: &Path) -> Result<Component> {

@@ -9,9 +9,21 @@ wasmtime::component::bindgen!({
     with: {
         "spin:key-value/key-value.store": crate::key_value::StoreHandle,
         "spin:sqlite/sqlite.connection": crate::sqlite::ConnectionHandle,
+        "spin:redis/redis.connection": crate::outbound_redis::ConnectionHandle,
     },
 });
 
+/// The Redis trigger's view of a guest: its `inbound-redis` export.
+pub mod redis_trigger {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "bazaar:host/redis-trigger",
+        with: { "spin:redis/redis": crate::bindings::spin::redis::redis },
+        require_store_data_send: true,
+    });
+}
+
 pub use spin::key_value::key_value;
+pub use spin::redis::redis;
 pub use spin::sqlite::sqlite;
 pub use spin::variables::variables;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
-use crate::component::{ComponentPool, ComponentRuntime};
+use crate::http_pool::ComponentPool;
 use crate::router::{RouteMatch, Router};
 
 /// Paths Spin reserves for the runtime itself.
@@ -43,14 +43,10 @@ struct Matched<'a> {
 
 impl HttpApp {
     /// `info` is served at `/.well-known/spin/info`.
-    pub fn new(
-        info: serde_json::Value,
-        router: Router,
-        runtimes: Vec<Arc<ComponentRuntime>>,
-    ) -> Self {
-        let handlers = runtimes
+    pub fn new(info: serde_json::Value, router: Router, pools: Vec<ComponentPool>) -> Self {
+        let handlers = pools
             .into_iter()
-            .map(|rt| (rt.id.to_string(), ProxyHandler::new(ComponentPool(rt))))
+            .map(|pool| (pool.runtime.id.to_string(), ProxyHandler::new(pool)))
             .collect();
         HttpApp {
             info,
@@ -128,7 +124,7 @@ impl HttpApp {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let started = std::time::Instant::now();
-        let timeout = handler.state().0.limits.request_timeout;
+        let timeout = handler.state().runtime.limits.request_timeout;
         match handler.handle(request, req).await {
             Ok(response) => {
                 tracing::debug!(component, %method, %uri, status = response.status().as_u16(), "handled");

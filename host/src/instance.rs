@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings;
 use crate::key_value::{KeyValue, KvGrants, KvView};
 use crate::outbound_http::OutboundHttp;
+use crate::outbound_redis::{Redis, RedisGrants, RedisView};
 use crate::sqlite::{Sqlite, SqliteGrants, SqliteView};
 use crate::variables::{ComponentVariables, Variables};
 
@@ -21,6 +22,7 @@ use crate::variables::{ComponentVariables, Variables};
 pub struct Capabilities {
     pub key_value: KvGrants,
     pub sqlite: SqliteGrants,
+    pub redis: RedisGrants,
     pub variables: Arc<ComponentVariables>,
 }
 
@@ -66,6 +68,13 @@ fn sqlite_view(state: &mut InstanceState) -> SqliteView<'_> {
     }
 }
 
+fn redis_view(state: &mut InstanceState) -> RedisView<'_> {
+    RedisView {
+        grants: &state.capabilities.redis,
+        table: &mut state.table,
+    }
+}
+
 fn variables_view(state: &mut InstanceState) -> &ComponentVariables {
     &state.capabilities.variables
 }
@@ -81,5 +90,6 @@ pub fn linker(engine: &Engine) -> anyhow::Result<Linker<InstanceState>> {
     bindings::key_value::add_to_linker::<_, KeyValue>(&mut linker, kv_view)?;
     bindings::sqlite::add_to_linker::<_, Sqlite>(&mut linker, sqlite_view)?;
     bindings::variables::add_to_linker::<_, Variables>(&mut linker, variables_view)?;
+    bindings::redis::add_to_linker::<_, Redis>(&mut linker, redis_view)?;
     Ok(linker)
 }

@@ -6,12 +6,16 @@ mod app;
 mod bindings;
 mod build;
 mod component;
+mod http_pool;
 mod http_trigger;
 mod instance;
 mod key_value;
 mod logs;
 mod manifest;
 mod outbound_http;
+mod outbound_redis;
+mod redis_broker;
+mod redis_trigger;
 mod router;
 mod runtime_config;
 mod sqlite;
@@ -25,9 +29,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::{AppOptions, Follow};
+use crate::app::{AppOptions, Follow, LoadedApp};
 use crate::component::Limits;
 use crate::manifest::Manifest;
+use crate::outbound_redis::{is_embedded, redact};
+use crate::redis_broker::EMBEDDED_ADDRESS;
+use crate::redis_trigger::RedisTrigger;
+use std::collections::BTreeMap;
 
 #[derive(Parser)]
 #[command(name = "bazaar", version, about = "Run a Spin application on wasmtime")]
@@ -41,7 +49,7 @@ enum Command {
     /// Build every component with its `[component.<id>.build] command`.
     Build(ManifestArg),
     /// Serve the application.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
 }
 
 #[derive(Args)]
@@ -92,7 +100,19 @@ struct UpArgs {
     /// Linear memory limit of each component instance, in MiB.
     #[arg(long, default_value_t = 256)]
     memory_limit_mib: usize,
+    /// The Redis server for the application's `redis_url` variable: a
+    /// `redis://` URL, or `embedded` for the in-process broker. Without this
+    /// flag, `redis_url` comes from SPIN_VARIABLE_REDIS_URL or the manifest,
+    /// and only if neither gives one, from the embedded broker.
+    #[arg(long, value_name = "embedded|URL")]
+    redis: Option<String>,
+    /// Redis messages handled at the same time, across all subscriptions.
+    #[arg(long, default_value_t = 64)]
+    redis_max_concurrent_handlers: usize,
 }
+
+/// The application variable `--redis` provides.
+const REDIS_VARIABLE: &str = "redis_url";
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -117,7 +137,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(up(args))
+            runtime.block_on(up(*args))
         }
     }
 }
@@ -157,13 +177,44 @@ async fn up(args: UpArgs) -> Result<()> {
             request_timeout: args.request_timeout,
             memory_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
         },
+        variable_overrides: match &args.redis {
+            Some(redis) => BTreeMap::from([(REDIS_VARIABLE.to_string(), redis_address(redis))]),
+            None => BTreeMap::new(),
+        },
+        variable_fallbacks: BTreeMap::from([(
+            REDIS_VARIABLE.to_string(),
+            EMBEDDED_ADDRESS.to_string(),
+        )]),
     };
     let engine = app::engine(&options)?;
     let app = app::load(&manifest, &options, &engine)?;
-    let listener = bind(args.listen)?;
-    print_banner(&manifest, &listener, &app);
+    let listener = match &app.http {
+        Some(_) => Some(bind(args.listen)?),
+        None => None,
+    };
+    print_banner(&manifest, listener.as_ref(), &app);
     let _epoch = EpochTicker::start(engine.clone());
-    http_trigger::serve(Arc::clone(&app), listener, shutdown_signal()).await
+    let redis = RedisTrigger::start(
+        app.redis,
+        app.redis_clients,
+        args.redis_max_concurrent_handlers,
+    );
+    match (app.http, listener) {
+        (Some(http), Some(listener)) => {
+            http_trigger::serve(http, listener, shutdown_signal()).await?
+        }
+        _ => shutdown_signal().await,
+    }
+    redis.shutdown().await;
+    Ok(())
+}
+
+fn redis_address(flag: &str) -> String {
+    if flag == "embedded" {
+        EMBEDDED_ADDRESS.to_string()
+    } else {
+        flag.to_string()
+    }
 }
 
 fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
@@ -200,31 +251,46 @@ fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-fn print_banner(
-    manifest: &Manifest,
-    listener: &tokio::net::TcpListener,
-    app: &http_trigger::HttpApp,
-) {
-    let base = match listener.local_addr() {
-        Ok(addr) => format!("http://{addr}"),
-        Err(_) => "http://?".into(),
-    };
-    println!("\nServing {base}");
-    println!("Available Routes:");
-    for (route, component) in app.router().routes() {
-        println!("  {component}: {base}{route}");
-        if let Some(description) = manifest
-            .components
-            .get(component)
-            .and_then(|c| c.description.as_deref())
-        {
-            println!("    {description}");
+fn print_banner(manifest: &Manifest, listener: Option<&tokio::net::TcpListener>, app: &LoadedApp) {
+    if let (Some(http), Some(listener)) = (&app.http, listener) {
+        let base = match listener.local_addr() {
+            Ok(addr) => format!("http://{addr}"),
+            Err(_) => "http://?".into(),
+        };
+        println!("\nServing {base}");
+        println!("Available Routes:");
+        for (route, component) in http.router().routes() {
+            println!("  {component}: {base}{route}");
+            let description = manifest
+                .components
+                .get(component)
+                .and_then(|c| c.description.as_deref());
+            if let Some(description) = description {
+                println!("    {description}");
+            }
+        }
+        for (replaced, route, winner) in http.router().duplicates() {
+            tracing::error!(
+                "route {route} of component `{replaced}` is a duplicate of `{winner}`'s and will never be used"
+            );
         }
     }
-    for (replaced, route, winner) in app.router().duplicates() {
-        tracing::error!(
-            "route {route} of component `{replaced}` is a duplicate of `{winner}`'s and will never be used"
-        );
+    if !app.redis.is_empty() {
+        println!("Redis subscriptions:");
+        for sub in &app.redis {
+            let components: Vec<&str> = sub.handlers.iter().map(|h| &*h.runtime.id).collect();
+            println!(
+                "  {} {}: {}",
+                redact(&sub.address),
+                sub.channel,
+                components.join(", ")
+            );
+        }
+        if app.redis.iter().any(|sub| is_embedded(&sub.address)) {
+            eprintln!(
+                "Using the embedded Redis broker ({EMBEDDED_ADDRESS}): in-process, in memory, for local runs only"
+            );
+        }
     }
 }
 

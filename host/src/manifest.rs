@@ -22,6 +22,7 @@ pub struct Manifest {
     pub application: Application,
     pub variables: BTreeMap<String, VariableDecl>,
     pub http_triggers: Vec<HttpTrigger>,
+    pub redis_triggers: Vec<RedisTrigger>,
     pub components: BTreeMap<String, Component>,
 }
 
@@ -49,6 +50,24 @@ pub struct Application {
     /// Accepted for Spin compatibility; `bazaar` has no use for it.
     #[serde(default, rename = "authors")]
     _authors: Vec<String>,
+    #[serde(default)]
+    pub trigger: ApplicationTriggers,
+}
+
+/// `[application.trigger.<type>]`: settings shared by a trigger type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplicationTriggers {
+    #[serde(default)]
+    pub redis: Option<RedisDefaults>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisDefaults {
+    /// The server every `[[trigger.redis]]` without its own `address` uses;
+    /// may be a `{{ variable }}` expression.
+    pub address: String,
 }
 
 /// `[variables]` entry: a value comes from a provider, else `default`;
@@ -71,6 +90,21 @@ pub struct VariableDecl {
 struct Triggers {
     #[serde(default)]
     http: Vec<HttpTrigger>,
+    #[serde(default)]
+    redis: Vec<RedisTrigger>,
+}
+
+/// `[[trigger.redis]]`: run `component` for every message on `channel`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTrigger {
+    /// Accepted for Spin compatibility; triggers are identified by component.
+    #[serde(default, rename = "id")]
+    _id: Option<String>,
+    pub channel: String,
+    pub component: String,
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +238,32 @@ impl Manifest {
                 );
             }
         }
+        let default_redis = raw.application.trigger.redis.as_ref().map(|r| &r.address);
+        for (index, trigger) in raw.trigger.redis.iter().enumerate() {
+            let key = format!("trigger.redis[{index}]");
+            if !raw.component.contains_key(&trigger.component) {
+                bail!(
+                    "{file}: key `{key}.component`: no component named `{}`",
+                    trigger.component
+                );
+            }
+            let Some(address) = trigger.address.as_ref().or(default_redis) else {
+                bail!(
+                    "{file}: key `{key}.address`: no Redis address; set it here or in `[application.trigger.redis] address`"
+                );
+            };
+            for (field, value) in [("address", address), ("channel", &trigger.channel)] {
+                let template = Template::parse(value)
+                    .with_context(|| format!("{file}: key `{key}.{field}`"))?;
+                for reference in template.references() {
+                    if !raw.variables.contains_key(reference) {
+                        bail!(
+                            "{file}: key `{key}.{field}`: refers to `{reference}`, which is not declared in `[variables]`"
+                        );
+                    }
+                }
+            }
+        }
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -214,6 +274,7 @@ impl Manifest {
             application: raw.application,
             variables: raw.variables,
             http_triggers: raw.trigger.http,
+            redis_triggers: raw.trigger.redis,
             components: raw.component,
         })
     }
@@ -396,6 +457,29 @@ source = "web.wasm"
         for bad in ["JWT", "_x", "x__y", "x-y", "1x", ""] {
             assert!(validate_variable_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn redis_triggers_need_an_address_and_declared_variables() {
+        let redis = "[[trigger.redis]]\nchannel = \"orders\"\ncomponent = \"web\"\n";
+        let text = format!("{MINIMAL}{redis}");
+        let msg = format!("{:#}", parse(&text).unwrap_err());
+        assert!(msg.contains("trigger.redis[0].address"), "{msg}");
+
+        let text = MINIMAL.replace(
+            "name = \"app\"",
+            "name = \"app\"\n[application.trigger.redis]\naddress = \"{{ redis_url }}\"",
+        );
+        let msg = format!("{:#}", parse(&format!("{text}{redis}")).unwrap_err());
+        assert!(msg.contains("redis_url"), "{msg}");
+
+        let text = format!("{text}[variables]\nredis_url = {{ required = true }}\n{redis}");
+        let m = parse(&text).unwrap();
+        assert_eq!(m.redis_triggers[0].channel, "orders");
+        assert_eq!(
+            m.application.trigger.redis.as_ref().unwrap().address,
+            "{{ redis_url }}"
+        );
     }
 
     #[test]

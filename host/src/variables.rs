@@ -21,14 +21,24 @@ pub struct AppVariables {
 }
 
 impl AppVariables {
-    /// Resolves every declared variable from `env` (normally the process
-    /// environment) and defaults.
-    pub fn resolve(manifest: &Manifest, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+    /// Resolves every declared variable: from `env` (normally the process
+    /// environment), then `overrides`, then the manifest default, then
+    /// `fallbacks`.
+    pub fn resolve(
+        manifest: &Manifest,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &BTreeMap<String, String>,
+        fallbacks: &BTreeMap<String, String>,
+    ) -> Result<Self> {
         let mut values = BTreeMap::new();
         let mut missing = Vec::new();
         for (name, decl) in &manifest.variables {
             let env_name = env_var_name(name);
-            match env(&env_name).or_else(|| decl.default.clone()) {
+            let value = env(&env_name)
+                .or_else(|| overrides.get(name).cloned())
+                .or_else(|| decl.default.clone())
+                .or_else(|| fallbacks.get(name).cloned());
+            match value {
                 Some(value) => {
                     values.insert(name.clone(), value);
                 }
@@ -127,27 +137,65 @@ mod tests {
     #[test]
     fn environment_overrides_default() {
         let m = manifest("greeting = { default = \"hi\" }");
-        let none = AppVariables::resolve(&m, |_| None).unwrap();
+        let defaults = AppVariables::resolve(&m, |_| None, &none(), &none()).unwrap();
         let t = Template::parse("{{ greeting }}").unwrap();
-        assert_eq!(none.render(&t).unwrap(), "hi");
-        let env = AppVariables::resolve(&m, |k| {
-            (k == "SPIN_VARIABLE_GREETING").then(|| "hello".to_string())
-        })
+        assert_eq!(defaults.render(&t).unwrap(), "hi");
+        let env = AppVariables::resolve(
+            &m,
+            |k| (k == "SPIN_VARIABLE_GREETING").then(|| "hello".to_string()),
+            &none(),
+            &none(),
+        )
         .unwrap();
         assert_eq!(env.render(&t).unwrap(), "hello");
+    }
+
+    fn none() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    #[test]
+    fn overrides_rank_after_environment_and_fallbacks_last() {
+        let m = manifest("url = { required = true }\nmode = { default = \"d\" }");
+        let over = BTreeMap::from([("mode".to_string(), "o".to_string())]);
+        let fall = BTreeMap::from([
+            ("url".to_string(), "f".to_string()),
+            ("mode".to_string(), "x".to_string()),
+        ]);
+        let vars = AppVariables::resolve(&m, |_| None, &over, &fall).unwrap();
+        let get = |n: &str| {
+            vars.render(&Template::parse(&format!("{{{{ {n} }}}}")).unwrap())
+                .unwrap()
+        };
+        assert_eq!(
+            (get("url"), get("mode")),
+            ("f".to_string(), "o".to_string())
+        );
+        let env = |k: &str| (k == "SPIN_VARIABLE_MODE").then(|| "e".to_string());
+        let vars = AppVariables::resolve(&m, env, &over, &fall).unwrap();
+        assert_eq!(
+            vars.render(&Template::parse("{{ mode }}").unwrap())
+                .unwrap(),
+            "e"
+        );
     }
 
     #[test]
     fn missing_required_names_the_environment_variable() {
         let m = manifest("api_key = { required = true, secret = true }");
-        let msg = format!("{:#}", AppVariables::resolve(&m, |_| None).err().unwrap());
+        let msg = format!(
+            "{:#}",
+            AppVariables::resolve(&m, |_| None, &none(), &none())
+                .err()
+                .unwrap()
+        );
         assert!(msg.contains("SPIN_VARIABLE_API_KEY"), "{msg}");
     }
 
     #[test]
     fn component_get_distinguishes_invalid_and_undefined() {
         let m = manifest("a = { default = \"1\" }");
-        let app = AppVariables::resolve(&m, |_| None).unwrap();
+        let app = AppVariables::resolve(&m, |_| None, &none(), &none()).unwrap();
         let declared = BTreeMap::from([("x".to_string(), "v{{ a }}".to_string())]);
         let vars = ComponentVariables::resolve(&app, &declared).unwrap();
         assert_eq!(vars.get("x").unwrap(), "v1");

@@ -17,8 +17,9 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the test guests (once per test binary; cargo serialises builds).
-pub fn probe_wasm() -> PathBuf {
+/// Builds the test guests once per test binary (cargo serialises builds),
+/// returning the folder their `.wasm` files are in.
+pub fn guests() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -32,12 +33,14 @@ pub fn probe_wasm() -> PathBuf {
                     "--release",
                     "-p",
                     "probe",
+                    "-p",
+                    "relay",
                 ])
                 .current_dir(&root)
                 .status()
-                .expect("run cargo to build the probe guest");
-            assert!(status.success(), "building the probe guest failed");
-            root.join("target/wasm32-wasip2/release/probe.wasm")
+                .expect("run cargo to build the test guests");
+            assert!(status.success(), "building the test guests failed");
+            root.join("target/wasm32-wasip2/release")
         })
         .clone()
 }
@@ -48,10 +51,14 @@ pub struct AppDir {
 }
 
 impl AppDir {
-    /// Writes `spin.toml`; `{probe}` in `manifest` becomes the probe's path.
+    /// Writes `spin.toml`; `{probe}` and `{relay}` in `manifest` become the
+    /// test guests' paths.
     pub fn new(manifest: &str) -> AppDir {
         let dir = tempfile::tempdir().unwrap();
-        let text = manifest.replace("{probe}", &probe_wasm().display().to_string());
+        let guests = guests();
+        let text = manifest
+            .replace("{probe}", &guests.join("probe.wasm").display().to_string())
+            .replace("{relay}", &guests.join("relay.wasm").display().to_string());
         std::fs::write(dir.path().join("spin.toml"), text).unwrap();
         AppDir { dir }
     }
@@ -174,17 +181,12 @@ impl Host {
 
     /// Waits (briefly) until the host has printed `text` on stdout.
     pub fn wait_for_stdout(&self, text: &str) -> String {
-        for _ in 0..100 {
-            let out = self.stdout.lock().unwrap().clone();
-            if out.contains(text) {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "stdout never showed {text:?}:\n{}",
-            self.stdout.lock().unwrap()
-        );
+        wait_for(&self.stdout, text, 1, Duration::from_secs(2))
+    }
+
+    /// Waits until the host has logged `text` `times` times on stderr.
+    pub fn wait_for_stderr(&self, text: &str, times: usize, within: Duration) -> String {
+        wait_for(&self.stderr, text, times, within)
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -205,6 +207,22 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `buffer` until `text` appears in it `times` times.
+fn wait_for(buffer: &Mutex<String>, text: &str, times: usize, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = buffer.lock().unwrap().clone();
+        if out.matches(text).count() >= times {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {text:?} {times} times:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

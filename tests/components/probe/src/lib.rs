@@ -6,7 +6,7 @@
 
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{EmptyBody, IntoResponse, Request, Response};
-use spin_sdk::{http_service, key_value, sqlite, variables};
+use spin_sdk::{http_service, key_value, redis, sqlite, variables};
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +90,7 @@ async fn handle(req: Request) -> impl IntoResponse {
             let body = req.into_body().bytes().await.unwrap_or_default();
             sql(label, &String::from_utf8_lossy(&body)).await
         }
+        (_, ["redis", rest @ ..]) => redis(&method, rest, &query, req).await,
         ("GET", ["fetch"]) => {
             let url = query.strip_prefix("url=").unwrap_or_default();
             fetch(url).await
@@ -120,6 +121,45 @@ async fn kv(method: &str, label: &str, rest: &[&str], req: Request) -> Response<
         }
         ("DELETE", [key]) => store.delete(key).await.map(|()| serde_json::json!({ "deleted": key })),
         _ => return json(404, serde_json::json!({ "error": "unknown kv operation" })),
+    };
+    match outcome {
+        Ok(body) => json(200, body),
+        Err(e) => json(500, serde_json::json!({ "error": format!("{e:?}") })),
+    }
+}
+
+/// Redis through the host, at the address in the `redis_url` variable (or
+/// `?address=` for `open`).
+async fn redis(method: &str, rest: &[&str], query: &str, req: Request) -> Response<String> {
+    let address = match query.strip_prefix("address=") {
+        Some(address) => address.to_string(),
+        None => match variables::get("redis_url").await {
+            Ok(address) => address,
+            Err(e) => return json(500, serde_json::json!({ "error": format!("{e:?}") })),
+        },
+    };
+    let conn = match redis::Connection::open(&address).await {
+        Ok(conn) => conn,
+        Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let outcome = match (method, rest) {
+        ("GET", ["open"]) => Ok(serde_json::json!({ "opened": address })),
+        ("GET", ["get", key]) => conn
+            .get(key)
+            .await
+            .map(|v| serde_json::json!({ "value": v })),
+        ("POST", ["publish", channel]) => {
+            let body = req.into_body().bytes().await.unwrap_or_default();
+            conn.publish(channel, &body)
+                .await
+                .map(|()| serde_json::json!({ "published": body.len() }))
+        }
+        _ => {
+            return json(
+                404,
+                serde_json::json!({ "error": "unknown redis operation" }),
+            );
+        }
     };
     match outcome {
         Ok(body) => json(200, body),

@@ -1,0 +1,131 @@
+//! The instance pool behind each HTTP component.
+//!
+//! Instances are reused as Spin 4 reuses WASI 0.3 instances (by default up to
+//! 128 requests per instance, 16 at once, dropped after 1 s idle), through
+//! `wasmtime-wasi-http`'s `ProxyHandler`; this module only says how to make
+//! an instance and how long it may live. A trap or a missed deadline retires
+//! only the instance it happened in.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime::Store;
+use wasmtime::StoreContextMut;
+use wasmtime::component::GuestTaskId;
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, Proxy, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+
+use crate::component::{ComponentRuntime, Limits};
+use crate::instance::InstanceState;
+
+/// Plugs a component into `ProxyHandler`: how to make a new instance.
+pub struct ComponentPool {
+    pub runtime: Arc<ComponentRuntime>,
+    pub pre: ServicePre<InstanceState>,
+}
+
+impl HandlerState for ComponentPool {
+    type StoreData = InstanceState;
+    type WorkerExpiration = Expiration;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
+        let runtime = &self.runtime;
+        let mut store = runtime.new_store(self.pre.engine());
+        let service = self.pre.instantiate_async(&mut store).await?;
+        let instance = runtime.next_instance();
+        tracing::debug!(component = %runtime.id, instance, "instantiated");
+        Ok(Instance {
+            store,
+            proxy: Proxy::P3(service),
+            view: wasmtime_wasi_http::WasiHttpView::http,
+            expiration: Expiration {
+                limits: runtime.limits.clone(),
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+            },
+            state: Worker {
+                runtime: Arc::clone(runtime),
+                instance,
+            },
+        })
+    }
+}
+
+const EXPIRY_GRACE: Duration = Duration::from_millis(500);
+
+/// When an instance is retired: idle too long, or its requests overran.
+pub struct Expiration {
+    limits: Limits,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiration {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
+        // A busy instance outlives its requests' deadline by a grace period,
+        // so each request's own deadline (`on_request_start`) reports first.
+        let timeout = match status {
+            WorkerStatus::Idle => self.limits.idle_instance_timeout,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => {
+                self.limits.request_timeout.saturating_add(EXPIRY_GRACE)
+            }
+        };
+        let Some(deadline) = start.checked_add(timeout) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+pub struct Worker {
+    runtime: Arc<ComponentRuntime>,
+    instance: u64,
+}
+
+impl WorkerState for Worker {
+    type StoreData = InstanceState;
+    type RequestData = u64;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        let limits = &self.runtime.limits;
+        if total >= limits.max_requests_per_instance {
+            ShouldAccept::Never
+        } else if concurrent >= limits.max_concurrent_per_instance {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, InstanceState>,
+        request: u64,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        tracing::trace!(component = %self.runtime.id, instance = self.instance, request, "request start");
+        Box::pin(tokio::time::sleep(self.runtime.limits.request_timeout))
+    }
+
+    fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
+        if let Err(error) = result {
+            tracing::error!(
+                component = %self.runtime.id,
+                instance = self.instance,
+                "instance discarded after a failure: {error:?}"
+            );
+        }
+        drop(store);
+    }
+}

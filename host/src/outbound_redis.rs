@@ -1,0 +1,347 @@
+//! `spin:redis/redis@3.0.0`: Redis commands from guests, to a real server or
+//! to the embedded broker.
+//!
+//! A component may open only addresses its `allowed_outbound_hosts` covers
+//! (`redis://host:port`). Connections to a server are made once per address
+//! and shared by every instance (`redis`'s `ConnectionManager` multiplexes
+//! and reconnects), so a guest's `open` costs no round trip.
+
+use ::redis::Value;
+use ::redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::Arc;
+use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
+
+use crate::allowed_hosts::AllowList;
+use crate::bindings::redis::{self as spin_redis, Error, RedisParameter, RedisResult};
+use crate::redis_broker::{CommandError, EMBEDDED_HOST, EmbeddedBroker};
+
+/// The application's Redis connections.
+#[derive(Default)]
+pub struct RedisClients {
+    embedded: Arc<EmbeddedBroker>,
+    servers: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
+}
+
+/// One open connection: to a server, or to the embedded broker.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Server(ConnectionManager),
+    Embedded(Arc<EmbeddedBroker>),
+}
+
+impl RedisClients {
+    pub fn embedded(&self) -> &Arc<EmbeddedBroker> {
+        &self.embedded
+    }
+
+    /// The shared connection for `address`, connecting on first use.
+    pub async fn connect(&self, address: &str) -> anyhow::Result<RedisConnection> {
+        if is_embedded(address) {
+            return Ok(RedisConnection::Embedded(Arc::clone(&self.embedded)));
+        }
+        let mut servers = self.servers.lock().await;
+        if let Some(conn) = servers.get(address) {
+            return Ok(RedisConnection::Server(conn.clone()));
+        }
+        let client = ::redis::Client::open(address)?;
+        let conn = ConnectionManager::new(client).await?;
+        servers.insert(address.to_string(), conn.clone());
+        Ok(RedisConnection::Server(conn))
+    }
+}
+
+/// Whether `address` names the embedded broker.
+pub fn is_embedded(address: &str) -> bool {
+    url::Url::parse(address).is_ok_and(|u| u.host_str() == Some(EMBEDDED_HOST))
+}
+
+/// `redis://user:secret@host` → `redis://host`: addresses appear in logs.
+pub fn redact(address: &str) -> String {
+    match url::Url::parse(address) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        Err(_) => "(unparsable address)".into(),
+    }
+}
+
+impl RedisConnection {
+    /// Runs one command; both backends answer with Redis's reply types.
+    pub async fn query(&self, command: &str, args: Vec<Vec<u8>>) -> Result<Value, Error> {
+        match self {
+            RedisConnection::Embedded(broker) => broker
+                .execute(command, args)
+                .map_err(|CommandError(msg)| classify(msg)),
+            RedisConnection::Server(conn) => {
+                let mut conn = conn.clone();
+                let mut cmd = ::redis::cmd(command);
+                for arg in args {
+                    cmd.arg(arg);
+                }
+                // The shared connection may predate a server restart; the
+                // manager reconnects after the first failure, so one retry
+                // rides over it. (A command that reached the server just
+                // before the drop may thus apply twice: at-least-once.)
+                let result = match cmd.query_async::<Value>(&mut conn).await {
+                    Err(e) if e.is_connection_dropped() => {
+                        cmd.query_async::<Value>(&mut conn).await
+                    }
+                    other => other,
+                };
+                result.map_err(|e| classify(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Spin's error mapping: wrong value types are `type-error`.
+fn classify(message: String) -> Error {
+    if message.contains("WRONGTYPE") || message.contains("not an integer") {
+        Error::TypeError
+    } else {
+        Error::Other(message)
+    }
+}
+
+/// What one component may reach.
+pub struct RedisGrants {
+    pub clients: Arc<RedisClients>,
+    pub allowed: Arc<AllowList>,
+}
+
+pub struct ConnectionHandle(RedisConnection);
+
+pub struct Redis;
+
+impl HasData for Redis {
+    type Data<'a> = RedisView<'a>;
+}
+
+pub struct RedisView<'a> {
+    pub grants: &'a RedisGrants,
+    pub table: &'a mut ResourceTable,
+}
+
+fn connection<T>(
+    accessor: &Accessor<T, Redis>,
+    r: &Resource<ConnectionHandle>,
+) -> wasmtime::Result<RedisConnection> {
+    accessor.with(|mut access| Ok(access.get().table.get(r)?.0.clone()))
+}
+
+fn bytes(value: Value) -> Result<Option<Vec<u8>>, Error> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(b) => Ok(Some(b)),
+        Value::SimpleString(s) => Ok(Some(s.into_bytes())),
+        _ => Err(Error::TypeError),
+    }
+}
+
+fn int(value: Value) -> Result<i64, Error> {
+    match value {
+        Value::Int(i) => Ok(i),
+        _ => Err(Error::TypeError),
+    }
+}
+
+fn count(value: Value) -> Result<u32, Error> {
+    u32::try_from(int(value)?).map_err(|_| Error::TypeError)
+}
+
+fn strings(values: Vec<String>) -> Vec<Vec<u8>> {
+    values.into_iter().map(String::into_bytes).collect()
+}
+
+/// Flattens a reply into `execute`'s list, as Spin does.
+fn flatten(value: Value, out: &mut Vec<RedisResult>) {
+    match value {
+        Value::Nil => out.push(RedisResult::Nil),
+        Value::Int(i) => out.push(RedisResult::Int64(i)),
+        Value::BulkString(b) => out.push(RedisResult::Binary(b)),
+        Value::SimpleString(s) => out.push(RedisResult::Status(s)),
+        Value::Okay => out.push(RedisResult::Status("OK".into())),
+        Value::Array(items) | Value::Set(items) => items.into_iter().for_each(|v| flatten(v, out)),
+        Value::Double(d) => out.push(RedisResult::Binary(d.to_string().into_bytes())),
+        Value::Boolean(b) => out.push(RedisResult::Int64(i64::from(b))),
+        Value::VerbatimString { text, .. } => out.push(RedisResult::Binary(text.into_bytes())),
+        Value::BigNumber(n) => out.push(RedisResult::Binary(n)),
+        Value::Map(pairs) => pairs.into_iter().for_each(|(k, v)| {
+            flatten(k, out);
+            flatten(v, out);
+        }),
+        Value::Attribute { data, .. } => flatten(*data, out),
+        Value::Push { data, .. } => data.into_iter().for_each(|v| flatten(v, out)),
+        Value::ServerError(e) => out.push(RedisResult::Status(format!("{e:?}"))),
+        _ => out.push(RedisResult::Nil),
+    }
+}
+
+impl spin_redis::Host for RedisView<'_> {}
+
+impl spin_redis::HostConnection for RedisView<'_> {
+    fn drop(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
+        self.table.delete(conn)?;
+        Ok(())
+    }
+}
+
+impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
+    async fn open(
+        accessor: &Accessor<T, Self>,
+        address: String,
+    ) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
+        let Ok(url) = url::Url::parse(&address) else {
+            return Ok(Err(Error::InvalidAddress));
+        };
+        let (clients, allowed) = accessor.with(|mut access| {
+            let grants = access.get().grants;
+            (Arc::clone(&grants.clients), Arc::clone(&grants.allowed))
+        });
+        if !allowed.allows(url.scheme(), url.host_str().unwrap_or_default(), url.port()) {
+            tracing::warn!(
+                address = %redact(&address),
+                "outbound Redis denied: add the address to the component's allowed_outbound_hosts"
+            );
+            return Ok(Err(Error::InvalidAddress));
+        }
+        let conn = match clients.connect(&address).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Ok(Err(Error::Other(format!(
+                    "cannot connect to {}: {e}",
+                    redact(&address)
+                ))));
+            }
+        };
+        accessor.with(|mut access| Ok(Ok(access.get().table.push(ConnectionHandle(conn))?)))
+    }
+
+    async fn publish(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let conn = connection(accessor, &conn)?;
+        Ok(conn
+            .query("PUBLISH", vec![channel.into_bytes(), payload])
+            .await
+            .map(drop))
+    }
+
+    async fn get(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let conn = connection(accessor, &conn)?;
+        Ok(conn
+            .query("GET", vec![key.into_bytes()])
+            .await
+            .and_then(bytes))
+    }
+
+    async fn set(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let conn = connection(accessor, &conn)?;
+        Ok(conn
+            .query("SET", vec![key.into_bytes(), value])
+            .await
+            .map(drop))
+    }
+
+    async fn incr(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<i64, Error>> {
+        let conn = connection(accessor, &conn)?;
+        Ok(conn
+            .query("INCR", vec![key.into_bytes()])
+            .await
+            .and_then(int))
+    }
+
+    async fn del(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
+        let conn = connection(accessor, &conn)?;
+        Ok(conn.query("DEL", strings(keys)).await.and_then(count))
+    }
+
+    async fn sadd(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        key: String,
+        values: Vec<String>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
+        let conn = connection(accessor, &conn)?;
+        let mut args = vec![key.into_bytes()];
+        args.extend(strings(values));
+        Ok(conn.query("SADD", args).await.and_then(count))
+    }
+
+    async fn smembers(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        key: String,
+    ) -> wasmtime::Result<Result<Vec<String>, Error>> {
+        let conn = connection(accessor, &conn)?;
+        Ok(conn
+            .query("SMEMBERS", vec![key.into_bytes()])
+            .await
+            .and_then(|v| match v {
+                Value::Array(items) | Value::Set(items) => items
+                    .into_iter()
+                    .map(|item| match bytes(item)? {
+                        Some(b) => String::from_utf8(b).map_err(|_| Error::TypeError),
+                        None => Err(Error::TypeError),
+                    })
+                    .collect(),
+                _ => Err(Error::TypeError),
+            }))
+    }
+
+    async fn srem(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        key: String,
+        values: Vec<String>,
+    ) -> wasmtime::Result<Result<u32, Error>> {
+        let conn = connection(accessor, &conn)?;
+        let mut args = vec![key.into_bytes()];
+        args.extend(strings(values));
+        Ok(conn.query("SREM", args).await.and_then(count))
+    }
+
+    async fn execute(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        command: String,
+        arguments: Vec<RedisParameter>,
+    ) -> wasmtime::Result<Result<Vec<RedisResult>, Error>> {
+        let conn = connection(accessor, &conn)?;
+        let args = arguments
+            .into_iter()
+            .map(|p| match p {
+                RedisParameter::Int64(i) => i.to_string().into_bytes(),
+                RedisParameter::Binary(b) => b,
+            })
+            .collect();
+        Ok(conn.query(&command, args).await.map(|value| {
+            let mut out = Vec::new();
+            flatten(value, &mut out);
+            out
+        }))
+    }
+}

@@ -1,0 +1,274 @@
+//! Spin's Redis trigger: for every message on a subscribed channel, each
+//! component subscribed to it runs `spin:redis/inbound-redis#handle-message`
+//! in a fresh instance.
+//!
+//! There is one subscription per (server, channel), however many components
+//! share it. A subscription outlives its server: when the connection drops it
+//! is re-established with capped exponential backoff and the channel
+//! resubscribed, and every state change is logged. Redis pub/sub keeps no
+//! messages for absent subscribers, so what is published while the
+//! connection is down is lost; that is pub/sub's contract, and the saga's
+//! outbox and redrive exist because of it.
+
+use anyhow::{Context as _, Result};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::bindings::redis_trigger::RedisTriggerPre;
+use crate::component::ComponentRuntime;
+use crate::outbound_redis::{RedisClients, is_embedded, redact};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A component run by the Redis trigger.
+pub struct RedisHandler {
+    pub runtime: Arc<ComponentRuntime>,
+    pub pre: RedisTriggerPre<crate::instance::InstanceState>,
+}
+
+impl RedisHandler {
+    /// Runs the guest on one message in a new instance, within the request
+    /// deadline. `Ok(Err(_))` is the guest's own error.
+    async fn handle(&self, payload: Vec<u8>) -> Result<Result<(), String>> {
+        let runtime = &self.runtime;
+        let mut store = runtime.new_store(self.pre.engine());
+        let call = async {
+            let guest = self.pre.instantiate_async(&mut store).await?;
+            store
+                .run_concurrent(async move |accessor| {
+                    guest
+                        .spin_redis_inbound_redis()
+                        .call_handle_message(accessor, payload)
+                        .await
+                })
+                .await?
+        };
+        match tokio::time::timeout(runtime.limits.request_timeout, call).await {
+            Err(_) => anyhow::bail!("deadline of {:?} exceeded", runtime.limits.request_timeout),
+            Ok(Err(trap)) => Err(anyhow::Error::from(trap)),
+            Ok(Ok(outcome)) => Ok(outcome.map_err(|e| format!("{e:?}"))),
+        }
+    }
+}
+
+/// One (server, channel) subscription and the components it feeds.
+pub struct Subscription {
+    pub address: String,
+    pub channel: String,
+    pub handlers: Vec<Arc<RedisHandler>>,
+}
+
+/// Groups triggers into subscriptions: one per distinct (address, channel).
+pub fn subscriptions(triggers: Vec<(String, String, Arc<RedisHandler>)>) -> Vec<Subscription> {
+    let mut grouped: BTreeMap<(String, String), Vec<Arc<RedisHandler>>> = BTreeMap::new();
+    for (address, channel, handler) in triggers {
+        grouped.entry((address, channel)).or_default().push(handler);
+    }
+    grouped
+        .into_iter()
+        .map(|((address, channel), handlers)| Subscription {
+            address,
+            channel,
+            handlers,
+        })
+        .collect()
+}
+
+/// The running trigger: subscriber tasks, and a limit on concurrent handlers.
+pub struct RedisTrigger {
+    subscribers: JoinSet<()>,
+    handlers_in_flight: Arc<Semaphore>,
+    max_concurrent: u32,
+}
+
+impl RedisTrigger {
+    pub fn start(
+        subscriptions: Vec<Subscription>,
+        clients: Arc<RedisClients>,
+        max_concurrent: usize,
+    ) -> Self {
+        let max_concurrent = u32::try_from(max_concurrent.max(1)).unwrap_or(u32::MAX);
+        let limit = Arc::new(Semaphore::new(max_concurrent as usize));
+        let mut subscribers = JoinSet::new();
+        for subscription in subscriptions {
+            subscribers.spawn(subscribe_forever(
+                subscription,
+                Arc::clone(&clients),
+                Arc::clone(&limit),
+            ));
+        }
+        RedisTrigger {
+            subscribers,
+            handlers_in_flight: limit,
+            max_concurrent,
+        }
+    }
+
+    /// Stops receiving and waits for the handlers already running.
+    pub async fn shutdown(mut self) {
+        self.subscribers.shutdown().await;
+        let _ = self
+            .handlers_in_flight
+            .acquire_many(self.max_concurrent)
+            .await;
+    }
+}
+
+/// Where messages come from: a server connection or the embedded broker.
+enum Feed {
+    Server(redis::aio::PubSubStream),
+    Embedded(tokio::sync::broadcast::Receiver<Vec<u8>>),
+}
+
+impl Feed {
+    async fn open(clients: &RedisClients, address: &str, channel: &str) -> Result<Feed> {
+        if is_embedded(address) {
+            return Ok(Feed::Embedded(clients.embedded().subscribe(channel)));
+        }
+        let client = redis::Client::open(address)?;
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(Feed::Server(pubsub.into_on_message()))
+    }
+
+    /// The next message, or `None` once the connection is gone.
+    async fn next(&mut self, channel: &str) -> Option<Vec<u8>> {
+        match self {
+            Feed::Server(stream) => stream
+                .next()
+                .await
+                .map(|msg| msg.get_payload_bytes().to_vec()),
+            Feed::Embedded(receiver) => loop {
+                match receiver.recv().await {
+                    Ok(payload) => return Some(payload),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            channel,
+                            missed,
+                            "subscriber fell behind the embedded broker; messages dropped"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            },
+        }
+    }
+}
+
+async fn subscribe_forever(sub: Subscription, clients: Arc<RedisClients>, limit: Arc<Semaphore>) {
+    let server = redact(&sub.address);
+    let channel = sub.channel.as_str();
+    let mut backoff = BACKOFF_START;
+    let mut connected_before = false;
+    loop {
+        match Feed::open(&clients, &sub.address, channel).await {
+            Ok(mut feed) => {
+                let verb = if connected_before {
+                    "resubscribed"
+                } else {
+                    "subscribed"
+                };
+                tracing::info!(%server, channel, "{verb}");
+                connected_before = true;
+                backoff = BACKOFF_START;
+                while let Some(payload) = feed.next(channel).await {
+                    dispatch(&sub, payload, &limit).await;
+                }
+                tracing::warn!(%server, channel, "disconnected from Redis; reconnecting");
+            }
+            Err(error) => {
+                tracing::warn!(%server, channel, retry_in = ?backoff, "cannot subscribe: {error:#}");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Hands one message to every subscribed component, each in its own task,
+/// waiting only for a free handler slot.
+async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) {
+    let message_id = message_id(&payload);
+    for handler in &sub.handlers {
+        let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
+            return;
+        };
+        let handler = Arc::clone(handler);
+        let payload = payload.clone();
+        let channel = sub.channel.clone();
+        let message_id = message_id.clone();
+        tokio::spawn(async move {
+            let component = handler.runtime.id.clone();
+            match handler.handle(payload).await {
+                Ok(Ok(())) => tracing::debug!(%component, channel, ?message_id, "message handled"),
+                Ok(Err(error)) => {
+                    tracing::error!(%component, channel, ?message_id, "handler returned an error: {error}")
+                }
+                Err(error) => {
+                    tracing::error!(%component, channel, ?message_id, "handler failed: {error:#}")
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The `id` of a JSON message, for logs.
+fn message_id(payload: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    match value.get("id")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Resolves the manifest's `[[trigger.redis]]` entries to addresses and
+/// channels.
+pub fn resolve_targets(
+    manifest: &crate::manifest::Manifest,
+    variables: &crate::variables::AppVariables,
+) -> Result<Vec<(String, String, String)>> {
+    let default = manifest
+        .application
+        .trigger
+        .redis
+        .as_ref()
+        .map(|r| &r.address);
+    manifest
+        .redis_triggers
+        .iter()
+        .enumerate()
+        .map(|(index, trigger)| {
+            let context = || format!("{}: trigger.redis[{index}]", manifest.path.display());
+            let address = trigger.address.as_ref().or(default).context("no address")?;
+            let render = |text: &str| -> Result<String> {
+                variables.render(&crate::template::Template::parse(text)?)
+            };
+            let address = render(address).with_context(context)?;
+            url::Url::parse(&address)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "redis" | "rediss"))
+                .with_context(|| format!("address {} is not a redis:// URL", redact(&address)))
+                .with_context(context)?;
+            let channel = render(&trigger.channel).with_context(context)?;
+            Ok((address, channel, trigger.component.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_come_from_json() {
+        assert_eq!(message_id(br#"{"id":"m-1","x":1}"#).as_deref(), Some("m-1"));
+        assert_eq!(message_id(br#"{"id":7}"#).as_deref(), Some("7"));
+        assert_eq!(message_id(b"\x00binary"), None);
+    }
+}

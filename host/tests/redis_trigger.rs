@@ -1,0 +1,350 @@
+//! The Redis trigger and outbound Redis, against a real `redis-server`
+//! started for each test and against the embedded broker: fan-out, chains,
+//! failure isolation, reconnection, and the outbound allow-list.
+
+mod common;
+
+use common::{AppDir, Host, send};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `redis-server` of our own on a free loopback port, without persistence.
+struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (tests/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `probe` serves HTTP and talks to Redis; `left` and `right` share a
+/// channel; `hop-a` → `hop-b` → `hop-c` forward along a chain; `flaky`
+/// fails on payloads containing `fail`.
+const APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "redis-app"
+[application.trigger.redis]
+address = "{{ redis_url }}"
+
+[variables]
+redis_url = { required = true }
+
+[[trigger.http]]
+route = "/..."
+component = "probe"
+[[trigger.redis]]
+channel = "fanout"
+component = "left"
+[[trigger.redis]]
+channel = "fanout"
+component = "right"
+[[trigger.redis]]
+channel = "hop-a"
+component = "hop-a"
+[[trigger.redis]]
+channel = "hop-b"
+component = "hop-b"
+[[trigger.redis]]
+channel = "hop-c"
+component = "hop-c"
+[[trigger.redis]]
+channel = "flaky"
+component = "flaky"
+
+[component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["{{ redis_url }}"]
+variables = { redis_url = "{{ redis_url }}" }
+"#;
+
+fn relay(name: &str, next: &str) -> String {
+    format!(
+        r#"
+[component.{name}]
+source = "{{relay}}"
+allowed_outbound_hosts = ["{{{{ redis_url }}}}"]
+variables = {{ name = "{name}", next_channel = "{next}", redis_url = "{{{{ redis_url }}}}" }}
+"#
+    )
+}
+
+fn app() -> AppDir {
+    let mut manifest = APP.to_string();
+    for (name, next) in [
+        ("left", ""),
+        ("right", ""),
+        ("hop-a", "hop-b"),
+        ("hop-b", "hop-c"),
+        ("hop-c", ""),
+        ("flaky", ""),
+    ] {
+        manifest.push_str(&relay(name, next));
+    }
+    AppDir::new(&manifest)
+}
+
+/// Starts the app on `redis` (a URL or `embedded`) once every channel is
+/// subscribed.
+fn start(app: &AppDir, redis: &str) -> Host {
+    let host = app.start(&["--redis", redis]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    host
+}
+
+async fn publish(host: &Host, channel: &str, payload: Vec<u8>) {
+    let request = reqwest::Client::new()
+        .post(host.url(&format!("/redis/publish/{channel}")))
+        .body(payload);
+    let (status, body) = send(request).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn value(host: &Host, key: &str) -> Option<Vec<u8>> {
+    let (status, body) = host.get(&format!("/redis/get/{key}")).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_value(body["value"].clone()).unwrap()
+}
+
+async fn count(host: &Host, name: &str) -> u64 {
+    value(host, &format!("count:{name}"))
+        .await
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// Polls until `key` holds `expected`.
+async fn eventually(host: &Host, key: &str, expected: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = value(host, key).await;
+        if found.as_deref() == Some(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} is {found:?}, expected {expected:?}\n{}",
+            host.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn every_subscriber_gets_each_message_once(redis: &str) {
+    let app = app();
+    let host = start(&app, redis);
+    for i in 0..5 {
+        publish(&host, "fanout", format!("m{i}").into_bytes()).await;
+    }
+    eventually(&host, "count:left", b"5").await;
+    eventually(&host, "count:right", b"5").await;
+    // Nothing arrives late: each component saw each message exactly once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (count(&host, "left").await, count(&host, "right").await),
+        (5, 5)
+    );
+    assert_eq!(value(&host, "last:left").await.unwrap(), b"m4");
+}
+
+async fn a_chain_carries_binary_payloads(redis: &str) {
+    let app = app();
+    let host = start(&app, redis);
+    let payload: Vec<u8> = (0..=255u8).rev().chain([0, 0, b'\n', b'\r']).collect();
+    publish(&host, "hop-a", payload.clone()).await;
+    eventually(&host, "last:hop-c", &payload).await;
+    for hop in ["hop-a", "hop-b", "hop-c"] {
+        assert_eq!(count(&host, hop).await, 1, "{hop}");
+    }
+}
+
+async fn a_failing_handler_does_not_stop_later_messages(redis: &str) {
+    let app = app();
+    let host = start(&app, redis);
+    publish(&host, "flaky", br#"{"id":"m-7","fail":true}"#.to_vec()).await;
+    publish(&host, "flaky", b"after".to_vec()).await;
+    eventually(&host, "last:flaky", b"after").await;
+    let err = host.wait_for_stderr("handler returned an error", 1, Duration::from_secs(5));
+    let line = err
+        .lines()
+        .find(|l| l.contains("handler returned an error"))
+        .unwrap();
+    assert!(
+        line.contains("flaky") && line.contains("m-7") && line.contains("relay asked to fail"),
+        "{line}"
+    );
+}
+
+async fn outbound_redis_needs_an_allowed_address(redis: &str) {
+    let app = app();
+    let host = start(&app, redis);
+    let (status, body) = host.get("/redis/open?address=redis://127.0.0.1:1").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "Error::InvalidAddress");
+    let (status, body) = host.get("/redis/open").await;
+    assert_eq!(status, 200, "the configured address is allowed: {body}");
+}
+
+#[tokio::test]
+async fn server_fan_out() {
+    let server = RedisServer::start();
+    every_subscriber_gets_each_message_once(&server.url()).await;
+}
+
+#[tokio::test]
+async fn embedded_fan_out() {
+    every_subscriber_gets_each_message_once("embedded").await;
+}
+
+#[tokio::test]
+async fn server_chain() {
+    let server = RedisServer::start();
+    a_chain_carries_binary_payloads(&server.url()).await;
+}
+
+#[tokio::test]
+async fn embedded_chain() {
+    a_chain_carries_binary_payloads("embedded").await;
+}
+
+#[tokio::test]
+async fn server_failure_isolation() {
+    let server = RedisServer::start();
+    a_failing_handler_does_not_stop_later_messages(&server.url()).await;
+}
+
+#[tokio::test]
+async fn embedded_failure_isolation() {
+    a_failing_handler_does_not_stop_later_messages("embedded").await;
+}
+
+#[tokio::test]
+async fn server_outbound_allow_list() {
+    let server = RedisServer::start();
+    outbound_redis_needs_an_allowed_address(&server.url()).await;
+}
+
+#[tokio::test]
+async fn embedded_outbound_allow_list() {
+    outbound_redis_needs_an_allowed_address("embedded").await;
+}
+
+#[tokio::test]
+async fn the_trigger_resubscribes_after_a_server_restart() {
+    let mut server = RedisServer::start();
+    let app = app();
+    let host = start(&app, &server.url());
+    publish(&host, "fanout", b"before".to_vec()).await;
+    eventually(&host, "last:left", b"before").await;
+
+    server.restart();
+    // The restarted server has no data; the host noticed and resubscribed.
+    host.wait_for_stderr("disconnected from Redis", 5, Duration::from_secs(20));
+    host.wait_for_stderr("resubscribed", 5, Duration::from_secs(30));
+    publish(&host, "fanout", b"after".to_vec()).await;
+    eventually(&host, "last:left", b"after").await;
+    eventually(&host, "last:right", b"after").await;
+    assert!(host.stderr().contains("bazaar"), "the host kept running");
+}
+
+#[test]
+fn without_redis_configuration_the_embedded_broker_is_used() {
+    let app = app();
+    let host = app.start(&[]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    assert!(
+        host.stderr().contains("Using the embedded Redis broker"),
+        "{}",
+        host.stderr()
+    );
+    let banner = host.wait_for_stdout("Redis subscriptions:");
+    assert!(
+        banner.contains("redis://embedded.bazaar.invalid fanout: left, right"),
+        "{banner}"
+    );
+}
+
+#[test]
+fn a_redis_component_must_export_the_handler() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "wrong-export"
+[[trigger.redis]]
+address = "redis://embedded.bazaar.invalid"
+channel = "orders"
+component = "web"
+[component.web]
+source = "{probe}"
+"#,
+    );
+    let stderr = app.fail(&[]);
+    assert!(
+        stderr.contains("does not export `spin:redis/inbound-redis@3.0.0`"),
+        "{stderr}"
+    );
+}

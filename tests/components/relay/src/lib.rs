@@ -1,0 +1,38 @@
+//! A Redis-triggered test guest. For each message it counts it under
+//! `count:<name>`, stores it under `last:<name>`, and forwards it unchanged to
+//! `next_channel` when that variable is set. A payload containing `fail`
+//! makes it return an error instead, so tests can check that failures are
+//! isolated.
+
+use spin_sdk::redis::Connection;
+use spin_sdk::{redis_subscriber, variables};
+
+#[redis_subscriber]
+async fn on_message(message: Vec<u8>) -> Result<(), String> {
+    if message.windows(4).any(|w| w == b"fail") {
+        return Err("relay asked to fail".into());
+    }
+    let name = variable("name").await?;
+    let conn = Connection::open(variable("redis_url").await?)
+        .await
+        .map_err(|e| format!("open: {e:?}"))?;
+    conn.incr(format!("count:{name}"))
+        .await
+        .map_err(|e| format!("incr: {e:?}"))?;
+    conn.set(format!("last:{name}"), &message)
+        .await
+        .map_err(|e| format!("set: {e:?}"))?;
+    let next = variable("next_channel").await?;
+    if !next.is_empty() {
+        conn.publish(next, &message)
+            .await
+            .map_err(|e| format!("publish: {e:?}"))?;
+    }
+    Ok(())
+}
+
+async fn variable(name: &str) -> Result<String, String> {
+    variables::get(name)
+        .await
+        .map_err(|e| format!("variable {name}: {e:?}"))
+}
