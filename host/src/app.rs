@@ -44,6 +44,8 @@ pub struct AppOptions {
     pub variable_overrides: BTreeMap<String, String>,
     /// Values for variables that would otherwise have none.
     pub variable_fallbacks: BTreeMap<String, String>,
+    /// What to tell the user when a fallback is used.
+    pub fallback_warnings: BTreeMap<String, String>,
 }
 
 pub enum Follow {
@@ -99,6 +101,11 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
         &options.variable_overrides,
         &options.variable_fallbacks,
     )?;
+    for name in variables.fallbacks_used() {
+        if let Some(warning) = options.fallback_warnings.get(name) {
+            eprintln!("{warning}");
+        }
+    }
     let runtime_config =
         RuntimeConfig::load(options.runtime_config_file.as_deref(), &options.state_dir)?;
     check_labels_defined(manifest, &runtime_config)?;

@@ -109,7 +109,32 @@ struct UpArgs {
     /// Redis messages handled at the same time, across all subscriptions.
     #[arg(long, default_value_t = 64)]
     redis_max_concurrent_handlers: usize,
+    /// Behave as Spin does when a required variable has no value (fail),
+    /// instead of substituting the development defaults below.
+    #[arg(long)]
+    no_dev_defaults: bool,
 }
+
+/// Values `bazaar up` gives an application's variables when nothing
+/// configures them, so that the app runs with one command on a fresh
+/// machine. Each use is announced; `--no-dev-defaults` turns them off.
+const DEV_DEFAULTS: &[(&str, &str, &str)] = &[
+    (
+        "redis_url",
+        EMBEDDED_ADDRESS,
+        "No Redis configured for `redis_url`: defaulting to the embedded broker (pass --redis URL or set SPIN_VARIABLE_REDIS_URL for a real one).",
+    ),
+    (
+        "jwt_secret",
+        "bazaar-INSECURE-development-jwt-secret",
+        "WARNING: `jwt_secret` is not set: using an INSECURE development secret. Set SPIN_VARIABLE_JWT_SECRET for anything but local development.",
+    ),
+    (
+        "identity_token_secret",
+        "bazaar-INSECURE-development-identity-secret",
+        "WARNING: `identity_token_secret` is not set: using an INSECURE development secret. Set SPIN_VARIABLE_IDENTITY_TOKEN_SECRET for anything but local development.",
+    ),
+];
 
 /// The application variable `--redis` provides.
 const REDIS_VARIABLE: &str = "redis_url";
@@ -161,6 +186,11 @@ async fn up(args: UpArgs) -> Result<()> {
         check_follow(&manifest, &args.follow)?;
         Follow::Some(args.follow.iter().cloned().collect())
     };
+    let dev_defaults = if args.no_dev_defaults {
+        &[][..]
+    } else {
+        DEV_DEFAULTS
+    };
     let options = AppOptions {
         cache_dir: match &args.cache_dir {
             Some(dir) => std::path::absolute(dir)
@@ -181,10 +211,14 @@ async fn up(args: UpArgs) -> Result<()> {
             Some(redis) => BTreeMap::from([(REDIS_VARIABLE.to_string(), redis_address(redis))]),
             None => BTreeMap::new(),
         },
-        variable_fallbacks: BTreeMap::from([(
-            REDIS_VARIABLE.to_string(),
-            EMBEDDED_ADDRESS.to_string(),
-        )]),
+        variable_fallbacks: dev_defaults
+            .iter()
+            .map(|(n, v, _)| (n.to_string(), v.to_string()))
+            .collect(),
+        fallback_warnings: dev_defaults
+            .iter()
+            .map(|(n, _, w)| (n.to_string(), w.to_string()))
+            .collect(),
     };
     let engine = app::engine(&options)?;
     let app = app::load(&manifest, &options, &engine)?;

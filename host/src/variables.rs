@@ -18,6 +18,8 @@ use crate::template::Template;
 /// Resolved application variables.
 pub struct AppVariables {
     values: BTreeMap<String, String>,
+    /// Variables whose value came from a fallback, for a warning.
+    from_fallback: Vec<String>,
 }
 
 impl AppVariables {
@@ -32,12 +34,19 @@ impl AppVariables {
     ) -> Result<Self> {
         let mut values = BTreeMap::new();
         let mut missing = Vec::new();
+        let mut from_fallback = Vec::new();
         for (name, decl) in &manifest.variables {
             let env_name = env_var_name(name);
-            let value = env(&env_name)
+            let configured = env(&env_name)
                 .or_else(|| overrides.get(name).cloned())
-                .or_else(|| decl.default.clone())
-                .or_else(|| fallbacks.get(name).cloned());
+                .or_else(|| decl.default.clone());
+            let value = configured.or_else(|| {
+                let fallback = fallbacks.get(name).cloned();
+                if fallback.is_some() {
+                    from_fallback.push(name.clone());
+                }
+                fallback
+            });
             match value {
                 Some(value) => {
                     values.insert(name.clone(), value);
@@ -53,7 +62,15 @@ impl AppVariables {
                 missing.join(", ")
             );
         }
-        Ok(AppVariables { values })
+        Ok(AppVariables {
+            values,
+            from_fallback,
+        })
+    }
+
+    /// The variables that got a fallback value rather than a configured one.
+    pub fn fallbacks_used(&self) -> &[String] {
+        &self.from_fallback
     }
 
     /// Renders an expression such as `"redis://{{ host }}:6379"`.
@@ -163,6 +180,7 @@ mod tests {
             ("mode".to_string(), "x".to_string()),
         ]);
         let vars = AppVariables::resolve(&m, |_| None, &over, &fall).unwrap();
+        assert_eq!(vars.fallbacks_used(), ["url"]);
         let get = |n: &str| {
             vars.render(&Template::parse(&format!("{{{{ {n} }}}}")).unwrap())
                 .unwrap()

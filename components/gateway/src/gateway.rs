@@ -1,0 +1,280 @@
+//! One request through the gateway: CORS preflight, routing, authentication,
+//! forwarding to the private service with the caller's identity and the
+//! trace context, and one structured log line.
+
+use bazaar_api::{Method, Problem, StatusCode};
+use bazaar_auth::{ACCESS_AUDIENCE, IDENTITY_AUDIENCE, IDENTITY_HEADER, IDENTITY_TTL_SECONDS};
+use bazaar_service::{header, setting};
+use bazaar_trace::{REQUEST_ID, TRACEPARENT, TraceContext};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{HeaderValue, Request, Response};
+use std::time::Instant;
+
+use crate::cors::{self, Cors};
+use crate::routes::{self, Routing, Service};
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// Request headers a client may not set: the identity header is the
+/// gateway's word alone, and hop-by-hop headers end here.
+const STRIPPED: &[&str] = &[
+    IDENTITY_HEADER,
+    "authorization",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+];
+
+/// Per-request context, for forwarding and the log line.
+pub struct Context {
+    pub request_id: String,
+    pub trace: TraceContext,
+    pub user: Option<String>,
+}
+
+pub async fn handle(req: Request) -> Reply {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let origin = header(&req, "origin");
+    let mut ctx = Context {
+        request_id: bazaar_trace::request_id(header(&req, REQUEST_ID).as_deref()),
+        trace: header(&req, TRACEPARENT)
+            .and_then(|t| TraceContext::parse(&t))
+            .map_or_else(TraceContext::new_root, |t| t.child()),
+        user: None,
+    };
+    let cors = Cors::parse(&setting("cors_allowed_origins").await.unwrap_or_default());
+    let mut reply = match dispatch(req, &method, &path, &mut ctx, &cors, origin.as_deref()).await {
+        Ok(reply) => reply,
+        Err(problem) => to_reply(problem.into_response()),
+    };
+    decorate(&mut reply, &ctx, &cors, origin.as_deref());
+    log(&method, &path, reply.status(), started, &ctx);
+    reply
+}
+
+async fn dispatch(
+    req: Request,
+    method: &Method,
+    path: &str,
+    ctx: &mut Context,
+    cors: &Cors,
+    origin: Option<&str>,
+) -> Result<Reply, Problem> {
+    if method == Method::OPTIONS && header(&req, "access-control-request-method").is_some() {
+        return Ok(preflight(cors, origin));
+    }
+    match (method, path) {
+        (&Method::GET, "/health") => return Ok(to_reply(crate::health::check(ctx).await)),
+        (&Method::GET, "/api/v1/openapi.json") => return Ok(to_reply(crate::openapi::document())),
+        (_, "/health" | "/api/v1/openapi.json") => return Err(not_allowed(&[Method::GET])),
+        _ => {}
+    }
+    match routes::route(method, path) {
+        Routing::To(service) => {
+            let identity = authenticate(&req).await?;
+            ctx.user = identity.as_ref().map(|i| i.sub.clone());
+            forward(req, service, identity, ctx).await
+        }
+        Routing::MethodNotAllowed(allowed) => Err(not_allowed(&allowed)),
+        Routing::NotFound => Err(Problem::not_found(format!("no route for {path}"))),
+    }
+}
+
+fn not_allowed(allowed: &[Method]) -> Problem {
+    let allow = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("use {allow} on this resource"),
+    )
+    .with("allow", allow)
+}
+
+fn preflight(cors: &Cors, origin: Option<&str>) -> Reply {
+    let mut reply = empty(if cors.allow(origin).is_some() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::FORBIDDEN
+    });
+    if cors.allow(origin).is_some() {
+        let headers = reply.headers_mut();
+        headers.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static(cors::ALLOW_METHODS),
+        );
+        headers.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static(cors::ALLOW_HEADERS),
+        );
+        headers.insert(
+            "access-control-max-age",
+            HeaderValue::from_static(cors::MAX_AGE_SECONDS),
+        );
+    }
+    reply
+}
+
+/// Verifies the bearer token, once, for the whole request. No token means
+/// an anonymous caller (the service decides whether that is enough); a bad
+/// token is refused here.
+async fn authenticate(req: &Request) -> Result<Option<bazaar_auth::Identity>, Problem> {
+    let Some(authorization) = header(req, "authorization") else {
+        return Ok(None);
+    };
+    let token = bazaar_auth::bearer(&authorization).ok_or_else(|| {
+        Problem::unauthorized("the Authorization header must be `Bearer <access token>`")
+    })?;
+    bazaar_auth::verify(&setting("jwt_secret").await?, ACCESS_AUDIENCE, token)
+        .map(Some)
+        .map_err(|e| Problem::unauthorized(format!("invalid or expired access token ({e})")))
+}
+
+async fn forward(
+    req: Request,
+    service: Service,
+    identity: Option<bazaar_auth::Identity>,
+    ctx: &Context,
+) -> Result<Reply, Problem> {
+    let max_body: usize = setting("max_body_bytes")
+        .await?
+        .parse()
+        .map_err(|_| Problem::internal("the gateway is misconfigured"))?;
+    let base = setting(service.url_variable()).await?;
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let mut outbound = http_request(
+        req.method().clone(),
+        &format!("{}{path_and_query}", base.trim_end_matches('/')),
+    );
+    for (name, value) in req.headers() {
+        if !STRIPPED.contains(&name.as_str()) {
+            outbound = outbound.header(name, value);
+        }
+    }
+    if let Some(identity) = identity {
+        let token = bazaar_auth::issue(
+            &setting("identity_token_secret").await?,
+            IDENTITY_AUDIENCE,
+            &identity,
+            bazaar_auth::now(),
+            IDENTITY_TTL_SECONDS,
+        );
+        outbound = outbound.header(IDENTITY_HEADER, token);
+    }
+    if let Some(client) = header(&req, "spin-client-addr") {
+        outbound = outbound.header(
+            "x-forwarded-for",
+            client
+                .rsplit_once(':')
+                .map_or(client.as_str(), |(ip, _)| ip),
+        );
+    }
+    outbound = outbound
+        .header(REQUEST_ID, &ctx.request_id)
+        .header(TRACEPARENT, ctx.trace.to_string());
+    let declared = header(&req, "content-length").and_then(|l| l.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(too_large(max_body));
+    }
+    let body = Limited::new(req.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|_| too_large(max_body))?
+        .to_bytes();
+    let outbound = outbound
+        .body(Full::new(body))
+        .map_err(|e| Problem::bad_request(format!("cannot forward this request: {e}")))?;
+    let response = spin_sdk::http::send(outbound).await.map_err(|e| {
+        eprintln!("{{\"level\":\"error\",\"msg\":\"service call failed\",\"service\":\"{}\",\"error\":{:?}}}", service.name(), format!("{e:?}"));
+        Problem::new(StatusCode::BAD_GATEWAY, format!("the {} service is unavailable", service.name()))
+    })?;
+    let (parts, body) = response.into_parts();
+    let bytes = body.bytes().await.map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the {} service's response broke off: {e:?}", service.name()),
+        )
+    })?;
+    let mut reply = Response::new(Full::new(bytes));
+    *reply.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            reply.headers_mut().append(name, value.clone());
+        }
+    }
+    Ok(reply)
+}
+
+fn http_request(method: Method, url: &str) -> http::request::Builder {
+    http::Request::builder().method(method).uri(url)
+}
+
+fn too_large(max: usize) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than {max} bytes"),
+    )
+}
+
+fn decorate(reply: &mut Reply, ctx: &Context, cors: &Cors, origin: Option<&str>) {
+    let headers = reply.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert(REQUEST_ID, id);
+    }
+    if let Some(allowed) = cors
+        .allow(origin)
+        .and_then(|o| HeaderValue::from_str(&o).ok())
+    {
+        headers.insert("access-control-allow-origin", allowed);
+        headers.insert(
+            "access-control-expose-headers",
+            HeaderValue::from_static(cors::EXPOSE_HEADERS),
+        );
+        headers.append("vary", HeaderValue::from_static("origin"));
+    }
+}
+
+/// One JSON line per request on stdout (the component's log file).
+fn log(method: &Method, path: &str, status: StatusCode, started: Instant, ctx: &Context) {
+    let line = serde_json::json!({
+        "level": if status.is_server_error() { "error" } else { "info" },
+        "msg": "request",
+        "method": method.as_str(),
+        "path": path,
+        "status": status.as_u16(),
+        "duration_ms": started.elapsed().as_millis() as u64,
+        "request_id": ctx.request_id,
+        "trace_id": ctx.trace.trace_id_hex(),
+        "user": ctx.user,
+    });
+    println!("{line}");
+}
+
+pub fn to_reply(response: Response<String>) -> Reply {
+    response.map(|body| Full::new(Bytes::from(body)))
+}
+
+fn empty(status: StatusCode) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::new()));
+    *reply.status_mut() = status;
+    reply
+}

@@ -1,0 +1,146 @@
+//! The public API's route table: which service answers which path.
+//!
+//! The gateway answers 404 and 405 itself from this table, so an unknown
+//! path never costs a service call, and the OpenAPI document is checked
+//! against it (see `openapi.rs`).
+
+use bazaar_api::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Users,
+    Products,
+    Orders,
+    Payments,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [
+        Service::Users,
+        Service::Products,
+        Service::Orders,
+        Service::Payments,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Users => "users",
+            Service::Products => "products",
+            Service::Orders => "orders",
+            Service::Payments => "payments",
+        }
+    }
+
+    /// The variable holding the service's base URL (by default
+    /// `http://<name>.spin.internal`, overridable for a distributed
+    /// deployment).
+    pub fn url_variable(self) -> &'static str {
+        match self {
+            Service::Users => "users_url",
+            Service::Products => "products_url",
+            Service::Orders => "orders_url",
+            Service::Payments => "payments_url",
+        }
+    }
+}
+
+/// Every proxied route: method, path template (`{id}` is one segment), and
+/// the service behind it.
+pub const ROUTES: &[(Method, &str, Service)] = &[
+    (Method::POST, "/api/v1/users", Service::Users),
+    (Method::GET, "/api/v1/users/me", Service::Users),
+    (Method::POST, "/api/v1/auth/token", Service::Users),
+    (Method::GET, "/api/v1/products", Service::Products),
+    (Method::POST, "/api/v1/products", Service::Products),
+    (Method::GET, "/api/v1/products/{id}", Service::Products),
+    (Method::PATCH, "/api/v1/products/{id}", Service::Products),
+    (
+        Method::PUT,
+        "/api/v1/products/{id}/stock",
+        Service::Products,
+    ),
+    (Method::POST, "/api/v1/orders", Service::Orders),
+    (Method::GET, "/api/v1/orders", Service::Orders),
+    (Method::GET, "/api/v1/orders/{id}", Service::Orders),
+    (Method::GET, "/api/v1/orders/{id}/events", Service::Orders),
+    (Method::POST, "/api/v1/orders/{id}/cancel", Service::Orders),
+    (Method::GET, "/api/v1/payments", Service::Payments),
+];
+
+/// Routes the gateway answers itself (see `gateway::dispatch`); listed for
+/// the OpenAPI check.
+#[cfg(test)]
+pub const OWN_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/health"),
+    (Method::GET, "/api/v1/openapi.json"),
+];
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routing {
+    To(Service),
+    /// The path exists, not with this method; the methods it has.
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+fn matches(template: &str, path: &str) -> bool {
+    let want: Vec<&str> = bazaar_api::segments(template);
+    let got: Vec<&str> = bazaar_api::segments(path);
+    want.len() == got.len()
+        && want
+            .iter()
+            .zip(&got)
+            .all(|(w, g)| (w.starts_with('{') && w.ends_with('}')) || w == g)
+}
+
+pub fn route(method: &Method, path: &str) -> Routing {
+    let candidates: Vec<&(Method, &str, Service)> =
+        ROUTES.iter().filter(|(_, t, _)| matches(t, path)).collect();
+    match candidates.iter().find(|(m, _, _)| m == method) {
+        Some((_, _, service)) => Routing::To(*service),
+        None if candidates.is_empty() => Routing::NotFound,
+        None => Routing::MethodNotAllowed(candidates.iter().map(|(m, _, _)| m.clone()).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_to_their_service() {
+        assert_eq!(
+            route(&Method::GET, "/api/v1/users/me"),
+            Routing::To(Service::Users)
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/v1/auth/token"),
+            Routing::To(Service::Users)
+        );
+        assert_eq!(
+            route(&Method::PUT, "/api/v1/products/p-1/stock"),
+            Routing::To(Service::Products)
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/orders/o-1/events"),
+            Routing::To(Service::Orders)
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/payments"),
+            Routing::To(Service::Payments)
+        );
+    }
+
+    #[test]
+    fn wrong_method_and_unknown_path() {
+        assert_eq!(
+            route(&Method::DELETE, "/api/v1/products/p-1"),
+            Routing::MethodNotAllowed(vec![Method::GET, Method::PATCH])
+        );
+        assert_eq!(route(&Method::GET, "/api/v1/nope"), Routing::NotFound);
+        assert_eq!(
+            route(&Method::GET, "/api/v1/products/a/b"),
+            Routing::NotFound
+        );
+    }
+}

@@ -1,0 +1,44 @@
+//! The payments service's HTTP routes (reached from the gateway only).
+
+use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
+use bazaar_service::caller;
+use spin_sdk::http::Request;
+
+use crate::store::Store;
+
+pub async fn route(req: Request) -> ApiResult {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match (method, bazaar_api::segments(&path).as_slice()) {
+        (Method::GET, ["health"]) => health().await,
+        (Method::GET, ["api", "v1", "payments"]) => list(&req).await,
+        (_, ["api", "v1", "payments"]) => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET on this resource",
+        )
+        .with("allow", "GET")),
+        _ => Err(Problem::not_found(format!("no route for {path}"))),
+    }
+}
+
+async fn health() -> ApiResult {
+    Store::open().await?.ping().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "service": "payments" }),
+    ))
+}
+
+/// An order's payments, for its owner or an administrator. Another user's
+/// order answers 404, as an unknown one would.
+async fn list(req: &Request) -> ApiResult {
+    let identity = caller(req).await?;
+    let order_id = query_param(req.uri().query(), "order_id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| Problem::bad_request("the `order_id` query parameter is required"))?;
+    let payments = Store::open().await?.for_order(&order_id).await?;
+    if payments.iter().any(|p| p.user_id != identity.sub) && !identity.is_admin() {
+        return Err(Problem::not_found(format!("no order {order_id}")));
+    }
+    Ok(json(StatusCode::OK, &payments))
+}

@@ -1,0 +1,14 @@
+//! Bazaar's payments service: the payments recorded against orders (charged,
+//! refunded, declined). Charging itself happens in the order saga's payment
+//! step, which shares this database.
+
+mod api;
+mod store;
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    bazaar_api::finish(api::route(req).await)
+}

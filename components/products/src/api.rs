@@ -1,0 +1,125 @@
+//! The products service's HTTP routes (reached from the gateway, and from
+//! the orders service for prices).
+
+use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
+use bazaar_auth::Identity;
+use bazaar_service::{caller, json_body, now_rfc3339};
+use spin_sdk::http::Request;
+
+use crate::domain::{self, NewProduct, ProductPatch, StockLevel};
+use crate::store::Store;
+
+pub async fn route(req: Request) -> ApiResult {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match (method, bazaar_api::segments(&path).as_slice()) {
+        (Method::GET, ["health"]) => health().await,
+        (Method::GET, ["api", "v1", "products"]) => list(&req).await,
+        (Method::POST, ["api", "v1", "products"]) => create(req).await,
+        (Method::GET, ["api", "v1", "products", id]) => get(id).await,
+        (Method::PATCH, ["api", "v1", "products", id]) => update(id, req).await,
+        (Method::PUT, ["api", "v1", "products", id, "stock"]) => set_stock(id, req).await,
+        (_, ["api", "v1", "products"]) => Err(not_allowed("GET, POST")),
+        (_, ["api", "v1", "products", _]) => Err(not_allowed("GET, PATCH")),
+        (_, ["api", "v1", "products", _, "stock"]) => Err(not_allowed("PUT")),
+        _ => Err(Problem::not_found(format!("no route for {path}"))),
+    }
+}
+
+fn not_allowed(allow: &str) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("use {allow} on this resource"),
+    )
+    .with("allow", allow)
+}
+
+async fn admin(req: &Request) -> Result<Identity, Problem> {
+    let identity = caller(req).await?;
+    if identity.is_admin() {
+        Ok(identity)
+    } else {
+        Err(Problem::forbidden(
+            "only administrators may change the catalogue",
+        ))
+    }
+}
+
+async fn health() -> ApiResult {
+    Store::open().await?.ping().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "service": "products" }),
+    ))
+}
+
+async fn list(req: &Request) -> ApiResult {
+    let query = req.uri().query();
+    let limit = domain::page_size(query_param(query, "limit").as_deref())?;
+    let cursor = query_param(query, "cursor");
+    // One extra row tells whether another page follows.
+    let mut items = Store::open()
+        .await?
+        .page(cursor.as_deref(), limit + 1)
+        .await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|p| p.id.clone())
+    } else {
+        None
+    };
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn get(id: &str) -> ApiResult {
+    match Store::open().await?.get(id).await? {
+        Some(product) => Ok(json(StatusCode::OK, &product)),
+        None => Err(Problem::not_found(format!("no product {id}"))),
+    }
+}
+
+async fn create(req: Request) -> ApiResult {
+    admin(&req).await?;
+    let product = json_body::<NewProduct>(req).await?.validate()?;
+    if !Store::open()
+        .await?
+        .insert(&product, &now_rfc3339())
+        .await?
+    {
+        return Err(Problem::conflict(format!(
+            "a product with sku {} already exists",
+            product.sku
+        )));
+    }
+    Ok(json(StatusCode::CREATED, &product))
+}
+
+async fn update(id: &str, req: Request) -> ApiResult {
+    admin(&req).await?;
+    let patch: ProductPatch = json_body(req).await?;
+    let store = Store::open().await?;
+    let current = store
+        .get(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
+    let updated = patch.apply(current)?;
+    store.update(&updated, &now_rfc3339()).await?;
+    Ok(json(StatusCode::OK, &updated))
+}
+
+async fn set_stock(id: &str, req: Request) -> ApiResult {
+    admin(&req).await?;
+    let available = json_body::<StockLevel>(req).await?.validate()?;
+    let store = Store::open().await?;
+    if !store.set_stock(id, available, &now_rfc3339()).await? {
+        return Err(Problem::not_found(format!("no product {id}")));
+    }
+    let product = store
+        .get(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
+    Ok(json(StatusCode::OK, &product))
+}

@@ -1,0 +1,15 @@
+//! Bazaar's products service: the catalogue and each product's available
+//! stock. Private: reached through the gateway, and by the orders service
+//! for the prices it snapshots.
+
+mod api;
+mod domain;
+mod store;
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    bazaar_api::finish(api::route(req).await)
+}

@@ -1,0 +1,146 @@
+//! The users service's HTTP routes (reached from the gateway only).
+
+use bazaar_api::{ApiResult, Method, Problem, StatusCode, json};
+use bazaar_auth::{ACCESS_AUDIENCE, Identity};
+use bazaar_service::{caller, json_body, now_rfc3339, setting};
+use serde::{Deserialize, Serialize};
+use spin_sdk::http::Request;
+use std::sync::OnceLock;
+
+use crate::domain::{self, Registration, User};
+use crate::store::{Store, StoredUser};
+
+pub async fn route(req: Request) -> ApiResult {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match (method, bazaar_api::segments(&path).as_slice()) {
+        (Method::GET, ["health"]) => health().await,
+        (Method::POST, ["api", "v1", "users"]) => register(req).await,
+        (Method::POST, ["api", "v1", "auth", "token"]) => token(req).await,
+        (Method::GET, ["api", "v1", "users", "me"]) => me(&req).await,
+        (_, ["api", "v1", "users"] | ["api", "v1", "auth", "token"]) => Err(not_allowed("POST")),
+        (_, ["api", "v1", "users", "me"]) => Err(not_allowed("GET")),
+        _ => Err(Problem::not_found(format!("no route for {path}"))),
+    }
+}
+
+fn not_allowed(allow: &str) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("use {allow} on this resource"),
+    )
+    .with("allow", allow)
+}
+
+async fn health() -> ApiResult {
+    Store::open().await?.ping().await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "service": "users" }),
+    ))
+}
+
+async fn register(req: Request) -> ApiResult {
+    let registration: Registration = json_body(req).await?;
+    let valid = registration.validate()?;
+    let user = StoredUser {
+        id: uuid::Uuid::now_v7().to_string(),
+        email: valid.email,
+        name: valid.name,
+        password_hash: domain::hash_password(&valid.password)?,
+        created_at: now_rfc3339(),
+    };
+    let store = Store::open().await?;
+    if !store.insert(&user, &valid.email_key).await? {
+        return Err(Problem::conflict("a user with this email already exists"));
+    }
+    let admins = setting("admin_emails").await?;
+    Ok(json(StatusCode::CREATED, &public(&user, &admins)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+struct AccessToken {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// Exchanges credentials for an access token. A wrong password and an
+/// unknown email get the same answer, after the same work.
+async fn token(req: Request) -> ApiResult {
+    let credentials: Credentials = json_body(req).await?;
+    let store = Store::open().await?;
+    let user = store
+        .by_email_key(&domain::email_key(&credentials.email))
+        .await?;
+    let hash = user
+        .as_ref()
+        .map_or_else(|| decoy_hash(), |u| u.password_hash.as_str());
+    let matches = domain::password_matches(&credentials.password, hash);
+    let user = match user {
+        Some(user) if matches => user,
+        _ => return Err(Problem::unauthorized("invalid email or password")),
+    };
+    let identity = Identity {
+        sub: user.id.clone(),
+        email: user.email.clone(),
+        roles: domain::roles(&user.email, &setting("admin_emails").await?),
+    };
+    let ttl = setting("access_token_ttl_seconds")
+        .await?
+        .parse::<u64>()
+        .map_err(|_| Problem::internal("access_token_ttl_seconds is not a number of seconds"))?;
+    let token = bazaar_auth::issue(
+        &setting("jwt_secret").await?,
+        ACCESS_AUDIENCE,
+        &identity,
+        bazaar_auth::now(),
+        ttl,
+    );
+    Ok(json(
+        StatusCode::OK,
+        &AccessToken {
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: ttl,
+        },
+    ))
+}
+
+/// A valid hash of nothing anyone knows, checked when the email is unknown
+/// so that the response time does not reveal which emails exist.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| {
+        let random = uuid::Uuid::now_v7().to_string();
+        domain::hash_password(&random).unwrap_or_default()
+    })
+}
+
+async fn me(req: &Request) -> ApiResult {
+    let identity = caller(req).await?;
+    let store = Store::open().await?;
+    let user = store
+        .by_id(&identity.sub)
+        .await?
+        .ok_or_else(|| Problem::unauthorized("the token's user no longer exists"))?;
+    let admins = setting("admin_emails").await?;
+    Ok(json(StatusCode::OK, &public(&user, &admins)))
+}
+
+fn public(user: &StoredUser, admin_emails: &str) -> User {
+    User {
+        id: user.id.clone(),
+        email: user.email.clone(),
+        name: user.name.clone(),
+        roles: domain::roles(&user.email, admin_emails),
+        created_at: user.created_at.clone(),
+    }
+}

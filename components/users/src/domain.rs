@@ -1,0 +1,192 @@
+//! Users and their rules, free of I/O: what a valid registration is, how
+//! passwords are hashed, who is an admin.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use bazaar_api::Problem;
+use bazaar_auth::{ADMIN_ROLE, CUSTOMER_ROLE};
+use serde::{Deserialize, Serialize};
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+const MAX_PASSWORD_CHARS: usize = 1024;
+const MAX_NAME_CHARS: usize = 200;
+
+/// `POST /api/v1/users` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub email: String,
+    pub password: String,
+    pub name: String,
+}
+
+/// A registration that passed validation.
+#[derive(Debug)]
+pub struct ValidRegistration {
+    pub email: String,
+    /// The case-folded email: uniqueness is case-insensitive.
+    pub email_key: String,
+    pub name: String,
+    pub password: String,
+}
+
+impl Registration {
+    pub fn validate(self) -> Result<ValidRegistration, Problem> {
+        let email = self.email.trim().to_string();
+        let mut invalid = Vec::new();
+        if !is_plausible_email(&email) {
+            invalid.push((
+                "email",
+                "must be an email address such as ada@example.com".to_string(),
+            ));
+        }
+        let password_chars = self.password.chars().count();
+        if password_chars < MIN_PASSWORD_CHARS {
+            invalid.push((
+                "password",
+                format!("must be at least {MIN_PASSWORD_CHARS} characters"),
+            ));
+        } else if password_chars > MAX_PASSWORD_CHARS {
+            invalid.push((
+                "password",
+                format!("must be at most {MAX_PASSWORD_CHARS} characters"),
+            ));
+        }
+        let name = self.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            invalid.push(("name", format!("must be 1 to {MAX_NAME_CHARS} characters")));
+        }
+        if let Some((field, why)) = invalid.first() {
+            let fields: serde_json::Map<String, serde_json::Value> = invalid
+                .iter()
+                .map(|(f, w)| (f.to_string(), w.clone().into()))
+                .collect();
+            return Err(Problem::unprocessable(format!("`{field}` {why}")).with("fields", fields));
+        }
+        Ok(ValidRegistration {
+            email_key: email_key(&email),
+            email,
+            name,
+            password: self.password,
+        })
+    }
+}
+
+/// The lookup key for an email: trimmed and lower-cased.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// A deliberately loose check (one `@`, a dotted domain, no spaces): the only
+/// real test of an address is mail reaching it.
+fn is_plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && email.len() <= 254
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(char::is_whitespace)
+}
+
+/// Roles follow the `admin_emails` setting at the time of asking, so
+/// granting or revoking admin needs no data migration.
+pub fn roles(email: &str, admin_emails: &str) -> Vec<String> {
+    let key = email_key(email);
+    let mut roles = vec![CUSTOMER_ROLE.to_string()];
+    if admin_emails
+        .split(',')
+        .map(email_key)
+        .any(|admin| !admin.is_empty() && admin == key)
+    {
+        roles.push(ADMIN_ROLE.to_string());
+    }
+    roles
+}
+
+/// Argon2id with the crate's defaults (OWASP's recommended parameters) and a
+/// random salt, as a PHC string that records its own parameters.
+pub fn hash_password(password: &str) -> Result<String, Problem> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .map_err(|e| Problem::internal(format!("cannot hash the password: {e}")))
+}
+
+pub fn password_matches(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A user as the API shows it (never with the password hash).
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(email: &str, password: &str, name: &str) -> Registration {
+        Registration {
+            email: email.into(),
+            password: password.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn valid_registration_normalises_email() {
+        let valid = registration(" Ada@Example.COM ", "correct horse", "Ada")
+            .validate()
+            .unwrap();
+        assert_eq!(valid.email, "Ada@Example.COM");
+        assert_eq!(valid.email_key, "ada@example.com");
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let e = registration("ada", "short", "").validate().unwrap_err();
+        assert_eq!(e.status, 422);
+        let fields = &e.extensions["fields"];
+        assert!(
+            fields["email"].is_string()
+                && fields["password"].is_string()
+                && fields["name"].is_string()
+        );
+        for bad in ["a@b", "@b.c", "a b@c.d", "a@.c", "a@c."] {
+            assert!(!is_plausible_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn admins_come_from_the_setting() {
+        assert_eq!(
+            roles("Root@Shop.test", " root@shop.test ,x@y.z"),
+            ["customer", "admin"]
+        );
+        assert_eq!(roles("ada@shop.test", ""), ["customer"]);
+    }
+
+    #[test]
+    fn passwords_verify_against_their_hash_only() {
+        let phc = hash_password("correct horse").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(password_matches("correct horse", &phc));
+        assert!(!password_matches("wrong horse", &phc));
+        assert!(!password_matches("correct horse", "not a hash"));
+    }
+}

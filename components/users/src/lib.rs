@@ -1,0 +1,15 @@
+//! Bazaar's users service: registration, credentials (Argon2id) and access
+//! tokens. Private: reached through the gateway, which verifies tokens and
+//! vouches for the caller.
+
+mod api;
+mod domain;
+mod store;
+
+use spin_sdk::http::{IntoResponse, Request};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> impl IntoResponse {
+    bazaar_api::finish(api::route(req).await)
+}

@@ -1,0 +1,107 @@
+//! The users service's own SQLite database (label `users`).
+
+use bazaar_api::Problem;
+use bazaar_migrations::{Migration, migrate};
+use spin_sdk::sqlite::{Connection, RowResult, Value};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    statements: &["CREATE TABLE users (
+        id            TEXT PRIMARY KEY,
+        email         TEXT NOT NULL,
+        email_key     TEXT NOT NULL UNIQUE,
+        name          TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at    TEXT NOT NULL
+    )"],
+}];
+
+/// A stored user, with what the API never shows.
+pub struct StoredUser {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub password_hash: String,
+    pub created_at: String,
+}
+
+pub struct Store(Connection);
+
+impl Store {
+    pub async fn open() -> Result<Store, Problem> {
+        let conn = Connection::open("users").await.map_err(unavailable)?;
+        migrate(&conn, MIGRATIONS).await.map_err(unavailable)?;
+        Ok(Store(conn))
+    }
+
+    /// Inserts the user; `Ok(false)` when the email is already registered.
+    pub async fn insert(&self, user: &StoredUser, email_key: &str) -> Result<bool, Problem> {
+        let result = self
+            .0
+            .execute(
+                "INSERT INTO users (id, email, email_key, name, password_hash, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO NOTHING",
+                [
+                    Value::Text(user.id.clone()),
+                    Value::Text(user.email.clone()),
+                    Value::Text(email_key.to_string()),
+                    Value::Text(user.name.clone()),
+                    Value::Text(user.password_hash.clone()),
+                    Value::Text(user.created_at.clone()),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        result.collect().await.map_err(unavailable)?;
+        Ok(self.0.changes().await == 1)
+    }
+
+    pub async fn by_email_key(&self, email_key: &str) -> Result<Option<StoredUser>, Problem> {
+        self.one("email_key", email_key).await
+    }
+
+    pub async fn by_id(&self, id: &str) -> Result<Option<StoredUser>, Problem> {
+        self.one("id", id).await
+    }
+
+    async fn one(&self, column: &str, value: &str) -> Result<Option<StoredUser>, Problem> {
+        let sql = format!(
+            "SELECT id, email, name, password_hash, created_at FROM users WHERE {column} = ?"
+        );
+        let rows = self
+            .0
+            .execute(sql, [Value::Text(value.to_string())])
+            .await
+            .map_err(unavailable)?
+            .collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.first().map(row_to_user))
+    }
+
+    pub async fn ping(&self) -> Result<(), Problem> {
+        self.0
+            .execute("SELECT 1", [])
+            .await
+            .map_err(unavailable)?
+            .collect()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+fn row_to_user(row: &RowResult) -> StoredUser {
+    let text = |i: usize| row.get::<&str>(i).unwrap_or_default().to_string();
+    StoredUser {
+        id: text(0),
+        email: text(1),
+        name: text(2),
+        password_hash: text(3),
+        created_at: text(4),
+    }
+}
+
+fn unavailable(e: spin_sdk::sqlite::Error) -> Problem {
+    bazaar_service::storage_error("users")(e)
+}

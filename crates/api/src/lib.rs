@@ -1,0 +1,206 @@
+//! The conventions every Bazaar service's HTTP API follows, in one place so
+//! that all of them answer alike: JSON bodies, errors as RFC 9457
+//! `application/problem+json` with `status`, `title` and a precise `detail`,
+//! and request bodies parsed with an error that says what was wrong.
+//!
+//! Responses are plain `http::Response<String>`, which `spin-sdk` accepts as
+//! a handler's result, so this crate is tested natively.
+
+use http::{HeaderValue, Response, header};
+pub use http::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub const JSON: &str = "application/json";
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An API error, rendered as problem details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub detail: String,
+    /// Extra members, e.g. the invalid `fields` of a 422.
+    pub extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            detail: detail.into(),
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, detail)
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, detail)
+    }
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+    }
+    /// A failure of ours, not the client's; `detail` must not leak internals.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, detail)
+    }
+
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.extensions.insert(key.to_string(), value);
+        self
+    }
+
+    pub fn into_response(self) -> Response<String> {
+        let mut body = serde_json::Map::new();
+        body.insert("type".into(), "about:blank".into());
+        body.insert("status".into(), self.status.as_u16().into());
+        body.insert(
+            "title".into(),
+            self.status.canonical_reason().unwrap_or("Error").into(),
+        );
+        body.insert("detail".into(), self.detail.into());
+        body.extend(self.extensions);
+        respond(
+            self.status,
+            PROBLEM_JSON,
+            serde_json::Value::Object(body).to_string(),
+        )
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.detail)
+    }
+}
+
+pub type ApiResult<T = Response<String>> = Result<T, Problem>;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<String> {
+    match serde_json::to_string(body) {
+        Ok(text) => respond(status, JSON, text),
+        Err(e) => Problem::internal(format!("response could not be encoded: {e}")).into_response(),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<String> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Collapses a handler's result into the response to send.
+pub fn finish(result: ApiResult) -> Response<String> {
+    result.unwrap_or_else(Problem::into_response)
+}
+
+/// Parses a JSON request body; a malformed body or a field of the wrong type
+/// is a 422 naming the field, an unreadable one a 400.
+pub fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) -> ApiResult<T> {
+    let is_json = content_type
+        .map(|ct| ct.split(';').next().unwrap_or_default().trim())
+        .is_none_or(|ct| {
+            ct.eq_ignore_ascii_case(JSON) || ct.to_ascii_lowercase().ends_with("+json")
+        });
+    if !is_json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected a JSON body (content-type: {JSON})"),
+        ));
+    }
+    if body.is_empty() {
+        return Err(Problem::bad_request(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            Problem::bad_request(format!("the request body is not valid JSON: {e}"))
+        }
+        _ => Problem::unprocessable(format!("invalid request body: {e}")),
+    })
+}
+
+/// The path split into segments: `/api/v1/users/me` → `["api", "v1", "users", "me"]`.
+pub fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// The value of `name` in a query string, decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Login {
+        email: String,
+        age: u8,
+    }
+
+    fn body_of(response: Response<String>) -> serde_json::Value {
+        serde_json::from_str(response.body()).unwrap()
+    }
+
+    #[test]
+    fn problems_have_rfc9457_members() {
+        let response = Problem::conflict("email already registered")
+            .with("field", "email")
+            .into_response();
+        assert_eq!(response.status(), 409);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = body_of(response);
+        assert_eq!(body["status"], 409);
+        assert_eq!(body["title"], "Conflict");
+        assert_eq!(body["detail"], "email already registered");
+        assert_eq!(body["field"], "email");
+    }
+
+    #[test]
+    fn bodies_are_parsed_with_precise_errors() {
+        let ok: Login =
+            parse_json(Some("application/json"), br#"{"email":"a@b.c","age":3}"#).unwrap();
+        assert_eq!(ok.age, 3);
+        let e = parse_json::<Login>(None, b"{").unwrap_err();
+        assert_eq!(e.status, 400);
+        let e = parse_json::<Login>(None, br#"{"email":"a@b.c"}"#).unwrap_err();
+        assert_eq!(e.status, 422);
+        assert!(e.detail.contains("missing field `age`"), "{}", e.detail);
+        let e = parse_json::<Login>(None, br#"{"email":"a@b.c","age":"x"}"#).unwrap_err();
+        assert_eq!(e.status, 422);
+        let e = parse_json::<Login>(Some("text/plain"), b"{}").unwrap_err();
+        assert_eq!(e.status, 415);
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param(Some("limit=5&cursor=a%2Fb"), "cursor").as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(query_param(Some("limit=5"), "cursor"), None);
+        assert_eq!(query_param(None, "x"), None);
+        assert_eq!(segments("/api/v1//users/"), ["api", "v1", "users"]);
+    }
+}

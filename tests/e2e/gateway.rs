@@ -1,0 +1,112 @@
+//! The gateway's own behaviour: health, OpenAPI, 404/405, request ids,
+//! body limits and CORS.
+
+use crate::harness::App;
+use serde_json::json;
+
+#[tokio::test]
+async fn health_reports_every_service() {
+    let app = App::start();
+    let reply = app.get("/health", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.body,
+        json!({ "status": "ok", "services": { "users": "ok", "products": "ok", "orders": "ok", "payments": "ok" } })
+    );
+}
+
+#[tokio::test]
+async fn health_names_an_unreachable_service() {
+    let app = App::start_with(&[("SPIN_VARIABLE_PAYMENTS_URL", "http://nowhere.spin.internal")]);
+    let reply = app.get("/health", None).await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body["unhealthy"], json!(["payments"]));
+    assert_eq!(reply.body["services"]["users"], "ok");
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served() {
+    let app = App::start();
+    let reply = app.get("/api/v1/openapi.json", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["openapi"], "3.1.0");
+    assert!(reply.body["paths"]["/api/v1/orders/{id}/cancel"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods() {
+    let app = App::start();
+    app.get("/api/v1/nothing-here", None)
+        .await
+        .assert_problem(404);
+    let reply = app
+        .send(app.request(reqwest::Method::DELETE, "/api/v1/products", None))
+        .await;
+    reply.assert_problem(405);
+    assert_eq!(reply.body["allow"], "GET, POST");
+    app.post("/health", None, json!({}))
+        .await
+        .assert_problem(405);
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made() {
+    let app = App::start();
+    let reply = app
+        .send(
+            app.request(reqwest::Method::GET, "/api/v1/products", None)
+                .header("x-request-id", "client-id-1"),
+        )
+        .await;
+    assert_eq!(reply.header("x-request-id"), Some("client-id-1"));
+    let reply = app.get("/api/v1/products", None).await;
+    assert_eq!(reply.header("x-request-id").map(str::len), Some(32));
+    let log = std::fs::read_to_string(app.host_log("gateway_stdout.txt")).unwrap_or_default();
+    assert!(log.contains("\"request_id\":\"client-id-1\""), "{log}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let app = App::start_with(&[("SPIN_VARIABLE_MAX_BODY_BYTES", "1024")]);
+    let big = json!({ "email": "a@b.test", "password": "x".repeat(2048), "name": "A" });
+    app.post("/api/v1/users", None, big)
+        .await
+        .assert_problem(413);
+}
+
+#[tokio::test]
+async fn cors_follows_the_allowed_origins() {
+    let app = App::start_with(&[("SPIN_VARIABLE_CORS_ALLOWED_ORIGINS", "https://shop.test")]);
+    let preflight = app
+        .request(reqwest::Method::OPTIONS, "/api/v1/orders", None)
+        .header("origin", "https://shop.test")
+        .header("access-control-request-method", "POST");
+    let reply = app.send(preflight).await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://shop.test")
+    );
+    assert!(
+        reply
+            .header("access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
+
+    let other = app
+        .request(reqwest::Method::OPTIONS, "/api/v1/orders", None)
+        .header("origin", "https://evil.test")
+        .header("access-control-request-method", "POST");
+    assert_eq!(app.send(other).await.status, 403);
+    let simple = app
+        .send(
+            app.request(reqwest::Method::GET, "/api/v1/products", None)
+                .header("origin", "https://shop.test"),
+        )
+        .await;
+    assert_eq!(
+        simple.header("access-control-allow-origin"),
+        Some("https://shop.test")
+    );
+}

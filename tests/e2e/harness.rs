@@ -1,0 +1,206 @@
+//! Starts Bazaar for one test (own state, stores and embedded Redis) and
+//! gives the tests a small client for its API.
+
+use crate::common::{self, Host};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const ADMIN_EMAIL: &str = "admin@bazaar.test";
+pub const PASSWORD: &str = "correct horse battery";
+pub const JWT_SECRET: &str = "e2e-jwt-secret";
+pub const IDENTITY_SECRET: &str = "e2e-identity-secret";
+
+/// Builds the application's components once per test binary.
+fn built_manifest() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let manifest = common::workspace_root().join("spin.toml");
+            let status = Command::new(env!("CARGO_BIN_EXE_bazaar"))
+                .args(["build", "--from"])
+                .arg(&manifest)
+                .status()
+                .expect("run bazaar build");
+            assert!(status.success(), "bazaar build failed");
+            manifest
+        })
+        .clone()
+}
+
+pub struct App {
+    pub host: Host,
+    pub client: reqwest::Client,
+    state: tempfile::TempDir,
+}
+
+/// A response: status, JSON body (or the text as a JSON string), headers.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with `status`.
+    pub fn assert_problem(&self, status: u16) -> &Reply {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status);
+        assert!(
+            self.body["title"].is_string() && self.body["detail"].is_string(),
+            "{}",
+            self.body
+        );
+        self
+    }
+}
+
+impl App {
+    pub fn start() -> App {
+        Self::start_with(&[])
+    }
+
+    /// Starts the app; `env` adds or overrides environment variables.
+    pub fn start_with(env: &[(&str, &str)]) -> App {
+        let manifest = built_manifest();
+        let state = tempfile::tempdir().unwrap();
+        let mut config = String::new();
+        for label in ["users", "products", "orders", "payments"] {
+            let path = state.path().join(format!("{label}.db"));
+            config.push_str(&format!(
+                "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
+                path
+            ));
+        }
+        let views = state.path().join("order_views.db");
+        config.push_str(&format!(
+            "[key_value_store.order_views]\ntype = \"spin\"\npath = {:?}\n",
+            views
+        ));
+        let config_file = state.path().join("runtime-config.toml");
+        std::fs::write(&config_file, config).unwrap();
+
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bazaar"));
+        cmd.arg("up")
+            .arg("--from")
+            .arg(&manifest)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--redis",
+                "embedded",
+                "--state-dir",
+            ])
+            .arg(state.path().join(".spin"))
+            .arg("--runtime-config-file")
+            .arg(&config_file)
+            .arg("--cache-dir")
+            .arg(common::workspace_root().join("target/bazaar-test-cache"))
+            .env("RUST_LOG", "bazaar=info,warn")
+            .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
+            .env("SPIN_VARIABLE_IDENTITY_TOKEN_SECRET", IDENTITY_SECRET)
+            .env("SPIN_VARIABLE_ADMIN_EMAILS", ADMIN_EMAIL)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        App {
+            host: common::start(cmd),
+            client: reqwest::Client::new(),
+            state,
+        }
+    }
+
+    /// A component log file in this app's state dir.
+    pub fn host_log(&self, file: &str) -> PathBuf {
+        self.state.path().join(".spin/logs").join(file)
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request reached bazaar");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, self.host.url(path));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(self.request(reqwest::Method::GET, path, token))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path, token).json(&body))
+            .await
+    }
+
+    pub async fn register(&self, email: &str, name: &str) -> Reply {
+        self.post(
+            "/api/v1/users",
+            None,
+            json!({ "email": email, "password": PASSWORD, "name": name }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str) -> String {
+        let reply = self
+            .post(
+                "/api/v1/auth/token",
+                None,
+                json!({ "email": email, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// Registers a user and returns an access token for them.
+    pub async fn user(&self, email: &str) -> String {
+        let reply = self.register(email, "Test User").await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        self.login(email).await
+    }
+
+    pub async fn admin(&self) -> String {
+        self.user(ADMIN_EMAIL).await
+    }
+
+    /// Creates a product as `admin`, returning its JSON.
+    pub async fn product(&self, admin: &str, sku: &str, price_cents: i64, stock: i64) -> Value {
+        let body = json!({ "sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "currency": "EUR", "stock": stock });
+        let reply = self.post("/api/v1/products", Some(admin), body).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.body
+    }
+}

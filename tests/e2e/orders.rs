@@ -1,0 +1,289 @@
+//! Placing, reading and cancelling orders; idempotency; authorization; the
+//! read model converging.
+
+use crate::harness::{App, Reply};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+struct Shop {
+    app: App,
+    alice: String,
+    bob: String,
+    admin: String,
+    mug: String,
+    hat: String,
+}
+
+async fn shop() -> Shop {
+    let app = App::start();
+    let admin = app.admin().await;
+    let mug = app.product(&admin, "MUG", 1250, 10).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hat = app.product(&admin, "HAT", 800, 10).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alice = app.user("alice@shop.test").await;
+    let bob = app.user("bob@shop.test").await;
+    Shop {
+        app,
+        alice,
+        bob,
+        admin,
+        mug,
+        hat,
+    }
+}
+
+fn order_body(items: &[(&str, i64)]) -> Value {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(p, q)| json!({ "product_id": p, "quantity": q }))
+        .collect();
+    json!({ "items": items, "payment": { "card_token": "tok_ok" } })
+}
+
+impl Shop {
+    async fn place(&self, token: &str, items: &[(&str, i64)]) -> Reply {
+        self.app
+            .post("/api/v1/orders", Some(token), order_body(items))
+            .await
+    }
+}
+
+#[tokio::test]
+async fn placing_an_order_snapshots_prices() {
+    let shop = shop().await;
+    let reply = shop
+        .place(&shop.alice, &[(&shop.mug, 2), (&shop.hat, 1)])
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let order = &reply.body;
+    let id = order["id"].as_str().unwrap();
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/api/v1/orders/{id}").as_str())
+    );
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["total_cents"], 2 * 1250 + 800);
+    assert_eq!(order["currency"], "EUR");
+    assert_eq!(
+        order["items"][0],
+        json!({ "product_id": shop.mug, "quantity": 2, "unit_price_cents": 1250 })
+    );
+    assert!(order.get("user_id").is_none() && order.get("cancel_reason").is_none());
+
+    // A later price change does not touch the order.
+    let patch = shop.app.request(
+        reqwest::Method::PATCH,
+        &format!("/api/v1/products/{}", shop.mug),
+        Some(&shop.admin),
+    );
+    shop.app
+        .send(patch.json(&json!({ "price_cents": 1 })))
+        .await;
+    let again = shop
+        .app
+        .get(&format!("/api/v1/orders/{id}"), Some(&shop.alice))
+        .await;
+    assert_eq!(again.body["total_cents"], 2 * 1250 + 800);
+}
+
+#[tokio::test]
+async fn invalid_orders_are_422() {
+    let shop = shop().await;
+    shop.place(&shop.alice, &[("no-such-product", 1)])
+        .await
+        .assert_problem(422);
+    shop.place(&shop.alice, &[(&shop.mug, 0)])
+        .await
+        .assert_problem(422);
+    shop.place(&shop.alice, &[]).await.assert_problem(422);
+    let no_payment = json!({ "items": [{ "product_id": shop.mug, "quantity": 1 }] });
+    shop.app
+        .post("/api/v1/orders", Some(&shop.alice), no_payment)
+        .await
+        .assert_problem(422);
+    shop.app
+        .post("/api/v1/orders", None, order_body(&[(&shop.mug, 1)]))
+        .await
+        .assert_problem(401);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_same_order() {
+    let shop = shop().await;
+    let place = |body: Value, key: &str| {
+        shop.app
+            .request(reqwest::Method::POST, "/api/v1/orders", Some(&shop.alice))
+            .header("idempotency-key", key)
+            .json(&body)
+    };
+    let first = shop
+        .app
+        .send(place(order_body(&[(&shop.mug, 1)]), "key-1"))
+        .await;
+    let second = shop
+        .app
+        .send(place(order_body(&[(&shop.mug, 1)]), "key-1"))
+        .await;
+    assert_eq!((first.status, second.status), (202, 202), "{}", second.body);
+    assert_eq!(first.body["id"], second.body["id"]);
+    shop.app
+        .send(place(order_body(&[(&shop.mug, 2)]), "key-1"))
+        .await
+        .assert_problem(409);
+    // Keys are per user: Bob's key-1 is his own.
+    let bobs = shop
+        .app
+        .send(
+            shop.app
+                .request(reqwest::Method::POST, "/api/v1/orders", Some(&shop.bob))
+                .header("idempotency-key", "key-1")
+                .json(&order_body(&[(&shop.mug, 1)])),
+        )
+        .await;
+    assert_eq!(bobs.status, 202);
+    assert_ne!(bobs.body["id"], first.body["id"]);
+}
+
+#[tokio::test]
+async fn only_the_owner_or_an_admin_sees_an_order() {
+    let shop = shop().await;
+    let id = shop.place(&shop.alice, &[(&shop.mug, 1)]).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/v1/orders/{id}");
+    assert_eq!(shop.app.get(&path, Some(&shop.alice)).await.status, 200);
+    assert_eq!(shop.app.get(&path, Some(&shop.admin)).await.status, 200);
+    let stranger = shop.app.get(&path, Some(&shop.bob)).await;
+    stranger.assert_problem(404);
+    let unknown = shop
+        .app
+        .get(
+            "/api/v1/orders/00000000-0000-7000-8000-000000000000",
+            Some(&shop.bob),
+        )
+        .await;
+    assert_eq!(stranger.body["title"], unknown.body["title"]);
+    shop.app
+        .get(&format!("{path}/events"), Some(&shop.bob))
+        .await
+        .assert_problem(404);
+    shop.app
+        .post(&format!("{path}/cancel"), Some(&shop.bob), json!({}))
+        .await
+        .assert_problem(404);
+    shop.app.get(&path, None).await.assert_problem(401);
+}
+
+#[tokio::test]
+async fn the_event_stream_records_each_change() {
+    let shop = shop().await;
+    let id = shop.place(&shop.alice, &[(&shop.hat, 3)]).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancel = shop
+        .app
+        .post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&shop.alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status, 202, "{}", cancel.body);
+    assert_eq!(cancel.body["status"], "cancelled");
+    assert_eq!(cancel.body["cancel_reason"], "cancelled_by_user");
+    shop.app
+        .post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&shop.alice),
+            json!({}),
+        )
+        .await
+        .assert_problem(409);
+
+    let events = shop
+        .app
+        .get(&format!("/api/v1/orders/{id}/events"), Some(&shop.alice))
+        .await;
+    assert_eq!(events.status, 200, "{}", events.body);
+    let events = events.body.as_array().unwrap().clone();
+    let kinds: Vec<(i64, &str)> = events
+        .iter()
+        .map(|e| (e["seq"].as_i64().unwrap(), e["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [(1, "order.placed"), (2, "order.cancelled")]);
+    assert_eq!(events[0]["data"]["total_cents"], 2400);
+    assert!(
+        events[0]["data"].get("card_token").is_none(),
+        "card tokens stay inside"
+    );
+    assert!(events.iter().all(|e| e["at"].is_string()));
+}
+
+#[tokio::test]
+async fn the_read_model_lists_my_orders_newest_first() {
+    let shop = shop().await;
+    let mut mine = Vec::new();
+    for quantity in 1..=3 {
+        mine.push(
+            shop.place(&shop.alice, &[(&shop.mug, quantity)]).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    shop.place(&shop.bob, &[(&shop.hat, 1)]).await;
+    shop.app
+        .post(
+            &format!("/api/v1/orders/{}/cancel", mine[0]),
+            Some(&shop.alice),
+            json!({}),
+        )
+        .await;
+
+    mine.reverse();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = shop.app.get("/api/v1/orders", Some(&shop.alice)).await;
+        assert_eq!(list.status, 200, "{}", list.body);
+        let ids: Vec<String> = list
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect();
+        let oldest_cancelled = list
+            .body
+            .as_array()
+            .unwrap()
+            .last()
+            .is_some_and(|o| o["status"] == "cancelled");
+        if ids == mine && oldest_cancelled {
+            // Each view matches the event store's answer for that order.
+            for view in list.body.as_array().unwrap() {
+                let direct = shop
+                    .app
+                    .get(
+                        &format!("/api/v1/orders/{}", view["id"].as_str().unwrap()),
+                        Some(&shop.alice),
+                    )
+                    .await;
+                assert_eq!(&direct.body, view);
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "read model did not converge: {ids:?} vs {mine:?}\n{}",
+            shop.app.host.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

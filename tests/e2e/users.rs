@@ -1,0 +1,184 @@
+//! Registration, tokens and `GET /users/me`.
+
+use crate::harness::{ADMIN_EMAIL, App, IDENTITY_SECRET, JWT_SECRET, PASSWORD};
+use serde_json::json;
+
+#[tokio::test]
+async fn registration_returns_the_user_and_rejects_duplicates() {
+    let app = App::start();
+    let reply = app.register("Ada@Example.com", "Ada").await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let user = &reply.body;
+    assert_eq!(
+        (user["email"].as_str(), user["name"].as_str()),
+        (Some("Ada@Example.com"), Some("Ada"))
+    );
+    assert_eq!(user["roles"], json!(["customer"]));
+    assert!(user["id"].is_string() && user["created_at"].is_string());
+    assert!(user.get("password").is_none() && user.get("password_hash").is_none());
+
+    let again = app.register("ada@EXAMPLE.com", "Other Ada").await;
+    again.assert_problem(409);
+}
+
+#[tokio::test]
+async fn invalid_registrations_are_422_with_the_field_named() {
+    let app = App::start();
+    let reply = app
+        .post(
+            "/api/v1/users",
+            None,
+            json!({ "email": "nope", "password": PASSWORD, "name": "A" }),
+        )
+        .await;
+    reply.assert_problem(422);
+    assert!(reply.body["fields"]["email"].is_string(), "{}", reply.body);
+    let reply = app
+        .post(
+            "/api/v1/users",
+            None,
+            json!({ "email": "a@b.test", "password": "short", "name": "A" }),
+        )
+        .await;
+    reply.assert_problem(422);
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("password"),
+        "{}",
+        reply.body
+    );
+    let reply = app
+        .post(
+            "/api/v1/users",
+            None,
+            json!({ "email": "a@b.test", "password": PASSWORD }),
+        )
+        .await;
+    reply.assert_problem(422);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `name`"),
+        "{}",
+        reply.body
+    );
+    let malformed = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/users", None)
+                .body("{")
+                .header("content-type", "application/json"),
+        )
+        .await;
+    malformed.assert_problem(400);
+}
+
+#[tokio::test]
+async fn tokens_are_issued_for_valid_credentials_only() {
+    let app = App::start();
+    app.register("bob@shop.test", "Bob").await;
+    let reply = app
+        .post(
+            "/api/v1/auth/token",
+            None,
+            json!({ "email": "BOB@shop.test", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.body["token_type"], "Bearer");
+    assert_eq!(reply.body["expires_in"], 3600);
+
+    let wrong_password = app
+        .post(
+            "/api/v1/auth/token",
+            None,
+            json!({ "email": "bob@shop.test", "password": "not the password" }),
+        )
+        .await;
+    let unknown_email = app
+        .post(
+            "/api/v1/auth/token",
+            None,
+            json!({ "email": "nobody@shop.test", "password": PASSWORD }),
+        )
+        .await;
+    wrong_password.assert_problem(401);
+    unknown_email.assert_problem(401);
+    assert_eq!(
+        wrong_password.body, unknown_email.body,
+        "the answer must not reveal which emails exist"
+    );
+}
+
+#[tokio::test]
+async fn me_needs_a_valid_unexpired_token() {
+    let app = App::start();
+    let token = app.user("carol@shop.test").await;
+    let me = app.get("/api/v1/users/me", Some(&token)).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["email"], "carol@shop.test");
+
+    app.get("/api/v1/users/me", None).await.assert_problem(401);
+    app.get("/api/v1/users/me", Some("not-a-token"))
+        .await
+        .assert_problem(401);
+    let identity = bazaar_auth::Identity {
+        sub: me.body["id"].as_str().unwrap().into(),
+        email: "carol@shop.test".into(),
+        roles: vec!["customer".into()],
+    };
+    let now = bazaar_auth::now();
+    let expired = bazaar_auth::issue(
+        JWT_SECRET,
+        bazaar_auth::ACCESS_AUDIENCE,
+        &identity,
+        now - 7200,
+        60,
+    );
+    app.get("/api/v1/users/me", Some(&expired))
+        .await
+        .assert_problem(401);
+    let forged = bazaar_auth::issue(
+        "guessed-secret",
+        bazaar_auth::ACCESS_AUDIENCE,
+        &identity,
+        now,
+        60,
+    );
+    app.get("/api/v1/users/me", Some(&forged))
+        .await
+        .assert_problem(401);
+}
+
+#[tokio::test]
+async fn clients_cannot_pose_as_the_gateway() {
+    let app = App::start();
+    let token = app.user("dave@shop.test").await;
+    let me = app.get("/api/v1/users/me", Some(&token)).await;
+    let identity = bazaar_auth::Identity {
+        sub: me.body["id"].as_str().unwrap().into(),
+        email: "dave@shop.test".into(),
+        roles: vec!["customer".into(), "admin".into()],
+    };
+    // Even a correctly signed identity token is stripped at the gateway.
+    let smuggled = bazaar_auth::issue(
+        IDENTITY_SECRET,
+        bazaar_auth::IDENTITY_AUDIENCE,
+        &identity,
+        bazaar_auth::now(),
+        60,
+    );
+    let reply = app
+        .send(
+            app.request(reqwest::Method::GET, "/api/v1/users/me", None)
+                .header(bazaar_auth::IDENTITY_HEADER, smuggled),
+        )
+        .await;
+    reply.assert_problem(401);
+}
+
+#[tokio::test]
+async fn admins_are_named_by_the_admin_emails_variable() {
+    let app = App::start();
+    let reply = app.register(ADMIN_EMAIL, "Root").await;
+    assert_eq!(reply.body["roles"], json!(["customer", "admin"]));
+}
