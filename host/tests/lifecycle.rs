@@ -63,21 +63,28 @@ async fn a_runaway_request_hits_the_deadline() {
 #[tokio::test]
 async fn concurrent_requests_share_instances() {
     let app = AppDir::new(ONE);
-    let host = app.start(&[]);
+    // A long idle timeout keeps the warmed instance available however
+    // loaded the machine is.
+    let host = app.start(&["--idle-instance-timeout", "60s"]);
     let client = reqwest::Client::new();
+    let (status, warm) = host.get("/instance").await;
+    assert_eq!(status, 200);
+    let warm = warm["instance"].as_u64().unwrap();
     let requests = (0..24).map(|_| common::send(client.get(host.url("/sleep/300"))));
-    let results = join_all(requests).await;
-    let mut instances = BTreeSet::new();
-    for (status, body) in &results {
-        assert_eq!(*status, 200, "{body}");
-        instances.insert(body["instance"].as_u64().unwrap());
+    let mut served: std::collections::BTreeMap<u64, usize> = Default::default();
+    for (status, body) in join_all(requests).await {
+        assert_eq!(status, 200, "{body}");
+        *served
+            .entry(body["instance"].as_u64().unwrap())
+            .or_default() += 1;
     }
-    // 24 overlapping requests, 16 per instance at most: some instance served
-    // several at once, and more than one instance was needed.
+    // The warm instance took several of the overlapping requests at once
+    // (it may take 16), and the rest needed other instances.
     assert!(
-        instances.len() >= 2 && instances.len() < 24,
-        "{instances:?}"
+        served.get(&warm).is_some_and(|n| (2..=16).contains(n)),
+        "{served:?}"
     );
+    assert!(served.len() >= 2, "{served:?}");
 
     let host = app.start(&[
         "--max-instance-concurrent-reuse-count",
