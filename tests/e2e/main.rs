@@ -13,4 +13,5 @@ mod harness;
 mod orders;
 mod payments;
 mod products;
+mod projection;
 mod users;
