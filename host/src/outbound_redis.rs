@@ -156,6 +156,13 @@ fn strings(values: Vec<String>) -> Vec<Vec<u8>> {
     values.into_iter().map(String::into_bytes).collect()
 }
 
+/// `key member…` for the set commands.
+fn key_and(key: String, members: Vec<String>) -> Vec<Vec<u8>> {
+    let mut args = vec![key.into_bytes()];
+    args.extend(strings(members));
+    args
+}
+
 /// Flattens a reply into `execute`'s list, as Spin does.
 fn flatten(value: Value, out: &mut Vec<RedisResult>) {
     match value {
@@ -286,9 +293,10 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
         values: Vec<String>,
     ) -> wasmtime::Result<Result<u32, Error>> {
         let conn = connection(accessor, &conn)?;
-        let mut args = vec![key.into_bytes()];
-        args.extend(strings(values));
-        Ok(conn.query("SADD", args).await.and_then(count))
+        Ok(conn
+            .query("SADD", key_and(key, values))
+            .await
+            .and_then(count))
     }
 
     async fn smembers(
@@ -319,9 +327,10 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
         values: Vec<String>,
     ) -> wasmtime::Result<Result<u32, Error>> {
         let conn = connection(accessor, &conn)?;
-        let mut args = vec![key.into_bytes()];
-        args.extend(strings(values));
-        Ok(conn.query("SREM", args).await.and_then(count))
+        Ok(conn
+            .query("SREM", key_and(key, values))
+            .await
+            .and_then(count))
     }
 
     async fn execute(

@@ -96,11 +96,7 @@ fn not_allowed(allowed: &[Method]) -> Problem {
         .map(Method::as_str)
         .collect::<Vec<_>>()
         .join(", ");
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("use {allow} on this resource"),
-    )
-    .with("allow", allow)
+    Problem::method_not_allowed(&allow)
 }
 
 fn preflight(cors: &Cors, origin: Option<&str>) -> Reply {

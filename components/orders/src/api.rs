@@ -4,7 +4,7 @@ use bazaar_api::{ApiResult, Method, Problem, StatusCode, json};
 use bazaar_auth::Identity;
 use bazaar_envelope::{Envelope, ORDER_EVENTS_CHANNEL};
 use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent};
-use bazaar_order_store::{AppendError, IdempotencyKey, OrderStore, OutboxMessage};
+use bazaar_order_store::{Append, AppendError, IdempotencyKey, OrderStore, OutboxMessage};
 use bazaar_order_views::OrderViews;
 use bazaar_service::{caller, header, json_body, now_rfc3339, setting};
 use bazaar_trace::TRACEPARENT;
@@ -22,29 +22,18 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::GET, ["api", "v1", "orders", id]) => get(&req, id).await,
         (Method::GET, ["api", "v1", "orders", id, "events"]) => events(&req, id).await,
         (Method::POST, ["api", "v1", "orders", id, "cancel"]) => cancel(&req, id).await,
-        (_, ["api", "v1", "orders"]) => Err(not_allowed("GET, POST")),
+        (_, ["api", "v1", "orders"]) => Err(Problem::method_not_allowed("GET, POST")),
         (_, ["api", "v1", "orders", _] | ["api", "v1", "orders", _, "events"]) => {
-            Err(not_allowed("GET"))
+            Err(Problem::method_not_allowed("GET"))
         }
-        (_, ["api", "v1", "orders", _, "cancel"]) => Err(not_allowed("POST")),
+        (_, ["api", "v1", "orders", _, "cancel"]) => Err(Problem::method_not_allowed("POST")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
     }
 }
 
-fn not_allowed(allow: &str) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("use {allow} on this resource"),
-    )
-    .with("allow", allow)
-}
-
 async fn health() -> ApiResult {
     OrderStore::open().await?.ping().await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "service": "orders" }),
-    ))
+    Ok(bazaar_api::healthy("orders"))
 }
 
 fn accepted(order: &Order) -> ApiResult {
@@ -98,15 +87,15 @@ async fn place(req: Request) -> ApiResult {
         fingerprint: &fingerprint,
     });
     let stored = match store
-        .append(
-            &order_id,
-            &identity.sub,
-            0,
-            &[placed],
-            &now,
-            &[message],
-            key,
-        )
+        .append(Append {
+            order_id: &order_id,
+            user_id: &identity.sub,
+            expected: 0,
+            events: &[placed],
+            occurred_at: &now,
+            outbox: &[message],
+            idempotency: key,
+        })
         .await
     {
         Ok(stored) => stored,
@@ -256,15 +245,15 @@ async fn cancel(req: &Request, order_id: &str) -> ApiResult {
             header(req, TRACEPARENT),
         );
         match store
-            .append(
+            .append(Append {
                 order_id,
-                &order.user_id,
-                order.version,
-                &[event],
-                &now,
-                &[message],
-                None,
-            )
+                user_id: &order.user_id,
+                expected: order.version,
+                events: &[event],
+                occurred_at: &now,
+                outbox: &[message],
+                idempotency: None,
+            })
             .await
         {
             Ok(_) => {

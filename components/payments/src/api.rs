@@ -12,21 +12,14 @@ pub async fn route(req: Request) -> ApiResult {
     match (method, bazaar_api::segments(&path).as_slice()) {
         (Method::GET, ["health"]) => health().await,
         (Method::GET, ["api", "v1", "payments"]) => list(&req).await,
-        (_, ["api", "v1", "payments"]) => Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "use GET on this resource",
-        )
-        .with("allow", "GET")),
+        (_, ["api", "v1", "payments"]) => Err(Problem::method_not_allowed("GET")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
     }
 }
 
 async fn health() -> ApiResult {
     Store::open().await?.ping().await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "service": "payments" }),
-    ))
+    Ok(bazaar_api::healthy("payments"))
 }
 
 /// An order's payments, for its owner or an administrator. Another user's

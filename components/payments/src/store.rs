@@ -1,9 +1,9 @@
 //! The payments service's own SQLite database (label `payments`).
 
 use bazaar_api::Problem;
-use bazaar_migrations::{Migration, migrate};
+use bazaar_service::{Database, Migration};
 use serde::Serialize;
-use spin_sdk::sqlite::{Connection, RowResult, Value};
+use spin_sdk::sqlite::Value;
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -31,31 +31,18 @@ pub struct Payment {
     pub status: String,
 }
 
-pub struct Store(Connection);
-
-fn unavailable(e: spin_sdk::sqlite::Error) -> Problem {
-    bazaar_service::storage_error("payments")(e)
-}
+pub struct Store(Database);
 
 impl Store {
     pub async fn open() -> Result<Store, Problem> {
-        let conn = Connection::open("payments").await.map_err(unavailable)?;
-        migrate(&conn, MIGRATIONS).await.map_err(unavailable)?;
-        Ok(Store(conn))
-    }
-
-    async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
-        self.0
-            .execute(sql, params)
+        Database::open("payments", "payments", MIGRATIONS)
             .await
-            .map_err(unavailable)?
-            .collect()
-            .await
-            .map_err(unavailable)
+            .map(Store)
     }
 
     pub async fn for_order(&self, order_id: &str) -> Result<Vec<Payment>, Problem> {
         let rows = self
+            .0
             .rows(
                 "SELECT id, order_id, user_id, amount_cents, currency, status FROM payments WHERE order_id = ? ORDER BY created_at",
                 vec![Value::Text(order_id.to_string())],
@@ -78,6 +65,6 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), Problem> {
-        self.rows("SELECT 1", vec![]).await.map(drop)
+        self.0.ping().await
     }
 }

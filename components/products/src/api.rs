@@ -19,19 +19,11 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::GET, ["api", "v1", "products", id]) => get(id).await,
         (Method::PATCH, ["api", "v1", "products", id]) => update(id, req).await,
         (Method::PUT, ["api", "v1", "products", id, "stock"]) => set_stock(id, req).await,
-        (_, ["api", "v1", "products"]) => Err(not_allowed("GET, POST")),
-        (_, ["api", "v1", "products", _]) => Err(not_allowed("GET, PATCH")),
-        (_, ["api", "v1", "products", _, "stock"]) => Err(not_allowed("PUT")),
+        (_, ["api", "v1", "products"]) => Err(Problem::method_not_allowed("GET, POST")),
+        (_, ["api", "v1", "products", _]) => Err(Problem::method_not_allowed("GET, PATCH")),
+        (_, ["api", "v1", "products", _, "stock"]) => Err(Problem::method_not_allowed("PUT")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
     }
-}
-
-fn not_allowed(allow: &str) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("use {allow} on this resource"),
-    )
-    .with("allow", allow)
 }
 
 async fn admin(req: &Request) -> Result<Identity, Problem> {
@@ -47,10 +39,7 @@ async fn admin(req: &Request) -> Result<Identity, Problem> {
 
 async fn health() -> ApiResult {
     Store::open().await?.ping().await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "service": "products" }),
-    ))
+    Ok(bazaar_api::healthy("products"))
 }
 
 async fn list(req: &Request) -> ApiResult {

@@ -1,8 +1,8 @@
 //! The products service's own SQLite database (label `products`).
 
 use bazaar_api::Problem;
-use bazaar_migrations::{Migration, migrate};
-use spin_sdk::sqlite::{Connection, RowResult, Value};
+use bazaar_service::{Database, Migration};
+use spin_sdk::sqlite::{RowResult, Value};
 
 use crate::domain::Product;
 
@@ -23,11 +23,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
 
 const COLUMNS: &str = "id, sku, name, description, price_cents, currency, stock_available";
 
-pub struct Store(Connection);
-
-fn unavailable(e: spin_sdk::sqlite::Error) -> Problem {
-    bazaar_service::storage_error("products")(e)
-}
+pub struct Store(Database);
 
 fn text(value: &str) -> Value {
     Value::Text(value.to_string())
@@ -35,19 +31,13 @@ fn text(value: &str) -> Value {
 
 impl Store {
     pub async fn open() -> Result<Store, Problem> {
-        let conn = Connection::open("products").await.map_err(unavailable)?;
-        migrate(&conn, MIGRATIONS).await.map_err(unavailable)?;
-        Ok(Store(conn))
+        Database::open("products", "products", MIGRATIONS)
+            .await
+            .map(Store)
     }
 
     async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
-        self.0
-            .execute(sql, params)
-            .await
-            .map_err(unavailable)?
-            .collect()
-            .await
-            .map_err(unavailable)
+        self.0.rows(sql, params).await
     }
 
     /// Inserts the product; `Ok(false)` when its SKU is taken.
@@ -119,7 +109,7 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), Problem> {
-        self.rows("SELECT 1", vec![]).await.map(drop)
+        self.0.ping().await
     }
 }
 

@@ -18,26 +18,17 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::POST, ["api", "v1", "users"]) => register(req).await,
         (Method::POST, ["api", "v1", "auth", "token"]) => token(req).await,
         (Method::GET, ["api", "v1", "users", "me"]) => me(&req).await,
-        (_, ["api", "v1", "users"] | ["api", "v1", "auth", "token"]) => Err(not_allowed("POST")),
-        (_, ["api", "v1", "users", "me"]) => Err(not_allowed("GET")),
+        (_, ["api", "v1", "users"] | ["api", "v1", "auth", "token"]) => {
+            Err(Problem::method_not_allowed("POST"))
+        }
+        (_, ["api", "v1", "users", "me"]) => Err(Problem::method_not_allowed("GET")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
     }
 }
 
-fn not_allowed(allow: &str) -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("use {allow} on this resource"),
-    )
-    .with("allow", allow)
-}
-
 async fn health() -> ApiResult {
     Store::open().await?.ping().await?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "status": "ok", "service": "users" }),
-    ))
+    Ok(bazaar_api::healthy("users"))
 }
 
 async fn register(req: Request) -> ApiResult {

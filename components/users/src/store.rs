@@ -1,8 +1,8 @@
 //! The users service's own SQLite database (label `users`).
 
 use bazaar_api::Problem;
-use bazaar_migrations::{Migration, migrate};
-use spin_sdk::sqlite::{Connection, RowResult, Value};
+use bazaar_service::{Database, Migration};
+use spin_sdk::sqlite::{RowResult, Value};
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -25,23 +25,22 @@ pub struct StoredUser {
     pub created_at: String,
 }
 
-pub struct Store(Connection);
+pub struct Store(Database);
 
 impl Store {
     pub async fn open() -> Result<Store, Problem> {
-        let conn = Connection::open("users").await.map_err(unavailable)?;
-        migrate(&conn, MIGRATIONS).await.map_err(unavailable)?;
-        Ok(Store(conn))
+        Database::open("users", "users", MIGRATIONS)
+            .await
+            .map(Store)
     }
 
     /// Inserts the user; `Ok(false)` when the email is already registered.
     pub async fn insert(&self, user: &StoredUser, email_key: &str) -> Result<bool, Problem> {
-        let result = self
-            .0
-            .execute(
+        self.0
+            .rows(
                 "INSERT INTO users (id, email, email_key, name, password_hash, created_at)
                  VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO NOTHING",
-                [
+                vec![
                     Value::Text(user.id.clone()),
                     Value::Text(user.email.clone()),
                     Value::Text(email_key.to_string()),
@@ -50,9 +49,7 @@ impl Store {
                     Value::Text(user.created_at.clone()),
                 ],
             )
-            .await
-            .map_err(unavailable)?;
-        result.collect().await.map_err(unavailable)?;
+            .await?;
         Ok(self.0.changes().await == 1)
     }
 
@@ -70,24 +67,13 @@ impl Store {
         );
         let rows = self
             .0
-            .execute(sql, [Value::Text(value.to_string())])
-            .await
-            .map_err(unavailable)?
-            .collect()
-            .await
-            .map_err(unavailable)?;
+            .rows(&sql, vec![Value::Text(value.to_string())])
+            .await?;
         Ok(rows.first().map(row_to_user))
     }
 
     pub async fn ping(&self) -> Result<(), Problem> {
-        self.0
-            .execute("SELECT 1", [])
-            .await
-            .map_err(unavailable)?
-            .collect()
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        self.0.ping().await
     }
 }
 
@@ -100,8 +86,4 @@ fn row_to_user(row: &RowResult) -> StoredUser {
         password_hash: text(3),
         created_at: text(4),
     }
-}
-
-fn unavailable(e: spin_sdk::sqlite::Error) -> Problem {
-    bazaar_service::storage_error("users")(e)
 }

@@ -50,6 +50,14 @@ impl Problem {
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
     }
+    /// 405, with the methods the resource does have in `allow`.
+    pub fn method_not_allowed(allow: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("use {allow} on this resource"),
+        )
+        .with("allow", allow)
+    }
     /// A failure of ours, not the client's; `detail` must not leak internals.
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, detail)
@@ -102,6 +110,14 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// A service's answer to `GET /health` once its store has answered.
+pub fn healthy(service: &str) -> Response<String> {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ok", "service": service }),
+    )
 }
 
 /// Collapses a handler's result into the response to send.

@@ -11,9 +11,9 @@
 
 use bazaar_api::Problem;
 use bazaar_envelope::Envelope;
-use bazaar_migrations::{Migration, migrate};
 use bazaar_order_model::{Event, StoredEvent};
-use spin_sdk::sqlite::{Connection, RowResult, Value};
+use bazaar_service::{Database, Migration};
+use spin_sdk::sqlite::{RowResult, Value};
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -55,6 +55,18 @@ pub struct OutboxMessage {
     pub envelope: Envelope,
 }
 
+/// One append: the events that follow version `expected` (0 for a new
+/// order), the messages announcing them, and the client's idempotency key.
+pub struct Append<'a> {
+    pub order_id: &'a str,
+    pub user_id: &'a str,
+    pub expected: i64,
+    pub events: &'a [Event],
+    pub occurred_at: &'a str,
+    pub outbox: &'a [OutboxMessage],
+    pub idempotency: Option<IdempotencyKey<'a>>,
+}
+
 /// A client's idempotency key for a new order.
 pub struct IdempotencyKey<'a> {
     pub key: &'a str,
@@ -75,11 +87,7 @@ impl From<Problem> for AppendError {
     }
 }
 
-pub struct OrderStore(Connection);
-
-fn unavailable(e: spin_sdk::sqlite::Error) -> Problem {
-    bazaar_service::storage_error("orders")(e)
-}
+pub struct OrderStore(Database);
 
 fn text(value: &str) -> Value {
     Value::Text(value.to_string())
@@ -87,24 +95,17 @@ fn text(value: &str) -> Value {
 
 impl OrderStore {
     pub async fn open() -> Result<OrderStore, Problem> {
-        let conn = Connection::open("orders").await.map_err(unavailable)?;
-        migrate(&conn, MIGRATIONS).await.map_err(unavailable)?;
-        Ok(OrderStore(conn))
+        Database::open("orders", "orders", MIGRATIONS)
+            .await
+            .map(OrderStore)
     }
 
-    async fn rows(
-        &self,
-        sql: &str,
-        params: Vec<Value>,
-    ) -> Result<Vec<RowResult>, spin_sdk::sqlite::Error> {
-        self.0.execute(sql, params).await?.collect().await
+    async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
+        self.0.rows(sql, params).await
     }
 
     pub async fn ping(&self) -> Result<(), Problem> {
-        self.rows("SELECT 1", vec![])
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        self.0.ping().await
     }
 
     /// The order's events in sequence order.
@@ -114,8 +115,7 @@ impl OrderStore {
                 "SELECT seq, type, version, data, occurred_at FROM events WHERE order_id = ? ORDER BY seq",
                 vec![text(order_id)],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         rows.iter()
             .map(|row| {
                 let data = row.get::<&str>(3).unwrap_or("null");
@@ -147,68 +147,45 @@ impl OrderStore {
                 "SELECT fingerprint, order_id FROM idempotency_keys WHERE user_id = ? AND key = ?",
                 vec![text(user_id), text(key)],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(rows.first().map(|row| {
             let get = |i| row.get::<&str>(i).unwrap_or_default().to_string();
             (get(0), get(1))
         }))
     }
 
-    /// Appends `events` after version `expected` (0 for a new order), with
-    /// their outbox messages and the idempotency key, atomically.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn append(
-        &self,
-        order_id: &str,
-        user_id: &str,
-        expected: i64,
-        events: &[Event],
-        occurred_at: &str,
-        outbox: &[OutboxMessage],
-        idempotency: Option<IdempotencyKey<'_>>,
-    ) -> Result<Vec<StoredEvent>, AppendError> {
-        self.rows("BEGIN IMMEDIATE", vec![])
-            .await
-            .map_err(unavailable)?;
-        let outcome = self
-            .append_in_transaction(
-                order_id,
-                user_id,
-                expected,
-                events,
-                occurred_at,
-                outbox,
-                idempotency,
-            )
-            .await;
+    /// Appends atomically: events, outbox messages and idempotency key.
+    pub async fn append(&self, append: Append<'_>) -> Result<Vec<StoredEvent>, AppendError> {
+        self.rows("BEGIN IMMEDIATE", vec![]).await?;
+        let outcome = self.append_in_transaction(append).await;
         let end = if outcome.is_ok() {
             "COMMIT"
         } else {
             "ROLLBACK"
         };
-        self.rows(end, vec![]).await.map_err(unavailable)?;
+        self.rows(end, vec![]).await?;
         outcome
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn append_in_transaction(
         &self,
-        order_id: &str,
-        user_id: &str,
-        expected: i64,
-        events: &[Event],
-        occurred_at: &str,
-        outbox: &[OutboxMessage],
-        idempotency: Option<IdempotencyKey<'_>>,
+        append: Append<'_>,
     ) -> Result<Vec<StoredEvent>, AppendError> {
+        let Append {
+            order_id,
+            user_id,
+            expected,
+            events,
+            occurred_at,
+            outbox,
+            idempotency,
+        } = append;
         let current = self
             .rows(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE order_id = ?",
                 vec![text(order_id)],
             )
-            .await
-            .map_err(unavailable)?
+            .await?
             .first()
             .and_then(|r| r.get::<i64>(0))
             .unwrap_or(0);
@@ -230,8 +207,7 @@ impl OrderStore {
                     text(user_id),
                 ],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
             stored.push(event);
         }
         for message in outbox {
@@ -244,8 +220,7 @@ impl OrderStore {
                     text(occurred_at),
                 ],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         }
         if let Some(key) = idempotency {
             self.rows(
@@ -259,8 +234,7 @@ impl OrderStore {
                     text(occurred_at),
                 ],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
             if self.0.changes().await != 1 {
                 // A concurrent request with the same key won the race.
                 return Err(AppendError::Conflict);
@@ -276,8 +250,7 @@ impl OrderStore {
                 "SELECT id, channel, payload FROM outbox WHERE published_at IS NULL ORDER BY created_at, id LIMIT ?",
                 vec![Value::Integer(i64::from(limit))],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(rows
             .iter()
             .map(|row| {
@@ -297,7 +270,6 @@ impl OrderStore {
         )
         .await
         .map(drop)
-        .map_err(unavailable)
     }
 
     /// Publishes what the outbox holds to Redis at `address`; a message

@@ -1,6 +1,6 @@
 //! What every Bazaar service component does the same way, on top of
 //! `spin-sdk`: reading JSON bodies, reading its settings (Spin variables),
-//! and knowing who is calling. Rules that need no Spin live in `bazaar-api`
+//! knowing who is calling, and using its own database. Rules that need no Spin live in `bazaar-api`
 //! and `bazaar-auth`, where they are tested natively.
 
 use bazaar_api::{Problem, parse_json};
@@ -8,6 +8,9 @@ use bazaar_auth::{IDENTITY_AUDIENCE, IDENTITY_HEADER, Identity};
 use serde::de::DeserializeOwned;
 use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::sqlite::{Connection, RowResult, Value};
+
+pub use bazaar_migrations::{Migration, migrate};
 
 /// Reads and parses the request's JSON body.
 pub async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, Problem> {
@@ -64,13 +67,54 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// A SQLite failure: logged with its cause, answered as 503.
-pub fn storage_error(service: &str) -> impl Fn(spin_sdk::sqlite::Error) -> Problem + '_ {
-    move |e| {
-        eprintln!("{service} database error: {e:?}");
-        Problem::new(
-            bazaar_api::StatusCode::SERVICE_UNAVAILABLE,
-            format!("the {service} database is unavailable"),
-        )
+/// A service's own SQLite database, migrated when opened. Failures are
+/// logged with their cause and answered as 503.
+pub struct Database {
+    conn: Connection,
+    service: &'static str,
+}
+
+impl Database {
+    pub async fn open(
+        label: &str,
+        service: &'static str,
+        migrations: &[Migration],
+    ) -> Result<Database, Problem> {
+        let conn = Connection::open(label)
+            .await
+            .map_err(|e| unavailable(service, e))?;
+        migrate(&conn, migrations)
+            .await
+            .map_err(|e| unavailable(service, e))?;
+        Ok(Database { conn, service })
     }
+
+    /// Runs one statement and collects its rows.
+    pub async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
+        let failed = |e| unavailable(self.service, e);
+        self.conn
+            .execute(sql, params)
+            .await
+            .map_err(failed)?
+            .collect()
+            .await
+            .map_err(failed)
+    }
+
+    /// Rows changed by the last statement.
+    pub async fn changes(&self) -> u64 {
+        self.conn.changes().await
+    }
+
+    pub async fn ping(&self) -> Result<(), Problem> {
+        self.rows("SELECT 1", vec![]).await.map(drop)
+    }
+}
+
+fn unavailable(service: &str, e: spin_sdk::sqlite::Error) -> Problem {
+    eprintln!("{service} database error: {e:?}");
+    Problem::new(
+        bazaar_api::StatusCode::SERVICE_UNAVAILABLE,
+        format!("the {service} database is unavailable"),
+    )
 }
