@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::allowed_hosts::AllowList;
 use crate::instance::{Capabilities, InstanceState};
 use crate::logs::ComponentLogs;
+use crate::memory_limit::MemoryLimit;
 use crate::outbound_http::{AppLink, OutboundHttp};
 
 /// Instance reuse and resource limits, the same for every component.
@@ -79,9 +80,7 @@ impl ComponentRuntime {
                 app: Arc::clone(&self.app),
             },
             capabilities: Arc::clone(&self.capabilities),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .build(),
+            limits: MemoryLimit::new(Arc::clone(&self.id), self.limits.memory_bytes),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);

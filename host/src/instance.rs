@@ -6,13 +6,14 @@
 //! same shape `wasmtime-wasi` and `wasmtime-wasi-http` use.
 
 use std::sync::Arc;
+use wasmtime::Engine;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
 use crate::key_value::{KeyValue, KvGrants, KvView};
+use crate::memory_limit::MemoryLimit;
 use crate::outbound_http::OutboundHttp;
 use crate::outbound_redis::{Redis, RedisGrants, RedisView};
 use crate::sqlite::{Sqlite, SqliteGrants, SqliteView};
@@ -32,7 +33,7 @@ pub struct InstanceState {
     pub http: WasiHttpCtx,
     pub outbound: OutboundHttp,
     pub capabilities: Arc<Capabilities>,
-    pub limits: StoreLimits,
+    pub limits: MemoryLimit,
 }
 
 impl WasiView for InstanceState {

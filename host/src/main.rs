@@ -12,6 +12,7 @@ mod instance;
 mod key_value;
 mod logs;
 mod manifest;
+mod memory_limit;
 mod outbound_http;
 mod outbound_redis;
 mod redis_broker;

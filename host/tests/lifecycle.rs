@@ -41,6 +41,7 @@ async fn memory_limit_is_enforced_per_instance() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = host.get("/alloc/64").await;
     assert_eq!(status, 507, "the guest's allocation must fail: {body}");
+    host.wait_for_stderr("memory limit reached", 1, std::time::Duration::from_secs(5));
     let (status, _) = host.get("/instance").await;
     assert_eq!(status, 200);
 }
