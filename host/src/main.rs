@@ -19,6 +19,7 @@ mod redis_broker;
 mod redis_trigger;
 mod router;
 mod runtime_config;
+mod scheduler;
 mod sqlite;
 mod template;
 mod variables;
@@ -110,11 +111,20 @@ struct UpArgs {
     /// Redis messages handled at the same time, across all subscriptions.
     #[arg(long, default_value_t = 64)]
     redis_max_concurrent_handlers: usize,
-    /// Behave as Spin does when a required variable has no value (fail),
-    /// instead of substituting the development defaults below.
+    /// POST to a component route periodically, in-process:
+    /// `http://<component>.spin.internal/<path>@<interval>` (repeatable).
+    #[arg(long, value_name = "URL@INTERVAL", value_parser = scheduler::Schedule::parse)]
+    schedule: Vec<scheduler::Schedule>,
+    /// Behave as Spin does: no development defaults for variables and no
+    /// default schedules (see below).
     #[arg(long)]
     no_dev_defaults: bool,
 }
+
+/// Scheduled calls `bazaar up` makes unless told otherwise, when the
+/// application has the component they target: Bazaar's saga redrive, which
+/// real Spin deployments run from a CronJob.
+const DEV_SCHEDULES: &[&str] = &["http://orders.spin.internal/internal/saga/redrive@2s"];
 
 /// Values `bazaar up` gives an application's variables when nothing
 /// configures them, so that the app runs with one command on a fresh
@@ -234,6 +244,11 @@ async fn up(args: UpArgs) -> Result<()> {
         app.redis_clients,
         args.redis_max_concurrent_handlers,
     );
+    let schedules = schedules(&args, &manifest)?;
+    let _scheduled = app
+        .http
+        .as_ref()
+        .map(|http| scheduler::start(http, schedules));
     match (app.http, listener) {
         (Some(http), Some(listener)) => {
             http_trigger::serve(http, listener, shutdown_signal()).await?
@@ -242,6 +257,22 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     redis.shutdown().await;
     Ok(())
+}
+
+/// The schedules to run: those given, else (with dev defaults) the default
+/// ones whose component exists.
+fn schedules(args: &UpArgs, manifest: &Manifest) -> Result<Vec<scheduler::Schedule>> {
+    if !args.schedule.is_empty() || args.no_dev_defaults {
+        return Ok(args.schedule.clone());
+    }
+    let defaults = DEV_SCHEDULES
+        .iter()
+        .map(|s| scheduler::Schedule::parse(s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(defaults
+        .into_iter()
+        .filter(|s| manifest.components.contains_key(&s.component))
+        .collect())
 }
 
 fn redis_address(flag: &str) -> String {

@@ -14,4 +14,5 @@ mod orders;
 mod payments;
 mod products;
 mod projection;
+mod saga;
 mod users;

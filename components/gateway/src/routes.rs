@@ -65,6 +65,7 @@ pub const ROUTES: &[(Method, &str, Service)] = &[
     (Method::GET, "/api/v1/orders/{id}/events", Service::Orders),
     (Method::POST, "/api/v1/orders/{id}/cancel", Service::Orders),
     (Method::GET, "/api/v1/payments", Service::Payments),
+    (Method::POST, "/api/v1/admin/saga/redrive", Service::Orders),
 ];
 
 /// Routes the gateway answers itself (see `gateway::dispatch`); listed for

@@ -1,13 +1,14 @@
 //! The orders service's HTTP routes (reached from the gateway only).
 
-use bazaar_api::{ApiResult, Method, Problem, StatusCode, json};
+use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
 use bazaar_auth::Identity;
-use bazaar_envelope::{Envelope, ORDER_EVENTS_CHANNEL};
-use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent};
+use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent, saga};
 use bazaar_order_store::{Append, AppendError, IdempotencyKey, OrderStore, OutboxMessage};
 use bazaar_order_views::OrderViews;
-use bazaar_service::{caller, header, json_body, now_rfc3339, setting};
-use bazaar_trace::TRACEPARENT;
+use bazaar_service::{
+    caller, header, json_body, now_rfc3339, seconds_ago_rfc3339, seconds_since, setting,
+};
+use bazaar_trace::{TRACEPARENT, TraceContext};
 use spin_sdk::http::Request;
 
 use crate::catalogue;
@@ -22,6 +23,8 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::GET, ["api", "v1", "orders", id]) => get(&req, id).await,
         (Method::GET, ["api", "v1", "orders", id, "events"]) => events(&req, id).await,
         (Method::POST, ["api", "v1", "orders", id, "cancel"]) => cancel(&req, id).await,
+        (Method::POST, ["internal", "saga", "redrive"]) => redrive(&req).await,
+        (Method::POST, ["api", "v1", "admin", "saga", "redrive"]) => admin_redrive(&req).await,
         (_, ["api", "v1", "orders"]) => Err(Problem::method_not_allowed("GET, POST")),
         (_, ["api", "v1", "orders", _] | ["api", "v1", "orders", _, "events"]) => {
             Err(Problem::method_not_allowed("GET"))
@@ -81,7 +84,8 @@ async fn place(req: Request) -> ApiResult {
         items: priced.items,
         card_token: new.payment.card_token.trim().to_string(),
     });
-    let message = announce(&order_id, &placed, 1, &now, request_id, traceparent);
+    let message =
+        OutboxMessage::announcement(&order_id, &placed, 1, &now, request_id, child(traceparent));
     let key = idempotency_key.as_deref().map(|key| IdempotencyKey {
         key,
         fingerprint: &fingerprint,
@@ -95,13 +99,15 @@ async fn place(req: Request) -> ApiResult {
             occurred_at: &now,
             outbox: &[message],
             idempotency: key,
+            consumes: None,
+            settled: false,
         })
         .await
     {
         Ok(stored) => stored,
         // Only a concurrent request with the same idempotency key can
         // collide with a brand-new order id.
-        Err(AppendError::Conflict) => {
+        Err(AppendError::Conflict | AppendError::Duplicate) => {
             let key = idempotency_key.unwrap_or_default();
             return match replay(&store, &identity, &key, &fingerprint).await? {
                 Some(order) => accepted(&order),
@@ -134,37 +140,6 @@ async fn replay(
     }
     let events = store.load(&order_id).await?;
     fold(&order_id, &events).map(Some)
-}
-
-/// The envelope announcing event number `seq` of an order.
-fn announce(
-    order_id: &str,
-    event: &Event,
-    seq: i64,
-    now: &str,
-    cause: Option<String>,
-    traceparent: Option<String>,
-) -> OutboxMessage {
-    let mut data = event.data();
-    if let Some(object) = data.as_object_mut() {
-        object.insert("seq".into(), seq.into());
-    }
-    OutboxMessage {
-        channel: ORDER_EVENTS_CHANNEL.to_string(),
-        envelope: Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
-            kind: event.kind().to_string(),
-            version: bazaar_order_model::events::EVENT_VERSION,
-            order_id: order_id.to_string(),
-            correlation_id: order_id.to_string(),
-            causation_id: cause,
-            traceparent: traceparent
-                .and_then(|t| bazaar_trace::TraceContext::parse(&t))
-                .map(|t| t.child().to_string()),
-            occurred_at: now.to_string(),
-            data,
-        },
-    }
 }
 
 /// Publishes the outbox now; whatever fails stays there for a later relay.
@@ -234,38 +209,105 @@ async fn cancel(req: &Request, order_id: &str) -> ApiResult {
                 "only the customer who placed an order may cancel it",
             ));
         }
-        let event = order.cancel()?;
+        let Some(event) = order.cancel()? else {
+            return accepted(&order);
+        };
         let now = now_rfc3339();
-        let message = announce(
+        let message = OutboxMessage::announcement(
             order_id,
             &event,
             order.version + 1,
             &now,
             header(req, bazaar_trace::REQUEST_ID),
-            header(req, TRACEPARENT),
+            child(header(req, TRACEPARENT)),
         );
-        match store
-            .append(Append {
-                order_id,
-                user_id: &order.user_id,
-                expected: order.version,
-                events: &[event],
-                occurred_at: &now,
-                outbox: &[message],
-                idempotency: None,
-            })
-            .await
-        {
+        let append = Append {
+            order_id,
+            user_id: &order.user_id,
+            expected: order.version,
+            events: &[event],
+            occurred_at: &now,
+            outbox: &[message],
+            idempotency: None,
+            consumes: None,
+            settled: false,
+        };
+        match store.append(append).await {
             Ok(_) => {
                 publish(&store, &now).await;
                 let order = fold(order_id, &store.load(order_id).await?)?;
                 return accepted(&order);
             }
-            Err(AppendError::Conflict) => continue,
+            Err(AppendError::Conflict | AppendError::Duplicate) => continue,
             Err(AppendError::Failed(problem)) => return Err(problem),
         }
     }
     Err(Problem::conflict(
         "the order kept changing; retry the cancellation",
     ))
+}
+
+/// A new hop in the caller's trace, if it sent one.
+fn child(traceparent: Option<String>) -> Option<String> {
+    traceparent
+        .and_then(|t| TraceContext::parse(&t))
+        .map(|t| t.child().to_string())
+}
+
+/// Re-sends the pending command of every saga quiet for `quiet_seconds`
+/// (payment retries also wait out their backoff), and publishes whatever
+/// the outbox still holds. Safe to run often and from several places:
+/// every step is idempotent per order.
+async fn redrive(req: &Request) -> ApiResult {
+    let quiet_seconds: f64 = query_param(req.uri().query(), "quiet_seconds")
+        .map(|q| {
+            q.parse()
+                .map_err(|_| Problem::bad_request("`quiet_seconds` must be a number"))
+        })
+        .transpose()?
+        .unwrap_or(2.0);
+    let store = OrderStore::open().await?;
+    let mut redriven = 0;
+    for order_id in store
+        .quiet_sagas(&seconds_ago_rfc3339(quiet_seconds), 500)
+        .await?
+    {
+        let Ok(order) = fold(&order_id, &store.load(&order_id).await?) else {
+            continue;
+        };
+        let Some(command) = saga::pending(&order) else {
+            continue;
+        };
+        let waited = seconds_since(&order.saga.last_event_at).unwrap_or(f64::MAX);
+        if command == saga::Command::Charge
+            && waited < saga::retry_delay_seconds(order.saga.payment_failures) as f64
+        {
+            continue;
+        }
+        let now = now_rfc3339();
+        let message =
+            OutboxMessage::command(&order, command, &now, Some(format!("redrive:{now}")), None);
+        store.redrive(&order_id, &message, &now).await?;
+        redriven += 1;
+    }
+    let published = match setting("redis_url").await {
+        Ok(address) => store
+            .relay_outbox(&address, &now_rfc3339())
+            .await
+            .unwrap_or(0),
+        Err(_) => 0,
+    };
+    let line = serde_json::json!({ "level": "info", "msg": "saga redrive", "redriven": redriven, "published": published });
+    println!("{line}");
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "redriven": redriven, "published": published }),
+    ))
+}
+
+async fn admin_redrive(req: &Request) -> ApiResult {
+    if !caller(req).await?.is_admin() {
+        return Err(Problem::forbidden("only administrators may redrive sagas"));
+    }
+    redrive(req).await
 }

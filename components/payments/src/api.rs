@@ -4,7 +4,7 @@ use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
 use bazaar_service::caller;
 use spin_sdk::http::Request;
 
-use crate::store::Store;
+use bazaar_payment_store::Store;
 
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();

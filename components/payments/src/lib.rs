@@ -3,7 +3,6 @@
 //! step, which shares this database.
 
 mod api;
-mod store;
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;

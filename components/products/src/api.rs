@@ -7,7 +7,7 @@ use bazaar_service::{caller, json_body, now_rfc3339};
 use spin_sdk::http::Request;
 
 use crate::domain::{self, NewProduct, ProductPatch, StockLevel};
-use crate::store::Store;
+use bazaar_product_store::Store;
 
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();

@@ -1,25 +1,14 @@
 //! Products and their rules, free of I/O.
 
 use bazaar_api::Problem;
-use serde::{Deserialize, Serialize};
+pub use bazaar_product_store::Product;
+use serde::Deserialize;
 
 const MAX_SKU_CHARS: usize = 64;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 4000;
 pub const MAX_PAGE: u32 = 100;
 pub const DEFAULT_PAGE: u32 = 20;
-
-/// A product as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Product {
-    pub id: String,
-    pub sku: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub price_cents: i64,
-    pub currency: String,
-    pub stock_available: i64,
-}
 
 /// `POST /api/v1/products` body.
 #[derive(Debug, Deserialize)]

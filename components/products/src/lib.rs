@@ -4,7 +4,6 @@
 
 mod api;
 mod domain;
-mod store;
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;

@@ -66,3 +66,84 @@ mod tests {
         assert!(Envelope::from_bytes(b"{}").is_err());
     }
 }
+
+/// The order saga's commands and replies (see `docs/saga.md`).
+pub mod saga {
+    use serde::{Deserialize, Serialize};
+
+    /// Commands to the inventory step (products' store).
+    pub const INVENTORY_COMMANDS: &str = "bazaar.inventory.commands";
+    /// Commands to the payment step (payments' store).
+    pub const PAYMENT_COMMANDS: &str = "bazaar.payments.commands";
+    /// Every step's replies, to the orchestrator.
+    pub const SAGA_REPLIES: &str = "bazaar.saga.replies";
+
+    pub const RESERVE_STOCK: &str = "inventory.reserve";
+    pub const RELEASE_STOCK: &str = "inventory.release";
+    pub const CHARGE: &str = "payment.charge";
+    pub const REFUND: &str = "payment.refund";
+
+    pub const STOCK_RESERVED: &str = "inventory.reserved";
+    pub const STOCK_REJECTED: &str = "inventory.rejected";
+    pub const STOCK_RELEASED: &str = "inventory.released";
+    pub const PAYMENT_CHARGED: &str = "payment.charged";
+    pub const PAYMENT_DECLINED: &str = "payment.declined";
+    /// A transient failure: the charge may be retried.
+    pub const PAYMENT_FAILED: &str = "payment.failed";
+    pub const PAYMENT_REFUNDED: &str = "payment.refunded";
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StockLine {
+        pub product_id: String,
+        pub quantity: i64,
+    }
+
+    /// `inventory.reserve` data.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ReserveStock {
+        pub items: Vec<StockLine>,
+    }
+
+    /// `payment.charge` data.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Charge {
+        pub user_id: String,
+        pub amount_cents: i64,
+        pub currency: String,
+        pub card_token: String,
+    }
+
+    /// `payment.charged` data.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Charged {
+        pub payment_id: String,
+    }
+}
+
+impl Envelope {
+    /// A message answering or following from this one: same order and
+    /// correlation, caused by this message, in the same trace.
+    pub fn follow_up(
+        &self,
+        id: String,
+        kind: &str,
+        occurred_at: String,
+        data: serde_json::Value,
+    ) -> Envelope {
+        Envelope {
+            id,
+            kind: kind.to_string(),
+            version: 1,
+            order_id: self.order_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: Some(self.id.clone()),
+            traceparent: self.traceparent.clone(),
+            occurred_at,
+            data,
+        }
+    }
+}

@@ -31,9 +31,36 @@ pub struct OrderCancelled {
     pub reason: CancelReason,
 }
 
+/// `order.payment_charged` v1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentCharged {
+    pub payment_id: String,
+}
+
+/// `order.payment_failed` v1: a transient failure, the `attempt`-th.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentFailed {
+    pub attempt: u32,
+}
+
+/// The data of the events that carry none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nothing {}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Placed(OrderPlaced),
+    StockReserved,
+    PaymentCharged(PaymentCharged),
+    Confirmed,
+    PaymentFailed(PaymentFailed),
+    PaymentDeclined,
+    PaymentRefunded,
+    StockReleased,
+    CancellationRequested,
     Cancelled(OrderCancelled),
 }
 
@@ -44,6 +71,14 @@ impl Event {
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Placed(_) => "order.placed",
+            Event::StockReserved => "order.stock_reserved",
+            Event::PaymentCharged(_) => "order.payment_charged",
+            Event::Confirmed => "order.confirmed",
+            Event::PaymentFailed(_) => "order.payment_failed",
+            Event::PaymentDeclined => "order.payment_declined",
+            Event::PaymentRefunded => "order.payment_refunded",
+            Event::StockReleased => "order.stock_released",
+            Event::CancellationRequested => "order.cancellation_requested",
             Event::Cancelled(_) => "order.cancelled",
         }
     }
@@ -51,7 +86,15 @@ impl Event {
     pub fn data(&self) -> serde_json::Value {
         match self {
             Event::Placed(e) => serde_json::to_value(e),
+            Event::PaymentCharged(e) => serde_json::to_value(e),
+            Event::PaymentFailed(e) => serde_json::to_value(e),
             Event::Cancelled(e) => serde_json::to_value(e),
+            Event::StockReserved
+            | Event::Confirmed
+            | Event::PaymentDeclined
+            | Event::PaymentRefunded
+            | Event::StockReleased
+            | Event::CancellationRequested => serde_json::to_value(Nothing {}),
         }
         .expect("events always serialise")
     }
@@ -63,11 +106,27 @@ impl Event {
             ));
         }
         let bad = |e: serde_json::Error| format!("{kind}: {e}");
+        let data = data.clone();
+        let nothing = |event: Event| {
+            serde_json::from_value::<Nothing>(data.clone())
+                .map(|_| event)
+                .map_err(bad)
+        };
         match kind {
-            "order.placed" => serde_json::from_value(data.clone())
-                .map(Event::Placed)
+            "order.placed" => serde_json::from_value(data).map(Event::Placed).map_err(bad),
+            "order.stock_reserved" => nothing(Event::StockReserved),
+            "order.payment_charged" => serde_json::from_value(data)
+                .map(Event::PaymentCharged)
                 .map_err(bad),
-            "order.cancelled" => serde_json::from_value(data.clone())
+            "order.confirmed" => nothing(Event::Confirmed),
+            "order.payment_failed" => serde_json::from_value(data)
+                .map(Event::PaymentFailed)
+                .map_err(bad),
+            "order.payment_declined" => nothing(Event::PaymentDeclined),
+            "order.payment_refunded" => nothing(Event::PaymentRefunded),
+            "order.stock_released" => nothing(Event::StockReleased),
+            "order.cancellation_requested" => nothing(Event::CancellationRequested),
+            "order.cancelled" => serde_json::from_value(data)
                 .map(Event::Cancelled)
                 .map_err(bad),
             other => Err(format!("unknown order event {other}")),

@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod events;
 pub mod placing;
+pub mod saga;
 
-pub use events::{Event, LineItem, OrderCancelled, OrderPlaced, StoredEvent};
+pub use events::{
+    Event, LineItem, OrderCancelled, OrderPlaced, PaymentCharged, PaymentFailed, StoredEvent,
+};
 pub use placing::{NewOrder, NewOrderItem, PaymentDetails};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +49,42 @@ pub struct Order {
     pub created_at: String,
     /// The sequence number of the last event folded in.
     pub version: i64,
+    /// How far the saga got: the service's bookkeeping, not shown.
+    #[serde(default)]
+    pub saga: SagaState,
+}
+
+/// What the saga has done so far for one order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub stock: Stock,
+    pub payment: Payment,
+    /// Transient payment failures so far.
+    pub payment_failures: u32,
+    pub cancellation_requested: bool,
+    /// The card token to charge, from `order.placed`.
+    pub card_token: String,
+    /// When the last event was recorded (RFC 3339).
+    pub last_event_at: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stock {
+    #[default]
+    NotReserved,
+    Reserved,
+    Released,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payment {
+    #[default]
+    NotCharged,
+    Charged,
+    Declined,
+    Refunded,
 }
 
 impl Order {
@@ -62,7 +101,7 @@ impl Order {
                 ));
             }
             let event = stored.event()?;
-            order = Some(match (order, event) {
+            let mut next = match (order, event) {
                 (None, Event::Placed(placed)) => Order {
                     id: order_id.to_string(),
                     user_id: placed.user_id,
@@ -72,7 +111,11 @@ impl Order {
                     total_cents: placed.total_cents,
                     currency: placed.currency,
                     created_at: stored.occurred_at.clone(),
-                    version: stored.seq,
+                    version: 0,
+                    saga: SagaState {
+                        card_token: placed.card_token,
+                        ..SagaState::default()
+                    },
                 },
                 (None, other) => {
                     return Err(format!("order {order_id} starts with {}", other.kind()));
@@ -80,24 +123,45 @@ impl Order {
                 (Some(_), Event::Placed(_)) => {
                     return Err(format!("order {order_id} was placed twice"));
                 }
-                (Some(mut o), Event::Cancelled(c)) => {
-                    o.status = Status::Cancelled;
-                    o.cancel_reason = Some(c.reason);
-                    o.version = stored.seq;
+                (Some(mut o), event) => {
+                    o.apply(&event);
                     o
                 }
-            });
+            };
+            next.version = stored.seq;
+            next.saga.last_event_at = stored.occurred_at.clone();
+            order = Some(next);
         }
         Ok(order)
     }
 
-    /// The order as the API shows it: without its owner and version, which
-    /// are the service's bookkeeping.
+    /// Applies one event after `order.placed`.
+    pub fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Placed(_) => {}
+            Event::StockReserved => self.saga.stock = Stock::Reserved,
+            Event::PaymentCharged(_) => self.saga.payment = Payment::Charged,
+            Event::Confirmed => self.status = Status::Confirmed,
+            Event::PaymentFailed(failed) => self.saga.payment_failures = failed.attempt,
+            Event::PaymentDeclined => self.saga.payment = Payment::Declined,
+            Event::PaymentRefunded => self.saga.payment = Payment::Refunded,
+            Event::StockReleased => self.saga.stock = Stock::Released,
+            Event::CancellationRequested => self.saga.cancellation_requested = true,
+            Event::Cancelled(c) => {
+                self.status = Status::Cancelled;
+                self.cancel_reason = Some(c.reason);
+            }
+        }
+    }
+
+    /// The order as the API shows it: without its owner, version and saga
+    /// state, which are the service's bookkeeping.
     pub fn to_api(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("an order always serialises");
         if let Some(object) = value.as_object_mut() {
             object.remove("user_id");
             object.remove("version");
+            object.remove("saga");
         }
         value
     }
@@ -107,16 +171,16 @@ impl Order {
         is_admin || self.user_id == user_id
     }
 
-    /// A customer's cancellation.
-    pub fn cancel(&self) -> Result<Event, Problem> {
+    /// A customer's cancellation: a request the saga carries out (refund
+    /// if charged, release if reserved). `None` when it was already asked.
+    pub fn cancel(&self) -> Result<Option<Event>, Problem> {
         match self.status {
             Status::Cancelled => Err(Problem::conflict(format!(
                 "order {} is already cancelled",
                 self.id
             ))),
-            Status::Pending | Status::Confirmed => Ok(Event::Cancelled(OrderCancelled {
-                reason: CancelReason::CancelledByUser,
-            })),
+            _ if self.saga.cancellation_requested => Ok(None),
+            Status::Pending | Status::Confirmed => Ok(Some(Event::CancellationRequested)),
         }
     }
 }
@@ -150,14 +214,24 @@ mod tests {
             (order.status, order.total_cents, order.version),
             (Status::Pending, 500, 1)
         );
-        let cancel = order.cancel().unwrap();
+        let request = order.cancel().unwrap().unwrap();
+        let cancelled = Event::Cancelled(OrderCancelled {
+            reason: CancelReason::CancelledByUser,
+        });
         let events = [
             placed(),
-            StoredEvent::new(2, &cancel, "2026-11-26T06:01:00Z"),
+            StoredEvent::new(2, &request, "2026-11-26T06:01:00Z"),
+            StoredEvent::new(3, &cancelled, "2026-11-26T06:02:00Z"),
         ];
+        let asked = Order::fold("o-1", &events[..2]).unwrap().unwrap();
+        assert_eq!(
+            (asked.status, asked.cancel().unwrap()),
+            (Status::Pending, None)
+        );
         let order = Order::fold("o-1", &events).unwrap().unwrap();
         assert_eq!(order.status, Status::Cancelled);
         assert_eq!(order.cancel_reason, Some(CancelReason::CancelledByUser));
+        assert_eq!(order.saga.last_event_at, "2026-11-26T06:02:00Z");
         assert_eq!(order.cancel().unwrap_err().status, 409);
     }
 
@@ -185,5 +259,6 @@ mod tests {
         let json = order.to_api();
         assert_eq!(json["status"], "pending");
         assert!(json.get("cancel_reason").is_none() && json.get("user_id").is_none());
+        assert!(json.get("saga").is_none() && json.get("version").is_none());
     }
 }

@@ -11,14 +11,17 @@
 
 use bazaar_api::Problem;
 use bazaar_envelope::Envelope;
-use bazaar_order_model::{Event, StoredEvent};
+use bazaar_envelope::saga::{self, Charge, ReserveStock, StockLine};
+use bazaar_order_model::saga::Command;
+use bazaar_order_model::{Event, Order, StoredEvent};
 use bazaar_service::{Database, Migration};
 use spin_sdk::sqlite::{RowResult, Value};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        "CREATE TABLE events (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE events (
             order_id    TEXT NOT NULL,
             seq         INTEGER NOT NULL CHECK (seq >= 1),
             type        TEXT NOT NULL,
@@ -28,16 +31,16 @@ const MIGRATIONS: &[Migration] = &[Migration {
             user_id     TEXT NOT NULL,
             PRIMARY KEY (order_id, seq)
         )",
-        "CREATE INDEX events_by_user ON events (user_id, order_id)",
-        "CREATE TABLE outbox (
+            "CREATE INDEX events_by_user ON events (user_id, order_id)",
+            "CREATE TABLE outbox (
             id           TEXT PRIMARY KEY,
             channel      TEXT NOT NULL,
             payload      BLOB NOT NULL,
             created_at   TEXT NOT NULL,
             published_at TEXT
         )",
-        "CREATE INDEX outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL",
-        "CREATE TABLE idempotency_keys (
+            "CREATE INDEX outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL",
+            "CREATE TABLE idempotency_keys (
             user_id     TEXT NOT NULL,
             key         TEXT NOT NULL,
             fingerprint TEXT NOT NULL,
@@ -45,8 +48,21 @@ const MIGRATIONS: &[Migration] = &[Migration {
             created_at  TEXT NOT NULL,
             PRIMARY KEY (user_id, key)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS processed_messages (id TEXT PRIMARY KEY, processed_at TEXT NOT NULL)",
+            "CREATE TABLE sagas (
+            order_id    TEXT PRIMARY KEY,
+            settled     INTEGER NOT NULL,
+            activity_at TEXT NOT NULL
+        )",
+            "CREATE INDEX sagas_open ON sagas (activity_at) WHERE settled = 0",
+        ],
+    },
+];
 
 /// A message to publish once its transaction commits.
 #[derive(Debug, Clone)]
@@ -65,6 +81,10 @@ pub struct Append<'a> {
     pub occurred_at: &'a str,
     pub outbox: &'a [OutboxMessage],
     pub idempotency: Option<IdempotencyKey<'a>>,
+    /// The message this append answers, consumed in the same transaction.
+    pub consumes: Option<&'a str>,
+    /// Whether the saga has nothing left to do once this is appended.
+    pub settled: bool,
 }
 
 /// A client's idempotency key for a new order.
@@ -78,6 +98,8 @@ pub struct IdempotencyKey<'a> {
 pub enum AppendError {
     /// Another writer appended first; reload and decide again.
     Conflict,
+    /// The message was consumed before: a duplicate delivery.
+    Duplicate,
     Failed(Problem),
 }
 
@@ -179,7 +201,14 @@ impl OrderStore {
             occurred_at,
             outbox,
             idempotency,
+            consumes,
+            settled,
         } = append;
+        if let Some(message_id) = consumes
+            && !self.0.consume(message_id, occurred_at).await?
+        {
+            return Err(AppendError::Duplicate);
+        }
         let current = self
             .rows(
                 "SELECT COALESCE(MAX(seq), 0) FROM events WHERE order_id = ?",
@@ -211,17 +240,14 @@ impl OrderStore {
             stored.push(event);
         }
         for message in outbox {
-            self.rows(
-                "INSERT INTO outbox (id, channel, payload, created_at) VALUES (?, ?, ?, ?)",
-                vec![
-                    text(&message.envelope.id),
-                    text(&message.channel),
-                    Value::Blob(message.envelope.to_bytes()),
-                    text(occurred_at),
-                ],
-            )
-            .await?;
+            self.0.enqueue(&message.channel, &message.envelope).await?;
         }
+        self.rows(
+            "INSERT INTO sagas (order_id, settled, activity_at) VALUES (?, ?, ?)
+             ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at",
+            vec![text(order_id), Value::Integer(i64::from(settled)), text(occurred_at)],
+        )
+        .await?;
         if let Some(key) = idempotency {
             self.rows(
                 "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, created_at)
@@ -243,62 +269,138 @@ impl OrderStore {
         Ok(stored)
     }
 
-    /// Messages committed but not yet published, oldest first.
-    pub async fn unpublished(&self, limit: u32) -> Result<Vec<(String, String, Vec<u8>)>, Problem> {
+    /// Publishes the outbox to Redis at `address`.
+    pub async fn relay_outbox(&self, address: &str, now: &str) -> Result<usize, Problem> {
+        self.0.relay_outbox(address, now).await
+    }
+
+    /// Orders whose saga is unsettled and has been quiet since `before`.
+    pub async fn quiet_sagas(&self, before: &str, limit: u32) -> Result<Vec<String>, Problem> {
         let rows = self
             .rows(
-                "SELECT id, channel, payload FROM outbox WHERE published_at IS NULL ORDER BY created_at, id LIMIT ?",
-                vec![Value::Integer(i64::from(limit))],
+                "SELECT order_id FROM sagas WHERE settled = 0 AND activity_at < ? ORDER BY activity_at LIMIT ?",
+                vec![text(before), Value::Integer(i64::from(limit))],
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|row| {
-                (
-                    row.get::<&str>(0).unwrap_or_default().to_string(),
-                    row.get::<&str>(1).unwrap_or_default().to_string(),
-                    row.get::<&[u8]>(2).unwrap_or_default().to_vec(),
-                )
-            })
+            .filter_map(|r| r.get::<&str>(0).map(str::to_string))
             .collect())
     }
 
-    pub async fn mark_published(&self, id: &str, at: &str) -> Result<(), Problem> {
-        self.rows(
-            "UPDATE outbox SET published_at = ? WHERE id = ?",
-            vec![text(at), text(id)],
-        )
-        .await
-        .map(drop)
+    /// Sends a redriven command: queued and the saga's activity noted, so
+    /// the next redrive waits again.
+    pub async fn redrive(
+        &self,
+        order_id: &str,
+        message: &OutboxMessage,
+        now: &str,
+    ) -> Result<(), Problem> {
+        self.0.begin().await?;
+        let outcome = async {
+            self.0.enqueue(&message.channel, &message.envelope).await?;
+            self.rows(
+                "UPDATE sagas SET activity_at = ? WHERE order_id = ?",
+                vec![text(now), text(order_id)],
+            )
+            .await
+            .map(drop)
+        }
+        .await;
+        self.0.end(outcome.is_ok()).await?;
+        outcome
+    }
+}
+
+impl OutboxMessage {
+    /// The message carrying `command` for `order` to its step.
+    pub fn command(
+        order: &Order,
+        command: Command,
+        now: &str,
+        causation_id: Option<String>,
+        traceparent: Option<String>,
+    ) -> OutboxMessage {
+        let (channel, kind, data) = match command {
+            Command::ReserveStock => {
+                let items = order
+                    .items
+                    .iter()
+                    .map(|i| StockLine {
+                        product_id: i.product_id.clone(),
+                        quantity: i.quantity,
+                    })
+                    .collect();
+                (
+                    saga::INVENTORY_COMMANDS,
+                    saga::RESERVE_STOCK,
+                    serde_json::to_value(ReserveStock { items }),
+                )
+            }
+            Command::ReleaseStock => (
+                saga::INVENTORY_COMMANDS,
+                saga::RELEASE_STOCK,
+                Ok(serde_json::json!({})),
+            ),
+            Command::Charge => (
+                saga::PAYMENT_COMMANDS,
+                saga::CHARGE,
+                serde_json::to_value(Charge {
+                    user_id: order.user_id.clone(),
+                    amount_cents: order.total_cents,
+                    currency: order.currency.clone(),
+                    card_token: order.saga.card_token.clone(),
+                }),
+            ),
+            Command::Refund => (
+                saga::PAYMENT_COMMANDS,
+                saga::REFUND,
+                Ok(serde_json::json!({})),
+            ),
+        };
+        OutboxMessage {
+            channel: channel.to_string(),
+            envelope: Envelope {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: kind.to_string(),
+                version: 1,
+                order_id: order.id.clone(),
+                correlation_id: order.id.clone(),
+                causation_id,
+                traceparent,
+                occurred_at: now.to_string(),
+                data: data.expect("commands always serialise"),
+            },
+        }
     }
 
-    /// Publishes what the outbox holds to Redis at `address`; a message
-    /// that cannot be published now stays for the next attempt.
-    pub async fn relay_outbox(&self, address: &str, now: &str) -> Result<usize, Problem> {
-        let pending = self.unpublished(100).await?;
-        if pending.is_empty() {
-            return Ok(0);
+    /// The message announcing event number `seq` of an order on the order
+    /// events channel.
+    pub fn announcement(
+        order_id: &str,
+        event: &Event,
+        seq: i64,
+        now: &str,
+        causation_id: Option<String>,
+        traceparent: Option<String>,
+    ) -> OutboxMessage {
+        let mut data = event.data();
+        if let Some(object) = data.as_object_mut() {
+            object.insert("seq".into(), seq.into());
         }
-        let conn = spin_sdk::redis::Connection::open(address)
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    bazaar_api::StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot reach Redis: {e:?}"),
-                )
-            })?;
-        let mut published = 0;
-        for (id, channel, payload) in pending {
-            if let Err(e) = conn.publish(&channel, &payload).await {
-                eprintln!(
-                    "{{\"level\":\"warn\",\"msg\":\"outbox publish failed\",\"message_id\":\"{id}\",\"error\":{:?}}}",
-                    format!("{e:?}")
-                );
-                break;
-            }
-            self.mark_published(&id, now).await?;
-            published += 1;
+        OutboxMessage {
+            channel: bazaar_envelope::ORDER_EVENTS_CHANNEL.to_string(),
+            envelope: Envelope {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: event.kind().to_string(),
+                version: bazaar_order_model::events::EVENT_VERSION,
+                order_id: order_id.to_string(),
+                correlation_id: order_id.to_string(),
+                causation_id,
+                traceparent,
+                occurred_at: now.to_string(),
+                data,
+            },
         }
-        Ok(published)
     }
 }

@@ -10,6 +10,7 @@ use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::sqlite::{Connection, RowResult, Value};
 
+use bazaar_envelope::Envelope;
 pub use bazaar_migrations::{Migration, migrate};
 
 /// Reads and parses the request's JSON body.
@@ -60,11 +61,60 @@ pub async fn optional_caller(req: &Request) -> Result<Option<Identity>, Problem>
     }
 }
 
-/// Now, as RFC 3339 in UTC (`2026-11-26T06:30:00.123Z`).
+/// One JSON log line for a handled saga command (`reply` is `None` for a
+/// duplicate that was dropped).
+pub fn log_handled(command: &Envelope, reply: Option<&str>) {
+    let line = serde_json::json!({
+        "level": "info",
+        "msg": if reply.is_some() { "command handled" } else { "duplicate dropped" },
+        "message_id": command.id,
+        "type": command.kind,
+        "order_id": command.order_id,
+        "reply": reply,
+        "traceparent": command.traceparent,
+    });
+    println!("{line}");
+}
+
+/// Fault injection for tests: fails the current message with the
+/// probability in the `fault_percent` variable (0, the default, never), as
+/// if the function had crashed before doing anything. Redrive must make up
+/// for it.
+pub async fn injected_fault() -> Result<(), Problem> {
+    let percent: u32 = setting("fault_percent").await?.parse().unwrap_or(0);
+    let mut byte = [0u8; 2];
+    getrandom::fill(&mut byte).map_err(|e| Problem::internal(e.to_string()))?;
+    if u32::from(u16::from_le_bytes(byte)) % 100 < percent {
+        return Err(Problem::internal("injected fault (fault_percent)"));
+    }
+    Ok(())
+}
+
+/// Timestamps are RFC 3339 in UTC with a fixed six-digit fraction, so that
+/// they also sort correctly as text (SQL comparisons rely on it).
+const TIMESTAMP: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+/// Now (`2026-11-26T06:30:00.123456Z`).
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `seconds` ago.
+pub fn seconds_ago_rfc3339(seconds: f64) -> String {
+    rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds_f64(seconds))
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(TIMESTAMP).unwrap_or_default()
+}
+
+/// Seconds elapsed since an RFC 3339 timestamp (`None` if unparsable).
+pub fn seconds_since(timestamp: &str) -> Option<f64> {
+    let at = time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some((time::OffsetDateTime::now_utc() - at).as_seconds_f64())
 }
 
 /// A service's own SQLite database, migrated when opened. Failures are
@@ -108,6 +158,103 @@ impl Database {
 
     pub async fn ping(&self) -> Result<(), Problem> {
         self.rows("SELECT 1", vec![]).await.map(drop)
+    }
+}
+
+/// The tables of the transactional outbox and of idempotent consumption,
+/// for a service's migrations.
+pub const MESSAGING_TABLES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS outbox (
+        id           TEXT PRIMARY KEY,
+        channel      TEXT NOT NULL,
+        payload      BLOB NOT NULL,
+        created_at   TEXT NOT NULL,
+        published_at TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL",
+    "CREATE TABLE IF NOT EXISTS processed_messages (id TEXT PRIMARY KEY, processed_at TEXT NOT NULL)",
+];
+
+/// Messaging on top of a service's database: a state change and the
+/// messages it emits commit together; a message id is consumed once.
+impl Database {
+    pub async fn begin(&self) -> Result<(), Problem> {
+        self.rows("BEGIN IMMEDIATE", vec![]).await.map(drop)
+    }
+
+    /// Commits if `ok`, else rolls back.
+    pub async fn end(&self, ok: bool) -> Result<(), Problem> {
+        self.rows(if ok { "COMMIT" } else { "ROLLBACK" }, vec![])
+            .await
+            .map(drop)
+    }
+
+    /// Records `message_id` as consumed; `false` if it already was (a
+    /// duplicate delivery, to be dropped).
+    pub async fn consume(&self, message_id: &str, now: &str) -> Result<bool, Problem> {
+        self.rows(
+            "INSERT INTO processed_messages (id, processed_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+            vec![Value::Text(message_id.to_string()), Value::Text(now.to_string())],
+        )
+        .await?;
+        Ok(self.changes().await == 1)
+    }
+
+    /// Queues `message` for `channel`, inside the caller's transaction.
+    pub async fn enqueue(&self, channel: &str, message: &Envelope) -> Result<(), Problem> {
+        self.rows(
+            "INSERT INTO outbox (id, channel, payload, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            vec![
+                Value::Text(message.id.clone()),
+                Value::Text(channel.to_string()),
+                Value::Blob(message.to_bytes()),
+                Value::Text(message.occurred_at.clone()),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Publishes what the outbox holds, oldest first, to the Redis server at
+    /// `address`; what cannot be published now stays for the next relay.
+    pub async fn relay_outbox(&self, address: &str, now: &str) -> Result<usize, Problem> {
+        let pending = self
+            .rows(
+                "SELECT id, channel, payload FROM outbox WHERE published_at IS NULL ORDER BY created_at, id LIMIT 200",
+                vec![],
+            )
+            .await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let redis = spin_sdk::redis::Connection::open(address)
+            .await
+            .map_err(|e| {
+                Problem::new(
+                    bazaar_api::StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot reach Redis: {e:?}"),
+                )
+            })?;
+        let mut published = 0;
+        for row in &pending {
+            let id = row.get::<&str>(0).unwrap_or_default();
+            let channel = row.get::<&str>(1).unwrap_or_default();
+            let payload = row.get::<&[u8]>(2).unwrap_or_default();
+            if let Err(e) = redis.publish(channel, payload).await {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({ "level": "warn", "msg": "outbox publish failed", "message_id": id, "error": format!("{e:?}") })
+                );
+                break;
+            }
+            self.rows(
+                "UPDATE outbox SET published_at = ? WHERE id = ?",
+                vec![Value::Text(now.to_string()), Value::Text(id.to_string())],
+            )
+            .await?;
+            published += 1;
+        }
+        Ok(published)
     }
 }
 
