@@ -16,8 +16,10 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::runtime_config::Location;
 
-/// How long a statement waits for another connection's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for another connection's write lock: as long
+/// as a request may run, so that a burst of writers queues instead of
+/// failing with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens a database file in WAL mode, creating its folder if needed.
 pub fn open_file(path: &Path) -> anyhow::Result<rusqlite::Connection> {

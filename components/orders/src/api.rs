@@ -290,6 +290,16 @@ async fn redrive(req: &Request) -> ApiResult {
         store.redrive(&order_id, &message, &now).await?;
         redriven += 1;
     }
+    let mut refreshed = 0;
+    for order_id in store
+        .stale_views(&seconds_ago_rfc3339(quiet_seconds), 500)
+        .await?
+    {
+        let now = now_rfc3339();
+        let message = OutboxMessage::view_refresh(&order_id, &now);
+        store.redrive(&order_id, &message, &now).await?;
+        refreshed += 1;
+    }
     let published = match setting("redis_url").await {
         Ok(address) => store
             .relay_outbox(&address, &now_rfc3339())
@@ -297,12 +307,12 @@ async fn redrive(req: &Request) -> ApiResult {
             .unwrap_or(0),
         Err(_) => 0,
     };
-    let line = serde_json::json!({ "level": "info", "msg": "saga redrive", "redriven": redriven, "published": published });
-    println!("{line}");
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "redriven": redriven, "published": published }),
-    ))
+    let outcome = serde_json::json!({ "redriven": redriven, "views_refreshed": refreshed, "published": published });
+    println!(
+        "{}",
+        serde_json::json!({ "level": "info", "msg": "saga redrive", "outcome": outcome })
+    );
+    Ok(json(StatusCode::OK, &outcome))
 }
 
 async fn admin_redrive(req: &Request) -> ApiResult {

@@ -62,7 +62,19 @@ const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX sagas_open ON sagas (activity_at) WHERE settled = 0",
         ],
     },
+    Migration {
+        version: 3,
+        statements: &[
+            // How far each order's stream and its read-model view have got,
+            // so redrive can refresh views whose update was lost.
+            "ALTER TABLE sagas ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE sagas ADD COLUMN projected INTEGER NOT NULL DEFAULT 0",
+        ],
+    },
 ];
+
+/// Not an event: a request to the projection to rebuild one view.
+pub const VIEW_REFRESH: &str = "order.view_refresh";
 
 /// A message to publish once its transaction commits.
 #[derive(Debug, Clone)]
@@ -242,10 +254,12 @@ impl OrderStore {
         for message in outbox {
             self.0.enqueue(&message.channel, &message.envelope).await?;
         }
+        let version = expected + stored.len() as i64;
         self.rows(
-            "INSERT INTO sagas (order_id, settled, activity_at) VALUES (?, ?, ?)
-             ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at",
-            vec![text(order_id), Value::Integer(i64::from(settled)), text(occurred_at)],
+            "INSERT INTO sagas (order_id, settled, activity_at, version) VALUES (?, ?, ?, ?)
+             ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at,
+             version = excluded.version",
+            vec![text(order_id), Value::Integer(i64::from(settled)), text(occurred_at), Value::Integer(version)],
         )
         .await?;
         if let Some(key) = idempotency {
@@ -279,6 +293,35 @@ impl OrderStore {
         let rows = self
             .rows(
                 "SELECT order_id FROM sagas WHERE settled = 0 AND activity_at < ? ORDER BY activity_at LIMIT ?",
+                vec![text(before), Value::Integer(i64::from(limit))],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.get::<&str>(0).map(str::to_string))
+            .collect())
+    }
+
+    /// Records that the read model shows `version` of the order.
+    pub async fn projected(&self, order_id: &str, version: i64) -> Result<(), Problem> {
+        self.rows(
+            "UPDATE sagas SET projected = ? WHERE order_id = ? AND projected < ?",
+            vec![
+                Value::Integer(version),
+                text(order_id),
+                Value::Integer(version),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Orders whose view lags their stream and that have been quiet since
+    /// `before`: their view update was lost.
+    pub async fn stale_views(&self, before: &str, limit: u32) -> Result<Vec<String>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT order_id FROM sagas WHERE projected < version AND activity_at < ? LIMIT ?",
                 vec![text(before), Value::Integer(i64::from(limit))],
             )
             .await?;
@@ -370,6 +413,24 @@ impl OutboxMessage {
                 traceparent,
                 occurred_at: now.to_string(),
                 data: data.expect("commands always serialise"),
+            },
+        }
+    }
+
+    /// Asks the projection to rebuild an order's view.
+    pub fn view_refresh(order_id: &str, now: &str) -> OutboxMessage {
+        OutboxMessage {
+            channel: bazaar_envelope::ORDER_EVENTS_CHANNEL.to_string(),
+            envelope: Envelope {
+                id: uuid::Uuid::now_v7().to_string(),
+                kind: VIEW_REFRESH.to_string(),
+                version: 1,
+                order_id: order_id.to_string(),
+                correlation_id: order_id.to_string(),
+                causation_id: None,
+                traceparent: None,
+                occurred_at: now.to_string(),
+                data: serde_json::json!({}),
             },
         }
     }

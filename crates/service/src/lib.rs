@@ -216,7 +216,10 @@ impl Database {
     }
 
     /// Publishes what the outbox holds, oldest first, to the Redis server at
-    /// `address`; what cannot be published now stays for the next relay.
+    /// `address`. Each message is claimed before it is sent, so handlers
+    /// relaying at the same time do not all send it; one that fails to send
+    /// is released for the next relay. (A crash between claim and send loses
+    /// that publication: redrive re-sends what the saga still waits for.)
     pub async fn relay_outbox(&self, address: &str, now: &str) -> Result<usize, Problem> {
         let pending = self
             .rows(
@@ -240,18 +243,26 @@ impl Database {
             let id = row.get::<&str>(0).unwrap_or_default();
             let channel = row.get::<&str>(1).unwrap_or_default();
             let payload = row.get::<&[u8]>(2).unwrap_or_default();
+            self.rows(
+                "UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL",
+                vec![Value::Text(now.to_string()), Value::Text(id.to_string())],
+            )
+            .await?;
+            if self.changes().await != 1 {
+                continue; // another relay has it
+            }
             if let Err(e) = redis.publish(channel, payload).await {
+                self.rows(
+                    "UPDATE outbox SET published_at = NULL WHERE id = ?",
+                    vec![Value::Text(id.to_string())],
+                )
+                .await?;
                 eprintln!(
                     "{}",
                     serde_json::json!({ "level": "warn", "msg": "outbox publish failed", "message_id": id, "error": format!("{e:?}") })
                 );
                 break;
             }
-            self.rows(
-                "UPDATE outbox SET published_at = ? WHERE id = ?",
-                vec![Value::Text(now.to_string()), Value::Text(id.to_string())],
-            )
-            .await?;
             published += 1;
         }
         Ok(published)

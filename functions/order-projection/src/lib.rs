@@ -6,7 +6,9 @@
 //! Rebuilding from the stream instead of applying the one event makes the
 //! projection indifferent to duplicates, to order of arrival and to gaps: a
 //! replayed or late event finds the view already at or past its version and
-//! changes nothing, and a lost one is covered by the next.
+//! changes nothing, and a lost one is covered by the next. When the last
+//! one is lost, redrive notices the view lagging (the projection records
+//! the version it showed) and sends `order.view_refresh`.
 
 use bazaar_envelope::Envelope;
 use bazaar_order_model::Order;
@@ -20,12 +22,8 @@ async fn on_order_event(message: Vec<u8>) -> Result<(), String> {
     if !envelope.kind.starts_with("order.") {
         return Ok(());
     }
-    let events = OrderStore::open()
-        .await
-        .map_err(|p| p.detail)?
-        .load(&envelope.order_id)
-        .await
-        .map_err(|p| p.detail)?;
+    let store = OrderStore::open().await.map_err(|p| p.detail)?;
+    let events = store.load(&envelope.order_id).await.map_err(|p| p.detail)?;
     let Some(order) = Order::fold(&envelope.order_id, &events)? else {
         // The event's transaction is not visible yet or the message is
         // bogus; the next event of this order will bring the view up.
@@ -35,6 +33,11 @@ async fn on_order_event(message: Vec<u8>) -> Result<(), String> {
         .await
         .map_err(|p| p.detail)?
         .put(&order)
+        .await
+        .map_err(|p| p.detail)?;
+    // Either way the view now shows at least this version.
+    store
+        .projected(&order.id, order.version)
         .await
         .map_err(|p| p.detail)?;
     let line = serde_json::json!({

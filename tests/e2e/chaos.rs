@@ -1,0 +1,371 @@
+//! The saga under duress, against a real `redis-server`: every message
+//! delivered again and out of order changes nothing; and a few hundred
+//! concurrent orders, with flaky steps and Redis restarted mid-run, all end
+//! final with stock and money adding up.
+
+use crate::common::RedisServer;
+use crate::harness::App;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Every final order's events, payments and status, read as an admin.
+async fn snapshot(
+    app: &App,
+    admin: &str,
+    ids: &[String],
+) -> BTreeMap<String, (Value, Value, Value)> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let order = app
+            .get(&format!("/api/v1/orders/{id}"), Some(admin))
+            .await
+            .body;
+        let events = app
+            .get(&format!("/api/v1/orders/{id}/events"), Some(admin))
+            .await
+            .body;
+        let payments = app
+            .get(&format!("/api/v1/payments?order_id={id}"), Some(admin))
+            .await
+            .body;
+        out.insert(id.clone(), (order, events, payments));
+    }
+    out
+}
+
+/// Waits until no order in `ids` is pending (or confirmed with a
+/// cancellation in flight: its events end in a request).
+async fn settle(app: &App, admin: &str, ids: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut open: Vec<String> = ids.to_vec();
+    while !open.is_empty() {
+        let mut still = Vec::new();
+        for id in open {
+            let order = app
+                .get(&format!("/api/v1/orders/{id}"), Some(admin))
+                .await
+                .body;
+            if order["status"] == "pending" {
+                still.push(id);
+            }
+        }
+        open = still;
+        assert!(
+            Instant::now() < deadline,
+            "{} orders never settled: {:?}\n{}",
+            open.len(),
+            open,
+            app.host.stderr()
+        );
+        if !open.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn log_count(app: &App, file: &str, text: &str) -> usize {
+    std::fs::read_to_string(app.host_log(file))
+        .unwrap_or_default()
+        .matches(text)
+        .count()
+}
+
+#[tokio::test]
+async fn redelivered_and_reordered_messages_change_nothing() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.psubscribe("bazaar.*").await.unwrap();
+    let mut feed = pubsub.into_on_message();
+
+    let app = App::start_with(&[("SPIN_VARIABLE_REDIS_URL", &redis.url())]);
+    let admin = app.admin().await;
+    let lamp = app.product(&admin, "LAMP", 1000, 3).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alice = app.user("alice@shop.test").await;
+    let mut ids = Vec::new();
+    for (quantity, token) in [(1, "tok_ok"), (1, "tok_decline"), (5, "tok_ok")] {
+        let body = json!({ "items": [{ "product_id": lamp, "quantity": quantity }], "payment": { "card_token": token } });
+        ids.push(
+            app.post("/api/v1/orders", Some(&alice), body).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    settle(&app, &admin, &ids, Duration::from_secs(60)).await;
+    let before = snapshot(&app, &admin, &ids).await;
+    let stock_before = app
+        .get(&format!("/api/v1/products/{lamp}"), None)
+        .await
+        .body["stock_available"]
+        .clone();
+
+    // Everything said on the saga's channels so far.
+    let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(3), feed.next()).await {
+        seen.push((
+            message.get_channel_name().to_string(),
+            message.get_payload_bytes().to_vec(),
+        ));
+    }
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|(_, p)| {
+            serde_json::from_slice::<Value>(p).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let count = |wanted: &[&str]| {
+        kinds
+            .iter()
+            .filter(|k| wanted.contains(&k.as_str()))
+            .count()
+    };
+    let to_steps = count(&[
+        "inventory.reserve",
+        "inventory.release",
+        "payment.charge",
+        "payment.refund",
+    ]);
+    let to_saga = count(&[
+        "order.placed",
+        "order.cancellation_requested",
+        "inventory.reserved",
+        "inventory.rejected",
+        "inventory.released",
+        "payment.charged",
+        "payment.declined",
+        "payment.failed",
+        "payment.refunded",
+    ]);
+    assert!(to_steps >= 5 && to_saga >= 8, "{kinds:?}");
+    let steps_before = log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
+        + log_count(&app, "payments-step_stdout.txt", "duplicate dropped");
+    let saga_before = log_count(&app, "order-saga_stdout.txt", "duplicate dropped");
+
+    // Deliver all of it again, newest first, twice.
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..2 {
+        for (channel, payload) in seen.iter().rev() {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let steps = log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
+            + log_count(&app, "payments-step_stdout.txt", "duplicate dropped")
+            - steps_before;
+        let saga = log_count(&app, "order-saga_stdout.txt", "duplicate dropped") - saga_before;
+        if steps >= 2 * to_steps && saga >= 2 * to_saga {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replays not all dropped: steps {steps}/{}, saga {saga}/{}",
+            2 * to_steps,
+            2 * to_saga
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        snapshot(&app, &admin, &ids).await,
+        before,
+        "a redelivery changed something"
+    );
+    let stock_after = app
+        .get(&format!("/api/v1/products/{lamp}"), None)
+        .await
+        .body["stock_available"]
+        .clone();
+    assert_eq!(stock_after, stock_before);
+}
+
+#[tokio::test]
+async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
+    const ORDERS: usize = 200;
+    const STOCK: i64 = 40;
+    let mut redis = RedisServer::start();
+    let app = App::start_with(&[
+        ("SPIN_VARIABLE_REDIS_URL", &redis.url()),
+        ("SPIN_VARIABLE_FAULT_PERCENT", "10"),
+    ]);
+    let admin = app.admin().await;
+    let mut products = Vec::new();
+    for sku in ["A", "B", "C", "D"] {
+        products.push(
+            app.product(&admin, sku, 250, STOCK).await["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let mut users = Vec::new();
+    for i in 0..4 {
+        users.push(app.user(&format!("buyer{i}@shop.test")).await);
+    }
+
+    // Deterministic variety: product, quantity and card from the index.
+    let plan: Vec<(usize, String, i64, &str)> = (0..ORDERS)
+        .map(|i| {
+            let token = match i % 10 {
+                0..=5 => "tok_ok",
+                6 | 7 => "tok_decline",
+                _ => "tok_error",
+            };
+            (
+                i % users.len(),
+                products[(i * 7) % products.len()].clone(),
+                1 + (i % 3) as i64,
+                token,
+            )
+        })
+        .collect();
+    let shop = &app;
+    let place = |(user, product, quantity, token): (usize, String, i64, &'static str)| {
+        let body = json!({ "items": [{ "product_id": product, "quantity": quantity }], "payment": { "card_token": token } });
+        let request = shop
+            .request(reqwest::Method::POST, "/api/v1/orders", Some(&users[user]))
+            .json(&body);
+        async move { shop.send(request).await }
+    };
+    let (first, second) = plan.split_at(ORDERS / 2);
+    let mut ids: Vec<String> = Vec::new();
+    for reply in futures::stream::iter(first.iter().cloned().map(place))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+    {
+        assert_eq!(
+            reply.status,
+            202,
+            "{}\n{}",
+            reply.body,
+            std::fs::read_to_string(app.host_log("orders_stderr.txt")).unwrap_or_default()
+        );
+        ids.push(reply.body["id"].as_str().unwrap().to_string());
+    }
+    redis.restart();
+    for reply in futures::stream::iter(second.iter().cloned().map(place))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+    {
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        ids.push(reply.body["id"].as_str().unwrap().to_string());
+    }
+    settle(&app, &admin, &ids, Duration::from_secs(240)).await;
+
+    let all = snapshot(&app, &admin, &ids).await;
+    let mut held: BTreeMap<String, i64> = BTreeMap::new();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut confirmed = 0;
+    for (id, (order, events, payments)) in &all {
+        let payments = payments.as_array().unwrap();
+        let charged: Vec<&Value> = payments
+            .iter()
+            .filter(|p| p["status"] == "charged")
+            .collect();
+        match order["status"].as_str().unwrap() {
+            "confirmed" => {
+                confirmed += 1;
+                assert_eq!(
+                    charged.len(),
+                    1,
+                    "order {id} must have exactly one charge: {payments:?}"
+                );
+                assert_eq!(
+                    charged[0]["amount_cents"], order["total_cents"],
+                    "order {id}"
+                );
+                for item in order["items"].as_array().unwrap() {
+                    *held
+                        .entry(item["product_id"].as_str().unwrap().to_string())
+                        .or_default() += item["quantity"].as_i64().unwrap();
+                }
+            }
+            "cancelled" => {
+                assert!(
+                    charged.is_empty(),
+                    "cancelled order {id} keeps a charge: {payments:?}"
+                );
+                *reasons
+                    .entry(order["cancel_reason"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+            other => panic!("order {id} ended {other}"),
+        }
+        let mut kinds: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        kinds.retain(|k| *k != "order.payment_failed");
+        let mut unique = kinds.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            kinds.len(),
+            "order {id} has an event twice: {kinds:?}"
+        );
+    }
+    for product in &products {
+        let available = app
+            .get(&format!("/api/v1/products/{product}"), None)
+            .await
+            .body["stock_available"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(
+            STOCK,
+            available + held.get(product).copied().unwrap_or(0),
+            "stock of {product} does not add up"
+        );
+    }
+    // The read model converges to the event store for every user.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for user in &users {
+        loop {
+            let views = app.get("/api/v1/orders", Some(user)).await.body;
+            let matches = views.as_array().unwrap().iter().all(|v| {
+                all.get(v["id"].as_str().unwrap())
+                    .is_some_and(|(o, _, _)| o == v)
+            });
+            if matches && views.as_array().unwrap().len() == ORDERS / users.len() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the read model did not converge");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let redriven: usize = std::fs::read_to_string(app.host_log("orders_stdout.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|l| l["outcome"]["redriven"].as_u64())
+        .sum::<u64>() as usize;
+    let duplicates = log_count(&app, "order-saga_stdout.txt", "duplicate dropped")
+        + log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
+        + log_count(&app, "payments-step_stdout.txt", "duplicate dropped");
+    println!(
+        "chaos: orders {ORDERS}, confirmed {confirmed}, cancelled {reasons:?}, redriven commands {redriven}, duplicates dropped {duplicates}"
+    );
+    assert_eq!(confirmed + reasons.values().sum::<usize>(), ORDERS);
+    assert!(
+        confirmed > 0 && reasons.contains_key("payment_declined"),
+        "{reasons:?}"
+    );
+}
