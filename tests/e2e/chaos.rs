@@ -360,8 +360,14 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
     let duplicates = log_count(&app, "order-saga_stdout.txt", "duplicate dropped")
         + log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
         + log_count(&app, "payments-step_stdout.txt", "duplicate dropped");
-    println!(
+    let report = format!(
         "chaos: orders {ORDERS}, confirmed {confirmed}, cancelled {reasons:?}, redriven commands {redriven}, duplicates dropped {duplicates}"
+    );
+    println!("{report}");
+    // Kept where the test command prints it after the run.
+    let _ = std::fs::write(
+        crate::common::workspace_root().join("target/chaos-report.txt"),
+        &report,
     );
     assert_eq!(confirmed + reasons.values().sum::<usize>(), ORDERS);
     assert!(

@@ -8,7 +8,6 @@
 //! charges twice.
 
 use bazaar_api::Problem;
-use bazaar_envelope::Envelope;
 use bazaar_envelope::saga::{self, Charge};
 use bazaar_service::{Database, MESSAGING_TABLES, Migration};
 use serde::Serialize;
@@ -151,11 +150,6 @@ impl Store {
             )
             .await?;
         Ok((saga::PAYMENT_REFUNDED, serde_json::json!({})))
-    }
-
-    /// Queues a reply inside the caller's transaction.
-    pub async fn reply(&self, message: &Envelope) -> Result<(), Problem> {
-        self.0.enqueue(saga::SAGA_REPLIES, message).await
     }
 }
 

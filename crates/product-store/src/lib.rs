@@ -9,7 +9,6 @@
 //! reservation leaves a tombstone that the late reservation respects.
 
 use bazaar_api::Problem;
-use bazaar_envelope::Envelope;
 use bazaar_envelope::saga::{self, StockLine};
 use bazaar_service::{Database, MESSAGING_TABLES, Migration};
 use serde::Serialize;
@@ -243,11 +242,6 @@ impl Store {
             None => self.record(order_id, "released", &[], now).await?,
         }
         Ok(saga::STOCK_RELEASED)
-    }
-
-    /// Queues a reply inside the caller's transaction.
-    pub async fn reply(&self, message: &Envelope) -> Result<(), Problem> {
-        self.0.enqueue(saga::SAGA_REPLIES, message).await
     }
 }
 

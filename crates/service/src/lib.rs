@@ -61,9 +61,53 @@ pub async fn optional_caller(req: &Request) -> Result<Option<Identity>, Problem>
     }
 }
 
+/// A saga step (inventory, payments): how it applies one command to its
+/// service's store.
+#[allow(async_fn_in_trait)] // guests are single-threaded: no Send bound wanted
+pub trait Step {
+    fn db(&self) -> &Database;
+
+    /// Applies `command` inside the open transaction; the reply's type and
+    /// data.
+    async fn apply(
+        &self,
+        command: &Envelope,
+        now: &str,
+    ) -> Result<(&'static str, serde_json::Value), String>;
+}
+
+/// Runs one command through a step: the effect, its reply and the consumed
+/// message id commit in one transaction (a duplicate changes nothing), then
+/// the outbox is published.
+pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
+    let detail = |p: Problem| p.detail;
+    let command = Envelope::from_bytes(message)?;
+    injected_fault().await.map_err(detail)?;
+    let now = now_rfc3339();
+    let db = step.db();
+    db.begin().await.map_err(detail)?;
+    let outcome = async {
+        if !db.consume(&command.id, &now).await.map_err(detail)? {
+            return Ok(None);
+        }
+        let (kind, data) = step.apply(&command, &now).await?;
+        let reply = command.follow_up(uuid::Uuid::now_v7().to_string(), kind, now.clone(), data);
+        db.enqueue(bazaar_envelope::saga::SAGA_REPLIES, &reply)
+            .await
+            .map_err(detail)?;
+        Ok::<_, String>(Some(kind))
+    }
+    .await;
+    db.end(outcome.is_ok()).await.map_err(detail)?;
+    log_handled(&command, outcome?);
+    let address = setting("redis_url").await.map_err(detail)?;
+    db.relay_outbox(&address, &now).await.map_err(detail)?;
+    Ok(())
+}
+
 /// One JSON log line for a handled saga command (`reply` is `None` for a
 /// duplicate that was dropped).
-pub fn log_handled(command: &Envelope, reply: Option<&str>) {
+fn log_handled(command: &Envelope, reply: Option<&str>) {
     let line = serde_json::json!({
         "level": "info",
         "msg": if reply.is_some() { "command handled" } else { "duplicate dropped" },
@@ -80,7 +124,7 @@ pub fn log_handled(command: &Envelope, reply: Option<&str>) {
 /// probability in the `fault_percent` variable (0, the default, never), as
 /// if the function had crashed before doing anything. Redrive must make up
 /// for it.
-pub async fn injected_fault() -> Result<(), Problem> {
+async fn injected_fault() -> Result<(), Problem> {
     let percent: u32 = setting("fault_percent").await?.parse().unwrap_or(0);
     let mut byte = [0u8; 2];
     getrandom::fill(&mut byte).map_err(|e| Problem::internal(e.to_string()))?;

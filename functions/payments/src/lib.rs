@@ -2,69 +2,41 @@
 //! `payment.charge`, charge the order once (test card tokens: `tok_ok`
 //! approves, `tok_decline` declines, `tok_error` fails transiently); on
 //! `payment.refund`, refund its charge. The change, the reply and the
-//! consumed message id commit together; the reply is then published.
+//! consumed message id commit together; the reply is then published
+//! (`bazaar_service::run_step`).
 
 use bazaar_envelope::{Envelope, saga};
 use bazaar_payment_store::Store;
-use bazaar_service::{now_rfc3339, setting};
+use bazaar_service::{Database, Step};
 use spin_sdk::redis_subscriber;
+
+struct Payments(Store);
+
+impl Step for Payments {
+    fn db(&self) -> &Database {
+        self.0.db()
+    }
+
+    async fn apply(
+        &self,
+        command: &Envelope,
+        now: &str,
+    ) -> Result<(&'static str, serde_json::Value), String> {
+        let reply = match command.kind.as_str() {
+            saga::CHARGE => {
+                let charge: saga::Charge = serde_json::from_value(command.data.clone())
+                    .map_err(|e| format!("{}: {e}", command.kind))?;
+                self.0.charge(&command.order_id, &charge, now).await
+            }
+            saga::REFUND => self.0.refund(&command.order_id, now).await,
+            other => return Err(format!("the payment step does not handle {other}")),
+        };
+        reply.map_err(|p| p.detail)
+    }
+}
 
 #[redis_subscriber]
 async fn on_command(message: Vec<u8>) -> Result<(), String> {
-    let command = Envelope::from_bytes(&message)?;
-    bazaar_service::injected_fault()
-        .await
-        .map_err(|p| p.detail)?;
     let store = Store::open().await.map_err(|p| p.detail)?;
-    let now = now_rfc3339();
-    store.db().begin().await.map_err(|p| p.detail)?;
-    let outcome = handle(&store, &command, &now).await;
-    store
-        .db()
-        .end(outcome.is_ok())
-        .await
-        .map_err(|p| p.detail)?;
-    let reply = outcome?;
-    bazaar_service::log_handled(&command, reply);
-    let address = setting("redis_url").await.map_err(|p| p.detail)?;
-    store
-        .db()
-        .relay_outbox(&address, &now)
-        .await
-        .map_err(|p| p.detail)?;
-    Ok(())
-}
-
-/// Applies the command and queues the reply; `None` for a duplicate.
-async fn handle(
-    store: &Store,
-    command: &Envelope,
-    now: &str,
-) -> Result<Option<&'static str>, String> {
-    if !store
-        .db()
-        .consume(&command.id, now)
-        .await
-        .map_err(|p| p.detail)?
-    {
-        return Ok(None);
-    }
-    let (reply, data) = match command.kind.as_str() {
-        saga::CHARGE => {
-            let charge: saga::Charge = serde_json::from_value(command.data.clone())
-                .map_err(|e| format!("{}: {e}", command.kind))?;
-            store.charge(&command.order_id, &charge, now).await
-        }
-        saga::REFUND => store.refund(&command.order_id, now).await,
-        other => return Err(format!("the payment step does not handle {other}")),
-    }
-    .map_err(|p| p.detail)?;
-    let message = command.follow_up(
-        uuid::Uuid::now_v7().to_string(),
-        reply,
-        now.to_string(),
-        data,
-    );
-    store.reply(&message).await.map_err(|p| p.detail)?;
-    Ok(Some(reply))
+    bazaar_service::run_step(&Payments(store), &message).await
 }
