@@ -14,7 +14,7 @@ use bazaar_envelope::Envelope;
 use bazaar_envelope::saga::{self, Charge, ReserveStock, StockLine};
 use bazaar_order_model::saga::Command;
 use bazaar_order_model::{Event, Order, StoredEvent};
-use bazaar_service::{Database, Migration};
+use bazaar_service::{Database, MESSAGING_TABLES, Migration};
 use spin_sdk::sqlite::{RowResult, Value};
 
 const MIGRATIONS: &[Migration] = &[
@@ -32,14 +32,9 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (order_id, seq)
         )",
             "CREATE INDEX events_by_user ON events (user_id, order_id)",
-            "CREATE TABLE outbox (
-            id           TEXT PRIMARY KEY,
-            channel      TEXT NOT NULL,
-            payload      BLOB NOT NULL,
-            created_at   TEXT NOT NULL,
-            published_at TEXT
-        )",
-            "CREATE INDEX outbox_unpublished ON outbox (created_at) WHERE published_at IS NULL",
+            MESSAGING_TABLES[0],
+            MESSAGING_TABLES[1],
+            MESSAGING_TABLES[2],
             "CREATE TABLE idempotency_keys (
             user_id     TEXT NOT NULL,
             key         TEXT NOT NULL,
@@ -53,7 +48,6 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 2,
         statements: &[
-            "CREATE TABLE IF NOT EXISTS processed_messages (id TEXT PRIMARY KEY, processed_at TEXT NOT NULL)",
             "CREATE TABLE sagas (
             order_id    TEXT PRIMARY KEY,
             settled     INTEGER NOT NULL,
@@ -290,11 +284,17 @@ impl OrderStore {
 
     /// Orders whose saga is unsettled and has been quiet since `before`.
     pub async fn quiet_sagas(&self, before: &str, limit: u32) -> Result<Vec<String>, Problem> {
+        self.order_ids(
+            "SELECT order_id FROM sagas WHERE settled = 0 AND activity_at < ? ORDER BY activity_at LIMIT ?",
+            before,
+            limit,
+        )
+        .await
+    }
+
+    async fn order_ids(&self, sql: &str, before: &str, limit: u32) -> Result<Vec<String>, Problem> {
         let rows = self
-            .rows(
-                "SELECT order_id FROM sagas WHERE settled = 0 AND activity_at < ? ORDER BY activity_at LIMIT ?",
-                vec![text(before), Value::Integer(i64::from(limit))],
-            )
+            .rows(sql, vec![text(before), Value::Integer(i64::from(limit))])
             .await?;
         Ok(rows
             .iter()
@@ -319,16 +319,12 @@ impl OrderStore {
     /// Orders whose view lags their stream and that have been quiet since
     /// `before`: their view update was lost.
     pub async fn stale_views(&self, before: &str, limit: u32) -> Result<Vec<String>, Problem> {
-        let rows = self
-            .rows(
-                "SELECT order_id FROM sagas WHERE projected < version AND activity_at < ? LIMIT ?",
-                vec![text(before), Value::Integer(i64::from(limit))],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| r.get::<&str>(0).map(str::to_string))
-            .collect())
+        self.order_ids(
+            "SELECT order_id FROM sagas WHERE projected < version AND activity_at < ? LIMIT ?",
+            before,
+            limit,
+        )
+        .await
     }
 
     /// Sends a redriven command: queued and the saga's activity noted, so
