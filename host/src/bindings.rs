@@ -7,9 +7,9 @@ wasmtime::component::bindgen!({
     world: "bazaar:host/spin-host",
     imports: { default: trappable },
     with: {
-        "spin:key-value/key-value.store": crate::key_value::StoreHandle,
-        "spin:sqlite/sqlite.connection": crate::sqlite::ConnectionHandle,
-        "spin:redis/redis.connection": crate::outbound_redis::ConnectionHandle,
+        "spin:key-value/key-value.store": crate::factors::key_value::StoreHandle,
+        "spin:sqlite/sqlite.connection": crate::factors::sqlite::ConnectionHandle,
+        "spin:redis/redis.connection": crate::factors::outbound_redis::ConnectionHandle,
     },
 });
 

@@ -1,28 +1,14 @@
 //! `bazaar`: runs a Spin application (`spin.toml`) on wasmtime, with Spin's
 //! semantics, so Bazaar can be developed and tested without the Spin CLI.
 
-mod allowed_hosts;
 mod app;
 mod bindings;
 mod build;
 mod component;
-mod http_pool;
-mod http_trigger;
-mod instance;
-mod key_value;
-mod logs;
-mod manifest;
-mod memory_limit;
-mod outbound_http;
-mod outbound_redis;
+mod factors;
 mod redis_broker;
-mod redis_trigger;
-mod router;
-mod runtime_config;
-mod scheduler;
-mod sqlite;
-mod template;
-mod variables;
+mod sqlite_pool;
+mod triggers;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -33,10 +19,10 @@ use std::time::Duration;
 
 use crate::app::{AppOptions, Follow, LoadedApp};
 use crate::component::Limits;
-use crate::manifest::Manifest;
-use crate::outbound_redis::{is_embedded, redact};
+use crate::app::manifest::Manifest;
+use crate::factors::outbound_redis::{is_embedded, redact};
 use crate::redis_broker::EMBEDDED_ADDRESS;
-use crate::redis_trigger::RedisTrigger;
+use crate::triggers::redis::RedisTrigger;
 use std::collections::BTreeMap;
 
 #[derive(Parser)]
@@ -113,8 +99,8 @@ struct UpArgs {
     redis_max_concurrent_handlers: usize,
     /// POST to a component route periodically, in-process:
     /// `http://<component>.spin.internal/<path>@<interval>` (repeatable).
-    #[arg(long, value_name = "URL@INTERVAL", value_parser = scheduler::Schedule::parse)]
-    schedule: Vec<scheduler::Schedule>,
+    #[arg(long, value_name = "URL@INTERVAL", value_parser = triggers::schedule::Schedule::parse)]
+    schedule: Vec<triggers::schedule::Schedule>,
     /// Behave as Spin does: no development defaults for variables and no
     /// default schedules (see below).
     #[arg(long)]
@@ -248,10 +234,10 @@ async fn up(args: UpArgs) -> Result<()> {
     let _scheduled = app
         .http
         .as_ref()
-        .map(|http| scheduler::start(http, schedules));
+        .map(|http| triggers::schedule::start(http, schedules));
     match (app.http, listener) {
         (Some(http), Some(listener)) => {
-            http_trigger::serve(http, listener, shutdown_signal()).await?
+            triggers::http::serve(http, listener, shutdown_signal()).await?
         }
         _ => shutdown_signal().await,
     }
@@ -261,13 +247,13 @@ async fn up(args: UpArgs) -> Result<()> {
 
 /// The schedules to run: those given, else (with dev defaults) the default
 /// ones whose component exists.
-fn schedules(args: &UpArgs, manifest: &Manifest) -> Result<Vec<scheduler::Schedule>> {
+fn schedules(args: &UpArgs, manifest: &Manifest) -> Result<Vec<triggers::schedule::Schedule>> {
     if !args.schedule.is_empty() || args.no_dev_defaults {
         return Ok(args.schedule.clone());
     }
     let defaults = DEV_SCHEDULES
         .iter()
-        .map(|s| scheduler::Schedule::parse(s))
+        .map(|s| triggers::schedule::Schedule::parse(s))
         .collect::<Result<Vec<_>>>()?;
     Ok(defaults
         .into_iter()

@@ -161,7 +161,15 @@ pub fn seconds_since(timestamp: &str) -> Option<f64> {
     Some((time::OffsetDateTime::now_utc() - at).as_seconds_f64())
 }
 
-/// A service's own SQLite database, migrated when opened. Failures are
+thread_local! {
+    /// Databases this instance has migrated: migrations run once per
+    /// instance (an instance serves many requests), not on every `open`.
+    /// Only a cache: a new instance checks the schema again.
+    static MIGRATED: std::cell::RefCell<std::collections::BTreeSet<String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+/// A service's own SQLite database, migrated when first opened. Failures are
 /// logged with their cause and answered as 503.
 pub struct Database {
     conn: Connection,
@@ -177,9 +185,12 @@ impl Database {
         let conn = Connection::open(label)
             .await
             .map_err(|e| unavailable(service, e))?;
-        migrate(&conn, migrations)
-            .await
-            .map_err(|e| unavailable(service, e))?;
+        if !MIGRATED.with_borrow(|done| done.contains(label)) {
+            migrate(&conn, migrations)
+                .await
+                .map_err(|e| unavailable(service, e))?;
+            MIGRATED.with_borrow_mut(|done| done.insert(label.to_string()));
+        }
         Ok(Database { conn, service })
     }
 

@@ -1,19 +1,15 @@
-//! Application variables and `spin:variables/variables@3.0.0`.
-//!
-//! Providers are consulted in Spin's order: the environment
-//! (`SPIN_VARIABLE_<NAME>`), then the manifest `default`. Everything is
-//! resolved at start-up, so a missing required variable stops `bazaar up`
-//! with a clear message instead of failing a request later. Values of
-//! `secret` variables are never formatted into logs or errors.
+//! Application variables: Spin's providers consulted in Spin's order — the
+//! environment (`SPIN_VARIABLE_<NAME>`), then `bazaar up`'s own flags, then
+//! the manifest `default`. Everything is resolved at start-up, so a missing
+//! required variable stops `bazaar up` with a clear message instead of
+//! failing a request later. Values of `secret` variables are never formatted
+//! into logs or errors.
 
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use wasmtime::component::HasData;
 
-use crate::bindings::variables::{self, Error};
-use crate::manifest::{Manifest, validate_variable_name};
-use crate::template::Template;
+use crate::app::manifest::Manifest;
+use crate::app::template::Template;
 
 /// Resolved application variables.
 pub struct AppVariables {
@@ -90,55 +86,6 @@ pub fn env_var_name(name: &str) -> String {
     format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())
 }
 
-/// The resolved `variables` of one component: the only names it may `get`.
-#[derive(Default)]
-pub struct ComponentVariables {
-    values: BTreeMap<String, String>,
-}
-
-impl ComponentVariables {
-    pub fn resolve(app: &AppVariables, declared: &BTreeMap<String, String>) -> Result<Arc<Self>> {
-        let mut values = BTreeMap::new();
-        for (name, expression) in declared {
-            let template = Template::parse(expression)?;
-            let value = app
-                .render(&template)
-                .map_err(|e| anyhow::anyhow!("component variable `{name}`: {e}"))?;
-            values.insert(name.clone(), value);
-        }
-        Ok(Arc::new(ComponentVariables { values }))
-    }
-
-    fn get(&self, name: &str) -> Result<String, Error> {
-        if validate_variable_name(name).is_err() {
-            return Err(Error::InvalidName(format!(
-                "invalid variable name {name:?}"
-            )));
-        }
-        self.values
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::Undefined(format!("no variable for {name:?}")))
-    }
-}
-
-pub struct Variables;
-
-impl HasData for Variables {
-    type Data<'a> = &'a ComponentVariables;
-}
-
-impl variables::Host for &ComponentVariables {}
-
-impl<T> variables::HostWithStore<T> for Variables {
-    async fn get(
-        accessor: &wasmtime::component::Accessor<T, Self>,
-        name: String,
-    ) -> wasmtime::Result<Result<String, Error>> {
-        Ok(accessor.with(|mut access| access.get().get(&name)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,16 +155,5 @@ mod tests {
                 .unwrap()
         );
         assert!(msg.contains("SPIN_VARIABLE_API_KEY"), "{msg}");
-    }
-
-    #[test]
-    fn component_get_distinguishes_invalid_and_undefined() {
-        let m = manifest("a = { default = \"1\" }");
-        let app = AppVariables::resolve(&m, |_| None, &none(), &none()).unwrap();
-        let declared = BTreeMap::from([("x".to_string(), "v{{ a }}".to_string())]);
-        let vars = ComponentVariables::resolve(&app, &declared).unwrap();
-        assert_eq!(vars.get("x").unwrap(), "v1");
-        assert!(matches!(vars.get("Bad-Name"), Err(Error::InvalidName(_))));
-        assert!(matches!(vars.get("y"), Err(Error::Undefined(_))));
     }
 }

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::component::{ComponentRuntime, Limits};
-use crate::instance::InstanceState;
+use crate::factors::InstanceState;
 
 /// Plugs a component into `ProxyHandler`: how to make a new instance.
 pub struct ComponentPool {

@@ -5,6 +5,13 @@
 //! and borrows the instance's resource table through a small view type, the
 //! same shape `wasmtime-wasi` and `wasmtime-wasi-http` use.
 
+pub mod key_value;
+pub mod outbound_http;
+pub mod outbound_redis;
+pub mod sqlite;
+pub mod variables;
+pub mod wasi;
+
 use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime::component::{Linker, ResourceTable};
@@ -12,12 +19,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
-use crate::key_value::{KeyValue, KvGrants, KvView};
-use crate::memory_limit::MemoryLimit;
-use crate::outbound_http::OutboundHttp;
-use crate::outbound_redis::{Redis, RedisGrants, RedisView};
-use crate::sqlite::{Sqlite, SqliteGrants, SqliteView};
-use crate::variables::{ComponentVariables, Variables};
+use crate::factors::key_value::{KeyValue, KvGrants, KvView};
+use crate::component::memory_limit::MemoryLimit;
+use crate::factors::outbound_http::OutboundHttp;
+use crate::factors::outbound_redis::{Redis, RedisGrants, RedisView};
+use crate::factors::sqlite::{Sqlite, SqliteGrants, SqliteView};
+use crate::factors::variables::{ComponentVariables, Variables};
 
 /// What one component was granted in the manifest, shared by its instances.
 pub struct Capabilities {

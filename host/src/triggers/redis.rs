@@ -1,6 +1,11 @@
 //! Spin's Redis trigger: for every message on a subscribed channel, each
-//! component subscribed to it runs `spin:redis/inbound-redis#handle-message`
-//! in a fresh instance.
+//! component subscribed to it runs `spin:redis/inbound-redis#handle-message`.
+//!
+//! Instances are reused as HTTP instances are, within the same limits: an
+//! instance handles one message at a time, serves at most
+//! `--max-instance-reuse-count` messages, and is dropped after
+//! `--idle-instance-timeout` unused or as soon as it traps or overruns its
+//! deadline. A message's cost is then the call, not an instantiation.
 //!
 //! There is one subscription per (server, channel), however many components
 //! share it. A subscription outlives its server: when the connection drops it
@@ -13,46 +18,93 @@
 use anyhow::{Context as _, Result};
 use futures::StreamExt;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use wasmtime::Store;
 
-use crate::bindings::redis_trigger::RedisTriggerPre;
+use crate::bindings::redis_trigger::{self as bindings, RedisTriggerPre};
 use crate::component::ComponentRuntime;
-use crate::outbound_redis::{RedisClients, is_embedded, redact};
+use crate::factors::InstanceState;
+use crate::factors::outbound_redis::{RedisClients, is_embedded, redact};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// A component run by the Redis trigger.
+/// A component run by the Redis trigger, with its idle instances.
 pub struct RedisHandler {
     pub runtime: Arc<ComponentRuntime>,
-    pub pre: RedisTriggerPre<crate::instance::InstanceState>,
+    pub pre: RedisTriggerPre<InstanceState>,
+    idle: Mutex<Vec<Warm>>,
+}
+
+/// An instance between messages.
+struct Warm {
+    store: Store<InstanceState>,
+    guest: Arc<bindings::RedisTrigger>,
+    served: usize,
+    idle_since: Instant,
 }
 
 impl RedisHandler {
-    /// Runs the guest on one message in a new instance, within the request
-    /// deadline. `Ok(Err(_))` is the guest's own error.
+    pub fn new(runtime: Arc<ComponentRuntime>, pre: RedisTriggerPre<InstanceState>) -> Self {
+        RedisHandler {
+            runtime,
+            pre,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs the guest on one message, in a warm instance if one is idle,
+    /// within the request deadline. `Ok(Err(_))` is the guest's own error.
     async fn handle(&self, payload: Vec<u8>) -> Result<Result<(), String>> {
         let runtime = &self.runtime;
-        let mut store = runtime.new_store(self.pre.engine());
-        let call = async {
-            let guest = self.pre.instantiate_async(&mut store).await?;
-            store
-                .run_concurrent(async move |accessor| {
-                    guest
-                        .spin_redis_inbound_redis()
-                        .call_handle_message(accessor, payload)
-                        .await
-                })
-                .await?
+        let limits = &runtime.limits;
+        let mut warm = match self.take_idle() {
+            Some(warm) => warm,
+            None => {
+                let mut store = runtime.new_store(self.pre.engine());
+                let guest = Arc::new(self.pre.instantiate_async(&mut store).await?);
+                Warm {
+                    store,
+                    guest,
+                    served: 0,
+                    idle_since: Instant::now(),
+                }
+            }
         };
-        match tokio::time::timeout(runtime.limits.request_timeout, call).await {
-            Err(_) => anyhow::bail!("deadline of {:?} exceeded", runtime.limits.request_timeout),
-            Ok(Err(trap)) => Err(anyhow::Error::from(trap)),
-            Ok(Ok(outcome)) => Ok(outcome.map_err(|e| format!("{e:?}"))),
+        let guest = Arc::clone(&warm.guest);
+        let call = warm.store.run_concurrent(async move |accessor| {
+            guest
+                .spin_redis_inbound_redis()
+                .call_handle_message(accessor, payload)
+                .await
+        });
+        let outcome = match tokio::time::timeout(limits.request_timeout, call).await {
+            Err(_) => anyhow::bail!("deadline of {:?} exceeded", limits.request_timeout),
+            Ok(Err(trap)) | Ok(Ok(Err(trap))) => return Err(anyhow::Error::from(trap)),
+            Ok(Ok(Ok(outcome))) => outcome.map_err(|e| format!("{e:?}")),
+        };
+        warm.served += 1;
+        if warm.served < limits.max_requests_per_instance {
+            warm.idle_since = Instant::now();
+            self.lock_idle().push(warm);
         }
+        Ok(outcome)
+    }
+
+    /// The most recently used idle instance still within its idle timeout;
+    /// older ones are dropped.
+    fn take_idle(&self) -> Option<Warm> {
+        let timeout = self.runtime.limits.idle_instance_timeout;
+        let mut idle = self.lock_idle();
+        idle.retain(|warm| warm.idle_since.elapsed() < timeout);
+        idle.pop()
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -230,8 +282,8 @@ fn message_id(payload: &[u8]) -> Option<String> {
 /// Resolves the manifest's `[[trigger.redis]]` entries to addresses and
 /// channels.
 pub fn resolve_targets(
-    manifest: &crate::manifest::Manifest,
-    variables: &crate::variables::AppVariables,
+    manifest: &crate::app::manifest::Manifest,
+    variables: &crate::app::variables::AppVariables,
 ) -> Result<Vec<(String, String, String)>> {
     let default = manifest
         .application
@@ -247,7 +299,7 @@ pub fn resolve_targets(
             let context = || format!("{}: trigger.redis[{index}]", manifest.path.display());
             let address = trigger.address.as_ref().or(default).context("no address")?;
             let render = |text: &str| -> Result<String> {
-                variables.render(&crate::template::Template::parse(text)?)
+                variables.render(&crate::app::template::Template::parse(text)?)
             };
             let address = render(address).with_context(context)?;
             url::Url::parse(&address)

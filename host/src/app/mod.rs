@@ -5,6 +5,12 @@
 //! opens, so configuration mistakes stop `bazaar up` with one clear message
 //! rather than surfacing as failed requests.
 
+pub mod allowed_hosts;
+pub mod manifest;
+pub mod runtime_config;
+pub mod template;
+pub mod variables;
+
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,22 +21,24 @@ use wasmtime::{
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-use crate::allowed_hosts::{AllowList, AllowedHost};
+use crate::app::allowed_hosts::{AllowList, AllowedHost};
 use crate::bindings::redis_trigger::RedisTriggerPre;
 use crate::component::{ComponentRuntime, Limits};
-use crate::http_pool::ComponentPool;
-use crate::http_trigger::HttpApp;
-use crate::instance::{self, Capabilities};
-use crate::key_value::{KvGrants, KvStores};
-use crate::logs::ComponentLogs;
-use crate::manifest::{Manifest, RouteSpec};
-use crate::outbound_redis::{RedisClients, RedisGrants};
-use crate::redis_trigger::{self, RedisHandler, Subscription};
-use crate::router::Router;
-use crate::runtime_config::{Location, RuntimeConfig};
-use crate::sqlite::{Databases, SqliteGrants};
-use crate::template::Template;
-use crate::variables::{AppVariables, ComponentVariables};
+use crate::triggers::http::pool::ComponentPool;
+use crate::triggers::http::HttpApp;
+use crate::factors::{self, Capabilities};
+use crate::factors::outbound_http::{ChainingLink, ServiceChaining};
+use crate::factors::key_value::{KvGrants, KvStores};
+use crate::factors::wasi::ComponentLogs;
+use crate::app::manifest::{Manifest, RouteSpec};
+use crate::factors::outbound_redis::{RedisClients, RedisGrants};
+use crate::triggers::redis::{self, RedisHandler, Subscription};
+use crate::triggers::http::router::Router;
+use crate::app::runtime_config::{Location, RuntimeConfig};
+use crate::factors::sqlite::{Databases, SqliteGrants};
+use crate::app::template::Template;
+use crate::app::variables::AppVariables;
+use crate::factors::variables::ComponentVariables;
 
 pub struct AppOptions {
     pub state_dir: PathBuf,
@@ -109,7 +117,7 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
     let runtime_config =
         RuntimeConfig::load(options.runtime_config_file.as_deref(), &options.state_dir)?;
     check_labels_defined(manifest, &runtime_config)?;
-    let redis_targets = redis_trigger::resolve_targets(manifest, &variables)?;
+    let redis_targets = redis::resolve_targets(manifest, &variables)?;
 
     // Components some trigger runs, each with the trigger kinds that run it.
     let mut triggered: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
@@ -119,7 +127,7 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
     for (_, _, component) in &redis_targets {
         triggered.entry(component).or_default().1 = true;
     }
-    let used = |pick: fn(&crate::manifest::Component) -> &Vec<String>| -> BTreeSet<String> {
+    let used = |pick: fn(&crate::app::manifest::Component) -> &Vec<String>| -> BTreeSet<String> {
         triggered
             .keys()
             .flat_map(|id| pick(&manifest.components[*id]).iter().cloned())
@@ -140,8 +148,8 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
 
     let logs_dir = options.state_dir.join("logs");
     eprintln!("Logging component stdio to \"{}/\"", logs_dir.display());
-    let linker = instance::linker(engine)?;
-    let app_link = Arc::new(OnceLock::new());
+    let linker = factors::linker(engine)?;
+    let chaining: ChainingLink = Arc::new(OnceLock::new());
     let mut http_pools = Vec::new();
     let mut redis_handlers = BTreeMap::new();
     for (id, (http, redis)) in triggered {
@@ -178,7 +186,7 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
             component.environment.clone().into_iter().collect(),
             ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?,
             options.limits.clone(),
-            Arc::clone(&app_link),
+            Arc::clone(&chaining),
         ));
         if http {
             let pre = ServicePre::new(pre.clone()).map_err(|e| {
@@ -199,7 +207,7 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
                      (build it with spin-sdk 7's #[redis_subscriber]): {e}"
                 )
             })?;
-            redis_handlers.insert(id.to_string(), Arc::new(RedisHandler { runtime, pre }));
+            redis_handlers.insert(id.to_string(), Arc::new(RedisHandler::new(runtime, pre)));
         }
     }
 
@@ -221,11 +229,12 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
             Arc::new(HttpApp::new(info, router, http_pools))
         });
     if let Some(http) = &http {
-        app_link
-            .set(Arc::downgrade(http))
+        let http: Arc<dyn ServiceChaining> = Arc::clone(http) as _;
+        chaining
+            .set(Arc::downgrade(&http))
             .map_err(|_| anyhow::anyhow!("application linked twice"))?;
     }
-    let redis = redis_trigger::subscriptions(
+    let redis = redis::subscriptions(
         redis_targets
             .into_iter()
             .map(|(address, channel, component)| {

@@ -8,17 +8,27 @@
 use http::Request;
 use http_body_util::BodyExt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::allowed_hosts::AllowList;
-use crate::http_trigger::HttpApp;
+use crate::app::allowed_hosts::AllowList;
 
 const CHAINING_SUFFIX: &str = ".spin.internal";
 
-/// The application's dispatcher, set once the HTTP trigger exists (components
-/// are created before the trigger that owns them, hence the late binding).
-pub type AppLink = Arc<OnceLock<Weak<HttpApp>>>;
+/// Whoever serves `http://<component>.spin.internal`: the HTTP trigger
+/// implements it, so this capability needs no knowledge of triggers.
+pub trait ServiceChaining: Send + Sync {
+    fn chain(
+        self: Arc<Self>,
+        target: String,
+        request: Request<WasiBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<WasiBody>, Error>> + Send>>;
+}
+
+/// The chaining target, set once the HTTP trigger exists (components are
+/// created before the trigger that runs them, hence the late binding).
+pub type ChainingLink = Arc<OnceLock<Weak<dyn ServiceChaining>>>;
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 type SendFuture =
@@ -27,12 +37,12 @@ type SendFuture =
 pub struct OutboundHttp {
     pub component: Arc<str>,
     pub allowed: Arc<AllowList>,
-    pub app: AppLink,
+    pub chaining: ChainingLink,
 }
 
 impl OutboundHttp {
-    fn app(&self) -> Result<Arc<HttpApp>, Error> {
-        self.app
+    fn chaining(&self) -> Result<Arc<dyn ServiceChaining>, Error> {
+        self.chaining
             .get()
             .and_then(Weak::upgrade)
             .ok_or(Error::InternalError(Some(
@@ -75,10 +85,10 @@ impl WasiHttpHooks for OutboundHttp {
         }
         if let Some(target) = host.strip_suffix(CHAINING_SUFFIX) {
             let target = target.to_string();
-            let app = self.app();
+            let chaining = self.chaining();
             request.headers_mut().remove(http::header::HOST);
             return Box::new(async move {
-                let response = app?.chain(&target, request).await?;
+                let response = chaining?.chain(target, request).await?;
                 Ok((response, done()))
             });
         }

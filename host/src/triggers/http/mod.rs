@@ -5,6 +5,9 @@
 //! through [`HttpApp::chain`] and reach private components too; only the
 //! socket-facing path goes through the router.
 
+pub mod pool;
+pub mod router;
+
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
@@ -12,13 +15,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
-use crate::http_pool::ComponentPool;
-use crate::router::{RouteMatch, Router};
+use crate::factors::outbound_http::ServiceChaining;
+use crate::triggers::http::pool::ComponentPool;
+use crate::triggers::http::router::{RouteMatch, Router};
 
 /// Paths Spin reserves for the runtime itself.
 const WELL_KNOWN: &str = "/.well-known/spin/";
@@ -159,6 +164,17 @@ impl HttpApp {
             ),
             _ => empty(StatusCode::NOT_FOUND),
         }
+    }
+}
+
+impl ServiceChaining for HttpApp {
+    fn chain(
+        self: Arc<Self>,
+        target: String,
+        request: Request<WasiBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<WasiBody>, wasmtime_wasi_http::Error>> + Send>>
+    {
+        Box::pin(async move { HttpApp::chain(&self, &target, request).await })
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::template::Template;
+use crate::app::template::Template;
 
 /// A parsed and validated manifest, with the folder its relative paths are
 /// resolved against.
@@ -305,7 +305,7 @@ fn validate_component(
         let template = Template::parse(host)
             .with_context(|| format!("key `allowed_outbound_hosts`: {host:?}"))?;
         if template.is_literal() {
-            crate::allowed_hosts::AllowedHost::parse(host)
+            crate::app::allowed_hosts::AllowedHost::parse(host)
                 .with_context(|| format!("key `allowed_outbound_hosts`: {host:?}"))?;
         }
     }

@@ -2,19 +2,20 @@
 //! make a fresh `Store` for one of its instances. Each trigger adds its own
 //! pre-linked code and its own instance policy (`http_pool`, `redis_trigger`).
 
+pub mod memory_limit;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use crate::allowed_hosts::AllowList;
-use crate::instance::{Capabilities, InstanceState};
-use crate::logs::ComponentLogs;
-use crate::memory_limit::MemoryLimit;
-use crate::outbound_http::{AppLink, OutboundHttp};
+use crate::app::allowed_hosts::AllowList;
+use crate::factors::{Capabilities, InstanceState};
+use crate::factors::wasi::{self, ComponentLogs};
+use crate::component::memory_limit::MemoryLimit;
+use crate::factors::outbound_http::{ChainingLink, OutboundHttp};
 
 /// Instance reuse and resource limits, the same for every component.
 #[derive(Debug, Clone)]
@@ -33,7 +34,7 @@ pub struct ComponentRuntime {
     pub environment: Vec<(String, String)>,
     pub logs: ComponentLogs,
     pub limits: Limits,
-    pub app: AppLink,
+    pub chaining: ChainingLink,
     next_instance: AtomicU64,
 }
 
@@ -45,7 +46,7 @@ impl ComponentRuntime {
         environment: Vec<(String, String)>,
         logs: ComponentLogs,
         limits: Limits,
-        app: AppLink,
+        chaining: ChainingLink,
     ) -> Self {
         ComponentRuntime {
             id: id.into(),
@@ -54,7 +55,7 @@ impl ComponentRuntime {
             environment,
             logs,
             limits,
-            app,
+            chaining,
             next_instance: AtomicU64::new(0),
         }
     }
@@ -65,19 +66,14 @@ impl ComponentRuntime {
     }
 
     pub fn new_store(&self, engine: &Engine) -> Store<InstanceState> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(self.logs.stdout()).stderr(self.logs.stderr());
-        for (key, value) in &self.environment {
-            wasi.env(key, value);
-        }
         let state = InstanceState {
             table: ResourceTable::new(),
-            wasi: wasi.build(),
+            wasi: wasi::wasi_ctx(&self.logs, &self.environment),
             http: WasiHttpCtx::new(),
             outbound: OutboundHttp {
                 component: Arc::clone(&self.id),
                 allowed: Arc::clone(&self.allowed),
-                app: Arc::clone(&self.app),
+                chaining: Arc::clone(&self.chaining),
             },
             capabilities: Arc::clone(&self.capabilities),
             limits: MemoryLimit::new(Arc::clone(&self.id), self.limits.memory_bytes),

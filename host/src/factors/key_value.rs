@@ -9,52 +9,56 @@
 use anyhow::Context as _;
 use rusqlite::OptionalExtension;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
 use crate::bindings::key_value::{self, Error};
-use crate::runtime_config::Location;
+use crate::app::runtime_config::Location;
+use crate::sqlite_pool::{SqliteFile, blocking};
 
-/// One SQLite file holding the `spin_key_value` table (Spin's schema, so a
-/// store written by `bazaar` can be read by `spin up` and back).
+/// Spin's schema, so a store written by `bazaar` can be read by `spin up`
+/// and back.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spin_key_value (
+    store TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (store, key)
+);";
+
+/// One SQLite file holding the `spin_key_value` table: reads on pooled
+/// readers, writes queued on the file's writer.
 pub struct KvBackend {
-    conn: Mutex<rusqlite::Connection>,
+    file: Arc<SqliteFile>,
 }
 
 impl KvBackend {
     pub fn open(location: &Location) -> anyhow::Result<Self> {
-        let conn = match location {
-            Location::File(path) => crate::sqlite::open_file(path)?,
-            Location::Memory => rusqlite::Connection::open_in_memory()?,
-        };
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS spin_key_value (
-                store TEXT NOT NULL,
-                key   TEXT NOT NULL,
-                value BLOB NOT NULL,
-                PRIMARY KEY (store, key)
-            );",
-        )
-        .context("cannot create the key-value table")?;
-        Ok(KvBackend {
-            conn: Mutex::new(conn),
-        })
+        let file = SqliteFile::open(location, SCHEMA).context("cannot open the key-value table")?;
+        Ok(KvBackend { file })
     }
 
-    /// Runs `f` on the connection off the async runtime: SQLite calls block.
-    async fn with_conn<R: Send + 'static>(
-        self: &Arc<Self>,
+    async fn read<R: Send + 'static>(
+        &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let conn = this.conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| Error::Other(format!("key-value task failed: {e}")))?
-        .map_err(|e| Error::Other(e.to_string()))
+        match self.file.reader() {
+            Ok(Some(reader)) => blocking(reader, move |r| f(r)).await.1.map_err(other),
+            Ok(None) => self.write(f).await,
+            Err(e) => Err(other(e)),
+        }
     }
+
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> Result<R, Error> {
+        let writer = self.file.writer().await.map_err(Error::Other)?;
+        blocking(writer, move |w| f(w)).await.1.map_err(other)
+    }
+}
+
+fn other(e: rusqlite::Error) -> Error {
+    Error::Other(e.to_string())
 }
 
 /// Where each key-value label lives, for the whole application.
@@ -161,13 +165,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
         Ok(backend
-            .with_conn(move |c| {
-                c.query_row(
-                    "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    (&label, &key),
-                    |row| row.get(0),
-                )
-                .optional()
+            .read(move |c| {
+                c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+                    .query_row((&label, &key), |row| row.get(0))
+                    .optional()
             })
             .await)
     }
@@ -180,12 +181,12 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
     ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
         Ok(backend
-            .with_conn(move |c| {
-                c.execute(
+            .write(move |c| {
+                c.prepare_cached(
                     "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                    (&label, &key, &value),
-                )
+                )?
+                .execute((&label, &key, &value))
                 .map(drop)
             })
             .await)
@@ -198,12 +199,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
     ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
         Ok(backend
-            .with_conn(move |c| {
-                c.execute(
-                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    (&label, &key),
-                )
-                .map(drop)
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+                    .execute((&label, &key))
+                    .map(drop)
             })
             .await)
     }
@@ -215,12 +214,11 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
     ) -> wasmtime::Result<Result<bool, Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
         Ok(backend
-            .with_conn(move |c| {
-                c.query_row(
+            .read(move |c| {
+                c.prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
-                    (&label, &key),
-                    |row| row.get(0),
-                )
+                )?
+                .query_row((&label, &key), |row| row.get(0))
             })
             .await)
     }
@@ -231,9 +229,9 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
         let (label, backend) = handle_of(accessor, &store)?;
         let keys = backend
-            .with_conn(move |c| {
+            .read(move |c| {
                 let mut stmt =
-                    c.prepare("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
+                    c.prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
                 stmt.query_map([&label], |row| row.get::<_, String>(0))?
                     .collect::<rusqlite::Result<Vec<String>>>()
             })

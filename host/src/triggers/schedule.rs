@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
-use crate::http_trigger::HttpApp;
+use crate::triggers::http::HttpApp;
 
 /// `http://<component>.spin.internal/<path>@<interval>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

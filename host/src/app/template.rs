@@ -27,7 +27,7 @@ impl Template {
                 bail!("unterminated `{{{{` in {text:?}");
             };
             let name = after[..end].trim();
-            crate::manifest::validate_variable_name(name)?;
+            crate::app::manifest::validate_variable_name(name)?;
             parts.push(Part::Reference(name.to_string()));
             rest = &after[end + 2..];
         }

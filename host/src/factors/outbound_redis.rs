@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 
-use crate::allowed_hosts::AllowList;
+use crate::app::allowed_hosts::AllowList;
 use crate::bindings::redis::{self as spin_redis, Error, RedisParameter, RedisResult};
 use crate::redis_broker::{CommandError, EMBEDDED_HOST, EmbeddedBroker};
 

@@ -1,0 +1,338 @@
+//! `spin:sqlite/sqlite@3.1.0`, backed by SQLite files (Spin's `type = "spin"`
+//! databases) through [`crate::sqlite_pool`].
+//!
+//! A guest's connection is a session, not a socket: each statement borrows a
+//! pooled reader when it only reads, or the file's one writer when it writes
+//! or opens a transaction. A session that begins a transaction keeps the
+//! writer until it commits or rolls back (or is dropped, which rolls back),
+//! so a guest's `BEGIN … COMMIT` spans only its own statements, exactly as a
+//! connection of its own would.
+
+use anyhow::Context as _;
+use rusqlite::types::Value as SqlValue;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
+
+use crate::app::runtime_config::Location;
+use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
+use crate::sqlite_pool::{SqliteFile, Writer, blocking};
+
+/// The most a query may return, in bytes of values: a guest that selects a
+/// whole large table gets an error, not a host that copies gigabytes.
+const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where each database label lives, for the whole application.
+pub struct Databases {
+    /// Every label the application defines, opened or not.
+    defined: BTreeSet<String>,
+    /// The files of the labels some component uses.
+    files: BTreeMap<String, Arc<SqliteFile>>,
+}
+
+impl Databases {
+    /// Opens every database once now, so a bad path fails at start-up.
+    pub fn open(
+        defined: BTreeSet<String>,
+        locations: BTreeMap<String, Location>,
+    ) -> anyhow::Result<Self> {
+        let files = locations
+            .into_iter()
+            .map(|(label, location)| {
+                let file = SqliteFile::open(&location, "")
+                    .with_context(|| format!("SQLite database `{label}` ({location:?})"))?;
+                Ok((label, file))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Databases { defined, files })
+    }
+}
+
+/// What one component may open.
+pub struct SqliteGrants {
+    pub databases: Arc<Databases>,
+    pub granted: BTreeSet<String>,
+}
+
+/// The guest's connection resource.
+pub struct ConnectionHandle {
+    file: Arc<SqliteFile>,
+    session: Arc<tokio::sync::Mutex<Session>>,
+}
+
+/// What a connection remembers between statements.
+#[derive(Default)]
+struct Session {
+    /// The writer, while a transaction is open.
+    transaction: Option<Writer>,
+    last_insert_rowid: i64,
+    changes: u64,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A guest that ends (or traps) inside a transaction leaves nothing
+        // half-done behind, and releases the writer.
+        if let Some(writer) = &self.transaction
+            && !writer.is_autocommit()
+        {
+            let _ = writer.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+pub struct Sqlite;
+
+impl HasData for Sqlite {
+    type Data<'a> = SqliteView<'a>;
+}
+
+pub struct SqliteView<'a> {
+    pub grants: &'a SqliteGrants,
+    pub table: &'a mut ResourceTable,
+}
+
+impl SqliteView<'_> {
+    fn open(&mut self, label: &str) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
+        if !self.grants.databases.defined.contains(label) {
+            return Ok(Err(Error::NoSuchDatabase));
+        }
+        let file = match self.grants.databases.files.get(label) {
+            Some(file) if self.grants.granted.contains(label) => Arc::clone(file),
+            _ => return Ok(Err(Error::AccessDenied)),
+        };
+        let handle = ConnectionHandle {
+            file,
+            session: Arc::default(),
+        };
+        Ok(Ok(self.table.push(handle)?))
+    }
+
+    fn handle(
+        &self,
+        r: &Resource<ConnectionHandle>,
+    ) -> wasmtime::Result<(Arc<SqliteFile>, Arc<tokio::sync::Mutex<Session>>)> {
+        let handle = self.table.get(r)?;
+        Ok((Arc::clone(&handle.file), Arc::clone(&handle.session)))
+    }
+}
+
+/// Runs one statement of a session: on its open transaction, else on a
+/// reader if the statement only reads, else on the writer, which the session
+/// keeps if the statement opened a transaction.
+async fn execute(
+    file: Arc<SqliteFile>,
+    session: &tokio::sync::Mutex<Session>,
+    statement: String,
+    params: Vec<Value>,
+) -> Result<QueryResult, Error> {
+    let mut session = session.lock().await;
+    if let Some(writer) = session.transaction.take() {
+        return on_writer(&mut session, writer, statement, params).await;
+    }
+    let (statement, params) = match file.reader().map_err(io_error)? {
+        Some(reader) => {
+            let (_, outcome) = blocking(reader, move |conn| match reads_only(conn, &statement) {
+                Ok(true) => Ok(run(conn, &statement, params)),
+                Ok(false) => Err((statement, params)),
+                Err(e) => Ok(Err(e)),
+            })
+            .await;
+            match outcome {
+                Ok(result) => return result,
+                Err(needs_writer) => needs_writer,
+            }
+        }
+        None => (statement, params),
+    };
+    let writer = file.writer().await.map_err(Error::Io)?;
+    on_writer(&mut session, writer, statement, params).await
+}
+
+/// Whether a reader may run `statement`: it writes nothing and opens no
+/// transaction (`BEGIN` and `SAVEPOINT` count as read-only to SQLite).
+fn reads_only(conn: &rusqlite::Connection, statement: &str) -> Result<bool, Error> {
+    let stmt = conn.prepare_cached(statement).map_err(io_error)?;
+    let word = statement.split_whitespace().next().unwrap_or("");
+    let opens_transaction =
+        word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("savepoint");
+    Ok(stmt.readonly() && !opens_transaction)
+}
+
+async fn on_writer(
+    session: &mut Session,
+    writer: Writer,
+    statement: String,
+    params: Vec<Value>,
+) -> Result<QueryResult, Error> {
+    let (writer, outcome) = blocking(writer, move |conn| {
+        let result = run(conn, &statement, params);
+        (result, conn.last_insert_rowid(), conn.changes())
+    })
+    .await;
+    let (result, last_insert_rowid, changes) = outcome;
+    session.last_insert_rowid = last_insert_rowid;
+    session.changes = changes;
+    if !writer.is_autocommit() {
+        session.transaction = Some(writer);
+    }
+    result
+}
+
+/// Runs one statement to completion, returning its columns and rows.
+fn run(
+    conn: &rusqlite::Connection,
+    statement: &str,
+    params: Vec<Value>,
+) -> Result<QueryResult, Error> {
+    let mut stmt = conn.prepare_cached(statement).map_err(io_error)?;
+    let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+    let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(params))
+        .map_err(io_error)?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.next().map_err(io_error)? {
+        let values = (0..columns.len())
+            .map(|i| row.get::<_, SqlValue>(i).map(from_sql))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(io_error)?;
+        bytes += values.iter().map(value_size).sum::<usize>();
+        if bytes > MAX_RESULT_BYTES {
+            return Err(Error::Io(format!(
+                "the query result is larger than {MAX_RESULT_BYTES} bytes: select fewer rows or columns"
+            )));
+        }
+        out.push(RowResult { values });
+    }
+    Ok(QueryResult { columns, rows: out })
+}
+
+fn io_error(e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => Error::DatabaseFull,
+        _ => Error::Io(e.to_string()),
+    }
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Text(t) => t.len(),
+        Value::Blob(b) => b.len(),
+        _ => 8,
+    }
+}
+
+fn to_sql(v: Value) -> SqlValue {
+    match v {
+        Value::Integer(i) => SqlValue::Integer(i),
+        Value::Real(r) => SqlValue::Real(r),
+        Value::Text(t) => SqlValue::Text(t),
+        Value::Blob(b) => SqlValue::Blob(b),
+        Value::Null => SqlValue::Null,
+    }
+}
+
+fn from_sql(v: SqlValue) -> Value {
+    match v {
+        SqlValue::Integer(i) => Value::Integer(i),
+        SqlValue::Real(r) => Value::Real(r),
+        SqlValue::Text(t) => Value::Text(t),
+        SqlValue::Blob(b) => Value::Blob(b),
+        SqlValue::Null => Value::Null,
+    }
+}
+
+impl sqlite::Host for SqliteView<'_> {}
+
+impl sqlite::HostConnection for SqliteView<'_> {
+    fn open(
+        &mut self,
+        database: String,
+    ) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
+        SqliteView::open(self, &database)
+    }
+
+    /// The synchronous variant (SDKs before WASI 0.3) blocks its worker for
+    /// the statement, as such a guest expects.
+    fn execute(
+        &mut self,
+        conn: Resource<ConnectionHandle>,
+        statement: String,
+        parameters: Vec<Value>,
+    ) -> wasmtime::Result<Result<QueryResult, Error>> {
+        let (file, session) = self.handle(&conn)?;
+        Ok(futures::executor::block_on(execute(
+            file, &session, statement, parameters,
+        )))
+    }
+
+    fn last_insert_rowid(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<i64> {
+        let (_, session) = self.handle(&conn)?;
+        Ok(futures::executor::block_on(session.lock()).last_insert_rowid)
+    }
+
+    fn changes(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<u64> {
+        let (_, session) = self.handle(&conn)?;
+        Ok(futures::executor::block_on(session.lock()).changes)
+    }
+
+    fn drop(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
+        self.table.delete(conn)?;
+        Ok(())
+    }
+}
+
+impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
+    async fn open_async(
+        accessor: &Accessor<T, Self>,
+        database: String,
+    ) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
+        accessor.with(|mut access| access.get().open(&database))
+    }
+
+    async fn execute_async(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+        statement: String,
+        parameters: Vec<Value>,
+    ) -> wasmtime::Result<
+        Result<
+            (
+                Vec<String>,
+                StreamReader<RowResult>,
+                FutureReader<Result<(), Error>>,
+            ),
+            Error,
+        >,
+    > {
+        let (file, session) = accessor.with(|mut access| access.get().handle(&conn))?;
+        let QueryResult { columns, rows } =
+            match execute(file, &session, statement, parameters).await {
+                Ok(result) => result,
+                Err(e) => return Ok(Err(e)),
+            };
+        accessor.with(|mut access| {
+            let rows = StreamReader::new(&mut access, rows)?;
+            let done = FutureReader::new(&mut access, async { Ok::<_, wasmtime::Error>(Ok(())) })?;
+            Ok(Ok((columns, rows, done)))
+        })
+    }
+
+    async fn last_insert_rowid_async(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+    ) -> wasmtime::Result<i64> {
+        let (_, session) = accessor.with(|mut access| access.get().handle(&conn))?;
+        Ok(session.lock().await.last_insert_rowid)
+    }
+
+    async fn changes_async(
+        accessor: &Accessor<T, Self>,
+        conn: Resource<ConnectionHandle>,
+    ) -> wasmtime::Result<u64> {
+        let (_, session) = accessor.with(|mut access| access.get().handle(&conn))?;
+        Ok(session.lock().await.changes)
+    }
+}

@@ -1,0 +1,158 @@
+//! WASI's CLI world for guests (`wasi:cli`, `wasi:io`, …, linked by
+//! `wasmtime-wasi`): a component's `environment` from the manifest, and its
+//! stdio, where every line a guest prints goes to
+//! `<state-dir>/logs/<component>_{stdout,stderr}.txt` (Spin's layout), and,
+//! with `--follow`, to the terminal prefixed by the component id.
+
+use anyhow::{Context, Result};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::AsyncStdoutStream;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
+
+/// Bytes a guest may have in flight to one stream before it waits.
+const STREAM_BUDGET: usize = 64 * 1024;
+
+/// One component's two log files, shared by all its instances. Guests'
+/// writes are queued to a thread of the component's own, which appends them
+/// in batches, so a guest's `println!` never waits for the disk on an async
+/// worker.
+#[derive(Clone)]
+pub struct ComponentLogs {
+    stdout: Writer,
+    stderr: Writer,
+}
+
+/// Which of a component's files a write goes to.
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+struct Sink {
+    file: BufWriter<File>,
+    /// `Some(prefix)` when the stream is echoed to the terminal.
+    echo: Option<String>,
+}
+
+impl ComponentLogs {
+    pub fn open(logs_dir: &Path, component: &str, echo: bool) -> Result<Self> {
+        std::fs::create_dir_all(logs_dir)
+            .with_context(|| format!("cannot create log folder {}", logs_dir.display()))?;
+        let sink = |stream: &str| -> Result<Sink> {
+            let path = logs_dir.join(format!("{component}_{stream}.txt"));
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            Ok(Sink {
+                file: BufWriter::new(file),
+                echo: echo.then(|| format!("[{component}] ")),
+            })
+        };
+        let sinks = [sink("stdout")?, sink("stderr")?];
+        let (queue, lines) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("logs-{component}"))
+            .spawn(move || append_all(sinks, lines))
+            .context("cannot start the log writer thread")?;
+        Ok(ComponentLogs {
+            stdout: Writer {
+                stream: Stream::Stdout,
+                queue: queue.clone(),
+            },
+            stderr: Writer {
+                stream: Stream::Stderr,
+                queue,
+            },
+        })
+    }
+
+    pub fn stdout(&self) -> AsyncStdoutStream {
+        AsyncStdoutStream::new(STREAM_BUDGET, self.stdout.clone())
+    }
+
+    pub fn stderr(&self) -> AsyncStdoutStream {
+        AsyncStdoutStream::new(STREAM_BUDGET, self.stderr.clone())
+    }
+}
+
+/// One instance's WASI context: the component's environment and log files.
+pub fn wasi_ctx(logs: &ComponentLogs, environment: &[(String, String)]) -> WasiCtx {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(logs.stdout()).stderr(logs.stderr());
+    for (key, value) in environment {
+        wasi.env(key, value);
+    }
+    wasi.build()
+}
+
+/// The writer thread: appends what arrives, flushing whenever the queue is
+/// empty, until every instance and the component's runtime are gone.
+fn append_all(mut sinks: [Sink; 2], lines: mpsc::Receiver<(Stream, Vec<u8>)>) {
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some((stream, bytes)) = next {
+            let sink = &mut sinks[stream as usize];
+            if let Err(error) = sink.write(&bytes) {
+                tracing::warn!("cannot write a component log: {error}");
+            }
+            next = lines.try_recv().ok();
+        }
+        for sink in &mut sinks {
+            if let Err(error) = sink.file.flush() {
+                tracing::warn!("cannot write a component log: {error}");
+            }
+        }
+    }
+}
+
+impl Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(buf)?;
+        if let Some(prefix) = &self.echo {
+            let mut out = Vec::with_capacity(buf.len() + prefix.len());
+            for line in buf.split_inclusive(|b| *b == b'\n') {
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(line);
+            }
+            std::io::stderr().write_all(&out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A guest stream's end: queues the bytes for the writer thread.
+#[derive(Clone)]
+struct Writer {
+    stream: Stream,
+    queue: mpsc::Sender<(Stream, Vec<u8>)>,
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        // The thread ends only when every sender is gone, so a send fails
+        // only while the host shuts down; the bytes are then dropped.
+        let _ = self.queue.send((self.stream, buf.to_vec()));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
