@@ -99,7 +99,10 @@ fn has_target(workdir: &Path, target: &str) -> bool {
     match sysroot {
         Ok(out) if out.status.success() => {
             let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            Path::new(&sysroot).join("lib/rustlib").join(target).exists()
+            Path::new(&sysroot)
+                .join("lib/rustlib")
+                .join(target)
+                .exists()
         }
         // Without rustc the build commands will say what is wrong.
         _ => true,

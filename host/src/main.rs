@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::manifest::Manifest;
 use crate::app::{AppOptions, Follow, LoadedApp};
 use crate::component::Limits;
-use crate::app::manifest::Manifest;
 use crate::factors::outbound_redis::{is_embedded, redact};
 use crate::redis_broker::EMBEDDED_ADDRESS;
 use crate::triggers::redis::RedisTrigger;
@@ -101,6 +101,10 @@ struct UpArgs {
     /// `http://<component>.spin.internal/<path>@<interval>` (repeatable).
     #[arg(long, value_name = "URL@INTERVAL", value_parser = triggers::schedule::Schedule::parse)]
     schedule: Vec<triggers::schedule::Schedule>,
+    /// Write `/tmp/perf-<pid>.map`, so that `perf report` names the guests'
+    /// compiled functions instead of showing bare addresses.
+    #[arg(long)]
+    perfmap: bool,
     /// Behave as Spin does: no development defaults for variables and no
     /// default schedules (see below).
     #[arg(long)]
@@ -196,6 +200,7 @@ async fn up(args: UpArgs) -> Result<()> {
         },
         state_dir,
         runtime_config_file: args.runtime_config_file.clone(),
+        perfmap: args.perfmap,
         follow,
         limits: Limits {
             max_requests_per_instance: args.max_instance_reuse_count.max(1),

@@ -1,12 +1,17 @@
 //! SQLite files as the `sqlite` and `key-value` factors use them: opened once,
 //! reused by every request, and never waited on by an async worker.
 //!
-//! Each file has **one writer connection**, leased through an async mutex, and
-//! a small pool of reader connections. In WAL mode readers never wait for the
-//! writer, and writers queue on the mutex (in order, without spinning) instead
-//! of each connection sleeping in SQLite's busy handler for the file lock.
-//! The busy timeout remains for what this process cannot queue: another
-//! process (a second replica, `spin up`) writing the same file.
+//! Each file has **one writer** connection and a pool of **readers**, each
+//! connection leased to one statement (or one transaction) at a time.
+//! Statements that only read run on readers (in WAL mode they never wait for
+//! the writer); everything else queues in the host for the writer, an async
+//! wait on no thread, instead of each connection sleeping in SQLite's busy
+//! handler for the file lock. The 30 s busy timeout remains for other
+//! processes writing the same file (replicas, `spin up`).
+//!
+//! A returned connection goes to whoever asks while it is free, not to the
+//! longest waiter (see [`Pool`]): measured on the order saga, strict
+//! hand-off settled ~25 orders/s and this ~65/s (BENCHMARKS.md).
 //!
 //! SQLite calls block, so every statement runs on tokio's blocking pool with
 //! its connection moved there and back; statements are prepared through each
@@ -15,20 +20,25 @@
 
 use anyhow::Context as _;
 use rusqlite::Connection;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::Notify;
 
 use crate::app::runtime_config::Location;
 
-/// How long a statement waits for another process's write lock, and a lease
-/// for this process's writer: as long as a request may run, so that a burst
-/// of writers queues instead of failing with "database is locked".
+/// How long a statement waits for a write lock, and a lease for a
+/// connection: as long as a request may run, so that a burst of writers
+/// queues instead of failing with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Idle readers kept per file: beyond this, a returned reader is closed.
-const MAX_IDLE_READERS: usize = 8;
+/// Reader connections per file. A statement beyond this many at once waits
+/// for a reader rather than opening (and soon closing) another connection,
+/// whose first statements would parse the schema again.
+const MAX_READERS: usize = 16;
+
+/// Writer connections per file: one, so writers queue in the host.
+const MAX_WRITERS: usize = 1;
 
 /// Prepared statements kept per connection (rusqlite's default is 16; a
 /// service's queries plus its migrations' fit in this).
@@ -36,82 +46,157 @@ const STATEMENT_CACHE: usize = 64;
 
 /// One database file (or in-memory database) and its connections.
 pub struct SqliteFile {
-    location: Location,
-    writer: Arc<tokio::sync::Mutex<Connection>>,
-    idle_readers: Mutex<Vec<Connection>>,
+    readers: Option<Arc<Pool>>,
+    writers: Arc<Pool>,
 }
 
-/// The writer connection, held exclusively until dropped.
-pub type Writer = OwnedMutexGuard<Connection>;
+/// Connections of one kind, and the leases on them.
+///
+/// A free connection goes to whoever asks while it is free ("barging"),
+/// not to the longest waiter: handing it to a waiter that is not running
+/// yet would leave it idle until that task is scheduled, and under load
+/// that idle time, repeated at every hand-off, is what limits throughput
+/// (a lock convoy). Waiters are woken one at a time as connections return.
+struct Pool {
+    /// Where new connections open; `None` for an in-memory database, whose
+    /// one connection is made at start-up.
+    path: Option<PathBuf>,
+    size: usize,
+    state: Mutex<PoolState>,
+    returned: Notify,
+}
 
-/// A reader connection, back to the pool when dropped.
-pub struct Reader {
+struct PoolState {
+    idle: Vec<Connection>,
+    opened: usize,
+}
+
+/// A connection leased from its pool, back to it when dropped.
+pub struct Lease {
     conn: Option<Connection>,
-    file: Arc<SqliteFile>,
+    pool: Arc<Pool>,
 }
 
-impl std::ops::Deref for Reader {
+/// A reader connection.
+pub type Reader = Lease;
+
+/// A writer connection, held by one session until dropped.
+pub type Writer = Lease;
+
+impl std::ops::Deref for Lease {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("a reader holds its connection until dropped")
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
     }
 }
 
-impl Drop for Reader {
+impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let mut idle = self.file.idle_readers.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
+            self.pool.state().idle.push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+impl Pool {
+    fn new(path: Option<PathBuf>, size: usize, idle: Vec<Connection>) -> Arc<Pool> {
+        Arc::new(Pool {
+            path,
+            size,
+            state: Mutex::new(PoolState {
+                opened: idle.len(),
+                idle,
+            }),
+            returned: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connection, once one is free: an idle one, else a new one while
+    /// the pool is below its size.
+    async fn lease(self: &Arc<Self>) -> Result<Lease, String> {
+        tokio::time::timeout(BUSY_TIMEOUT, self.next_free())
+            .await
+            .map_err(|_| format!("database is locked: no connection within {BUSY_TIMEOUT:?}"))?
+            .map(|conn| Lease {
+                conn: Some(conn),
+                pool: Arc::clone(self),
+            })
+    }
+
+    async fn next_free(&self) -> Result<Connection, String> {
+        loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            // Registered before looking, so a return in between still wakes us.
+            returned.as_mut().enable();
+            let open_new = {
+                let mut state = self.state();
+                if let Some(conn) = state.idle.pop() {
+                    return Ok(conn);
+                }
+                let room = state.opened < self.size && self.path.is_some();
+                if room {
+                    state.opened += 1;
+                }
+                room
+            };
+            if let (true, Some(path)) = (open_new, &self.path) {
+                return Connection::open(path).and_then(configure).map_err(|e| {
+                    self.state().opened -= 1;
+                    e.to_string()
+                });
             }
+            returned.await;
         }
     }
 }
 
 impl SqliteFile {
-    /// Opens the writer now (creating the folder and turning on WAL), so a
-    /// bad path fails at start-up; `init` runs on it first (a schema).
+    /// Opens a first connection now (creating the folder and turning on
+    /// WAL), so a bad path fails at start-up; `init` runs on it first (a
+    /// schema).
     pub fn open(location: &Location, init: &str) -> anyhow::Result<Arc<SqliteFile>> {
-        let writer = match location {
+        let first = match location {
             Location::File(path) => open_file(path)?,
             Location::Memory => configure(Connection::open_in_memory()?)?,
         };
         if !init.is_empty() {
-            writer.execute_batch(init)?;
+            first.execute_batch(init)?;
         }
-        Ok(Arc::new(SqliteFile {
-            location: location.clone(),
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
-            idle_readers: Mutex::new(Vec::new()),
-        }))
+        let file = match location {
+            Location::File(path) => SqliteFile {
+                readers: Some(Pool::new(Some(path.clone()), MAX_READERS, Vec::new())),
+                writers: Pool::new(Some(path.clone()), MAX_WRITERS, vec![first]),
+            },
+            // A private in-memory database is one connection: it reads and
+            // writes.
+            Location::Memory => SqliteFile {
+                readers: None,
+                writers: Pool::new(None, 1, vec![first]),
+            },
+        };
+        Ok(Arc::new(file))
     }
 
-    /// A reader connection: an idle one, else a new one. `None` for an
-    /// in-memory database, which has only its writer.
-    pub fn reader(self: &Arc<Self>) -> rusqlite::Result<Option<Reader>> {
-        let Location::File(path) = &self.location else {
-            return Ok(None);
-        };
-        let idle = self
-            .idle_readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => configure(Connection::open(path)?)?,
-        };
-        Ok(Some(Reader {
-            conn: Some(conn),
-            file: Arc::clone(self),
-        }))
+    /// A reader connection, once one is free; `None` for an in-memory
+    /// database, which only has its writer.
+    pub async fn reader(&self) -> Result<Option<Reader>, String> {
+        match &self.readers {
+            Some(readers) => readers.lease().await.map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// The writer, once this process's other writers are done with it.
+    /// A writer connection, once one is free.
     pub async fn writer(&self) -> Result<Writer, String> {
-        tokio::time::timeout(BUSY_TIMEOUT, Arc::clone(&self.writer).lock_owned())
-            .await
-            .map_err(|_| format!("database is locked: no write lease within {BUSY_TIMEOUT:?}"))
+        self.writers.lease().await
     }
 }
 
@@ -120,12 +205,18 @@ pub async fn blocking<L: Send + 'static, R: Send + 'static>(
     lease: L,
     f: impl FnOnce(&L) -> R + Send + 'static,
 ) -> (L, R) {
-    tokio::task::spawn_blocking(move || {
+    on_blocking_thread(move || {
         let result = f(&lease);
         (lease, result)
     })
     .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Runs `f` on tokio's blocking pool.
+pub async fn on_blocking_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Opens a database file in WAL mode, creating its folder if needed.

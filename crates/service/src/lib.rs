@@ -33,11 +33,26 @@ pub fn header(req: &Request, name: &str) -> Option<String> {
 
 /// A component variable. A missing one is the operator's mistake: logged
 /// in full, answered as a 500 that leaks nothing.
+///
+/// Values are kept for the instance's life (at most a few hundred requests
+/// on Spin and bazaar), so a request pays for a host call only the first
+/// time an instance reads a name; a changed value reaches the next instance.
 pub async fn setting(name: &str) -> Result<String, Problem> {
-    spin_sdk::variables::get(name).await.map_err(|e| {
+    if let Some(value) = SETTINGS.with_borrow(|known| known.get(name).cloned()) {
+        return Ok(value);
+    }
+    let value = spin_sdk::variables::get(name).await.map_err(|e| {
         eprintln!("variable {name}: {e:?}");
         Problem::internal("the service is misconfigured")
-    })
+    })?;
+    SETTINGS.with_borrow_mut(|known| known.insert(name.to_string(), value.clone()));
+    Ok(value)
+}
+
+thread_local! {
+    /// The variables this instance has read (see [`setting`]).
+    static SETTINGS: std::cell::RefCell<std::collections::BTreeMap<String, String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
 }
 
 /// The caller, as the gateway vouches for it in the identity header.

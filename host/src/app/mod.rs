@@ -14,7 +14,7 @@ pub mod variables;
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use wasmtime::component::Component;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
@@ -22,28 +22,30 @@ use wasmtime::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::app::allowed_hosts::{AllowList, AllowedHost};
-use crate::bindings::redis_trigger::RedisTriggerPre;
-use crate::component::{ComponentRuntime, Limits};
-use crate::triggers::http::pool::ComponentPool;
-use crate::triggers::http::HttpApp;
-use crate::factors::{self, Capabilities};
-use crate::factors::outbound_http::{ChainingLink, ServiceChaining};
-use crate::factors::key_value::{KvGrants, KvStores};
-use crate::factors::wasi::ComponentLogs;
 use crate::app::manifest::{Manifest, RouteSpec};
-use crate::factors::outbound_redis::{RedisClients, RedisGrants};
-use crate::triggers::redis::{self, RedisHandler, Subscription};
-use crate::triggers::http::router::Router;
 use crate::app::runtime_config::{Location, RuntimeConfig};
-use crate::factors::sqlite::{Databases, SqliteGrants};
 use crate::app::template::Template;
 use crate::app::variables::AppVariables;
+use crate::bindings::redis_trigger::RedisTriggerPre;
+use crate::component::{ComponentRuntime, Limits};
+use crate::factors::key_value::{KvGrants, KvStores};
+use crate::factors::outbound_http::{HttpClients, HttpGrants, ServiceChaining};
+use crate::factors::outbound_redis::{RedisClients, RedisGrants};
+use crate::factors::sqlite::{Databases, SqliteGrants};
 use crate::factors::variables::ComponentVariables;
+use crate::factors::wasi::ComponentLogs;
+use crate::factors::{self, Capabilities};
+use crate::triggers::http::HttpApp;
+use crate::triggers::http::pool::ComponentPool;
+use crate::triggers::http::router::Router;
+use crate::triggers::redis::{self, RedisHandler, Subscription};
 
 pub struct AppOptions {
     pub state_dir: PathBuf,
     pub runtime_config_file: Option<PathBuf>,
     pub cache_dir: PathBuf,
+    /// Tell `perf` where guest code is (`--perfmap`).
+    pub perfmap: bool,
     /// Components whose stdio is echoed to the terminal.
     pub follow: Follow,
     pub limits: Limits,
@@ -79,6 +81,9 @@ pub fn engine(options: &AppOptions) -> Result<Engine> {
         .wasm_component_model_async(true)
         .concurrency_support(true)
         .epoch_interruption(true);
+    if options.perfmap {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let mut pool = PoolingAllocationConfig::default();
     pool.max_memory_size(options.limits.memory_bytes);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -149,7 +154,7 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
     let logs_dir = options.state_dir.join("logs");
     eprintln!("Logging component stdio to \"{}/\"", logs_dir.display());
     let linker = factors::linker(engine)?;
-    let chaining: ChainingLink = Arc::new(OnceLock::new());
+    let http_clients = Arc::new(HttpClients::new());
     let mut http_pools = Vec::new();
     let mut redis_handlers = BTreeMap::new();
     for (id, (http, redis)) in triggered {
@@ -164,6 +169,10 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
             allow_list(&variables, &component.allowed_outbound_hosts).with_context(context)?,
         );
         let capabilities = Arc::new(Capabilities {
+            http: HttpGrants {
+                clients: Arc::clone(&http_clients),
+                allowed: Arc::clone(&allowed),
+            },
             key_value: KvGrants {
                 stores: Arc::clone(&kv_stores),
                 granted: component.key_value_stores.iter().cloned().collect(),
@@ -174,7 +183,7 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
             },
             redis: RedisGrants {
                 clients: Arc::clone(&redis_clients),
-                allowed: Arc::clone(&allowed),
+                allowed,
             },
             variables: ComponentVariables::resolve(&variables, &component.variables)
                 .with_context(context)?,
@@ -182,11 +191,9 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
         let runtime = Arc::new(ComponentRuntime::new(
             id,
             capabilities,
-            allowed,
             component.environment.clone().into_iter().collect(),
             ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?,
             options.limits.clone(),
-            Arc::clone(&chaining),
         ));
         if http {
             let pre = ServicePre::new(pre.clone()).map_err(|e| {
@@ -230,7 +237,8 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
         });
     if let Some(http) = &http {
         let http: Arc<dyn ServiceChaining> = Arc::clone(http) as _;
-        chaining
+        http_clients
+            .chaining
             .set(Arc::downgrade(&http))
             .map_err(|_| anyhow::anyhow!("application linked twice"))?;
     }

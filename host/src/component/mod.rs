@@ -11,11 +11,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use crate::app::allowed_hosts::AllowList;
-use crate::factors::{Capabilities, InstanceState};
-use crate::factors::wasi::{self, ComponentLogs};
 use crate::component::memory_limit::MemoryLimit;
-use crate::factors::outbound_http::{ChainingLink, OutboundHttp};
+use crate::factors::outbound_http::OutboundHttp;
+use crate::factors::wasi::{self, ComponentLogs};
+use crate::factors::{Capabilities, InstanceState};
 
 /// Instance reuse and resource limits, the same for every component.
 #[derive(Debug, Clone)]
@@ -30,11 +29,9 @@ pub struct Limits {
 pub struct ComponentRuntime {
     pub id: Arc<str>,
     pub capabilities: Arc<Capabilities>,
-    pub allowed: Arc<AllowList>,
     pub environment: Vec<(String, String)>,
     pub logs: ComponentLogs,
     pub limits: Limits,
-    pub chaining: ChainingLink,
     next_instance: AtomicU64,
 }
 
@@ -42,20 +39,16 @@ impl ComponentRuntime {
     pub fn new(
         id: &str,
         capabilities: Arc<Capabilities>,
-        allowed: Arc<AllowList>,
         environment: Vec<(String, String)>,
         logs: ComponentLogs,
         limits: Limits,
-        chaining: ChainingLink,
     ) -> Self {
         ComponentRuntime {
             id: id.into(),
             capabilities,
-            allowed,
             environment,
             logs,
             limits,
-            chaining,
             next_instance: AtomicU64::new(0),
         }
     }
@@ -72,8 +65,7 @@ impl ComponentRuntime {
             http: WasiHttpCtx::new(),
             outbound: OutboundHttp {
                 component: Arc::clone(&self.id),
-                allowed: Arc::clone(&self.allowed),
-                chaining: Arc::clone(&self.chaining),
+                capabilities: Arc::clone(&self.capabilities),
             },
             capabilities: Arc::clone(&self.capabilities),
             limits: MemoryLimit::new(Arc::clone(&self.id), self.limits.memory_bytes),

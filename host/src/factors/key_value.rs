@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
-use crate::bindings::key_value::{self, Error};
 use crate::app::runtime_config::Location;
+use crate::bindings::key_value::{self, Error};
 use crate::sqlite_pool::{SqliteFile, blocking};
 
 /// Spin's schema, so a store written by `bazaar` can be read by `spin up`
@@ -41,10 +41,10 @@ impl KvBackend {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
-        match self.file.reader() {
+        match self.file.reader().await {
             Ok(Some(reader)) => blocking(reader, move |r| f(r)).await.1.map_err(other),
             Ok(None) => self.write(f).await,
-            Err(e) => Err(other(e)),
+            Err(e) => Err(Error::Other(e)),
         }
     }
 
@@ -230,8 +230,9 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         let (label, backend) = handle_of(accessor, &store)?;
         let keys = backend
             .read(move |c| {
-                let mut stmt =
-                    c.prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
+                let mut stmt = c.prepare_cached(
+                    "SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key",
+                )?;
                 stmt.query_map([&label], |row| row.get::<_, String>(0))?
                     .collect::<rusqlite::Result<Vec<String>>>()
             })

@@ -19,15 +19,16 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings;
-use crate::factors::key_value::{KeyValue, KvGrants, KvView};
 use crate::component::memory_limit::MemoryLimit;
-use crate::factors::outbound_http::OutboundHttp;
+use crate::factors::key_value::{KeyValue, KvGrants, KvView};
+use crate::factors::outbound_http::{HttpGrants, OutboundHttp};
 use crate::factors::outbound_redis::{Redis, RedisGrants, RedisView};
 use crate::factors::sqlite::{Sqlite, SqliteGrants, SqliteView};
 use crate::factors::variables::{ComponentVariables, Variables};
 
 /// What one component was granted in the manifest, shared by its instances.
 pub struct Capabilities {
+    pub http: HttpGrants,
     pub key_value: KvGrants,
     pub sqlite: SqliteGrants,
     pub redis: RedisGrants,

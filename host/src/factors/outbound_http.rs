@@ -4,15 +4,26 @@
 //! socket: it is handed to that component's handler in-process, which is how
 //! Bazaar's gateway reaches its private services. As in Spin, the target must
 //! still be listed in `allowed_outbound_hosts` (or `http://*.spin.internal`).
+//!
+//! Requests to plain `http://` hosts go through one keep-alive connection
+//! pool shared by every component (hyper-util's client), so a service called
+//! by URL (`*_url` variables pointing at a real address) costs a request, not
+//! a TCP handshake. `https://` and requests with their own timeouts
+//! (`RequestOptions`) use `wasmtime-wasi-http`'s per-request connection.
 
 use http::Request;
 use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::app::allowed_hosts::AllowList;
+use crate::factors::Capabilities;
 
 const CHAINING_SUFFIX: &str = ".spin.internal";
 
@@ -34,15 +45,60 @@ type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 type SendFuture =
     Box<dyn Future<Output = Result<(http::Response<WasiBody>, IoFuture), Error>> + Send>;
 
+/// Keep-alive connections to plain-HTTP hosts, shared by every component.
+pub type PooledClient = Client<HttpConnector, WasiBody>;
+
+/// How long a pooled connection waits for a TCP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an unused pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn pooled_client() -> PooledClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+/// The application's outbound HTTP: the chaining target and the pool.
+pub struct HttpClients {
+    pub chaining: ChainingLink,
+    pub pool: PooledClient,
+}
+
+impl HttpClients {
+    pub fn new() -> Self {
+        HttpClients {
+            chaining: Arc::new(OnceLock::new()),
+            pool: pooled_client(),
+        }
+    }
+}
+
+/// What one component may reach.
+pub struct HttpGrants {
+    pub clients: Arc<HttpClients>,
+    pub allowed: Arc<AllowList>,
+}
+
+/// An instance's hooks into `wasmtime-wasi-http`.
 pub struct OutboundHttp {
     pub component: Arc<str>,
-    pub allowed: Arc<AllowList>,
-    pub chaining: ChainingLink,
+    pub capabilities: Arc<Capabilities>,
 }
 
 impl OutboundHttp {
+    fn grants(&self) -> &HttpGrants {
+        &self.capabilities.http
+    }
+
     fn chaining(&self) -> Result<Arc<dyn ServiceChaining>, Error> {
-        self.chaining
+        self.grants()
+            .clients
+            .chaining
             .get()
             .and_then(Weak::upgrade)
             .ok_or(Error::InternalError(Some(
@@ -80,7 +136,7 @@ impl WasiHttpHooks for OutboundHttp {
             Some(port) => format!("{scheme}://{host}:{port}"),
             None => format!("{scheme}://{host}"),
         };
-        if !self.allowed.allows(&scheme, &host, uri.port_u16()) {
+        if !self.grants().allowed.allows(&scheme, &host, uri.port_u16()) {
             return self.deny(&destination);
         }
         if let Some(target) = host.strip_suffix(CHAINING_SUFFIX) {
@@ -92,6 +148,19 @@ impl WasiHttpHooks for OutboundHttp {
                 Ok((response, done()))
             });
         }
+        let own_timeouts = options.is_some_and(|o| {
+            o.connect_timeout.is_some()
+                || o.first_byte_timeout.is_some()
+                || o.between_bytes_timeout.is_some()
+        });
+        if scheme == "http" && !own_timeouts {
+            let client = self.grants().clients.pool.clone();
+            return Box::new(async move {
+                let response = client.request(request).await.map_err(client_error)?;
+                let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
+                Ok((response, done()))
+            });
+        }
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -99,5 +168,21 @@ impl WasiHttpHooks for OutboundHttp {
                 Box::new(io) as IoFuture,
             ))
         })
+    }
+}
+
+/// The guest's view of a pooled request's failure.
+fn client_error(error: hyper_util::client::legacy::Error) -> Error {
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Error::Connect(std::io::Error::new(io.kind(), io.to_string()));
+        }
+        source = cause.source();
+    }
+    if error.is_connect() {
+        Error::ConnectionRefused
+    } else {
+        Error::InternalError(Some(error.to_string()))
     }
 }

@@ -16,7 +16,7 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 
 use crate::app::runtime_config::Location;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::sqlite_pool::{SqliteFile, Writer, blocking};
+use crate::sqlite_pool::{SqliteFile, Writer, blocking, on_blocking_thread};
 
 /// The most a query may return, in bytes of values: a guest that selects a
 /// whole large table gets an error, not a host that copies gigabytes.
@@ -130,7 +130,12 @@ async fn execute(
     if let Some(writer) = session.transaction.take() {
         return on_writer(&mut session, writer, statement, params).await;
     }
-    let (statement, params) = match file.reader().map_err(io_error)? {
+    let reader = if looks_like_a_read(&statement) {
+        file.reader().await.map_err(Error::Io)?
+    } else {
+        None
+    };
+    let (statement, params) = match reader {
         Some(reader) => {
             let (_, outcome) = blocking(reader, move |conn| match reads_only(conn, &statement) {
                 Ok(true) => Ok(run(conn, &statement, params)),
@@ -149,6 +154,16 @@ async fn execute(
     on_writer(&mut session, writer, statement, params).await
 }
 
+/// Whether `statement` is worth trying on a reader: it starts the way a
+/// query does. (A reader still checks with SQLite and hands anything that
+/// writes to the writer; this only spares writes a trip to a reader.)
+fn looks_like_a_read(statement: &str) -> bool {
+    let word = statement.split_whitespace().next().unwrap_or("");
+    ["select", "with", "values", "explain", "pragma"]
+        .iter()
+        .any(|read| word.eq_ignore_ascii_case(read))
+}
+
 /// Whether a reader may run `statement`: it writes nothing and opens no
 /// transaction (`BEGIN` and `SAVEPOINT` count as read-only to SQLite).
 fn reads_only(conn: &rusqlite::Connection, statement: &str) -> Result<bool, Error> {
@@ -165,17 +180,19 @@ async fn on_writer(
     statement: String,
     params: Vec<Value>,
 ) -> Result<QueryResult, Error> {
-    let (writer, outcome) = blocking(writer, move |conn| {
-        let result = run(conn, &statement, params);
-        (result, conn.last_insert_rowid(), conn.changes())
+    // The writer is released on the blocking thread the moment a statement
+    // leaves no transaction open, so the next writer in line is woken then,
+    // not once this guest's task is next polled.
+    let (result, last_insert_rowid, changes, transaction) = on_blocking_thread(move || {
+        let result = run(&writer, &statement, params);
+        let (rowid, changes) = (writer.last_insert_rowid(), writer.changes());
+        let transaction = (!writer.is_autocommit()).then_some(writer);
+        (result, rowid, changes, transaction)
     })
     .await;
-    let (result, last_insert_rowid, changes) = outcome;
     session.last_insert_rowid = last_insert_rowid;
     session.changes = changes;
-    if !writer.is_autocommit() {
-        session.transaction = Some(writer);
-    }
+    session.transaction = transaction;
     result
 }
 

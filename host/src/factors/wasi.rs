@@ -11,6 +11,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::mpsc;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
@@ -20,8 +21,8 @@ const STREAM_BUDGET: usize = 64 * 1024;
 
 /// One component's two log files, shared by all its instances. Guests'
 /// writes are queued to a thread of the component's own, which appends them
-/// in batches, so a guest's `println!` never waits for the disk on an async
-/// worker.
+/// in batches (lines reach the file within a few milliseconds), so a guest's
+/// `println!` never waits for the disk on an async worker.
 #[derive(Clone)]
 pub struct ComponentLogs {
     stdout: Writer,
@@ -94,10 +95,16 @@ pub fn wasi_ctx(logs: &ComponentLogs, environment: &[(String, String)]) -> WasiC
     wasi.build()
 }
 
-/// The writer thread: appends what arrives, flushing whenever the queue is
-/// empty, until every instance and the component's runtime are gone.
+/// How long the writer thread lets writes gather after the first one: a
+/// burst of log lines then costs one wake-up and one `write` per file, not
+/// a thread hand-off per line.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// The writer thread: appends what arrives in batches, flushing after each,
+/// until every instance and the component's runtime are gone.
 fn append_all(mut sinks: [Sink; 2], lines: mpsc::Receiver<(Stream, Vec<u8>)>) {
     while let Ok(first) = lines.recv() {
+        std::thread::sleep(BATCH_WINDOW);
         let mut next = Some(first);
         while let Some((stream, bytes)) = next {
             let sink = &mut sinks[stream as usize];
