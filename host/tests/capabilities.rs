@@ -170,6 +170,98 @@ async fn sqlite_persists_and_uses_wal() {
     );
 }
 
+/// One guest connection's statements, as the probe runs them.
+async fn session(host: &common::Host, statements: &[&str]) -> serde_json::Value {
+    let (status, body) = send(
+        reqwest::Client::new()
+            .post(host.url("/granted/sql-session/default"))
+            .json(&statements),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn sqlite_sessions_keep_transactions_to_themselves() {
+    let app = AppDir::new(STORES);
+    // A guest waiting on a write lock that is never released would run into
+    // this deadline and answer 504 instead of 200.
+    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
+    let mut cmd = app.command(&[
+        "--runtime-config-file",
+        config.to_str().unwrap(),
+        "--request-timeout",
+        "10s",
+    ]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
+    let host = app.start_with(cmd);
+    let body = session(
+        &host,
+        &[
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)",
+            "INSERT INTO items (name) VALUES ('a'), ('b')",
+        ],
+    )
+    .await;
+    assert_eq!(body["last_insert_rowid"], 2, "{body}");
+    assert_eq!(body["changes"], 2, "{body}");
+
+    // Inside a transaction, a session reads its own writes; a read after
+    // the write does not lose the write's counters.
+    let body = session(
+        &host,
+        &[
+            "BEGIN",
+            "INSERT INTO items (name) VALUES ('c')",
+            "SELECT count(*) FROM items",
+            "COMMIT",
+        ],
+    )
+    .await;
+    assert_eq!(body["results"][2], serde_json::json!([[3]]), "{body}");
+    assert_eq!(body["last_insert_rowid"], 3, "{body}");
+    assert_eq!(body["changes"], 1, "{body}");
+
+    // A guest that goes away inside a transaction leaves nothing behind and
+    // does not keep the database locked: the next writer gets in (the write
+    // lease would otherwise be held past the request deadline).
+    let body = session(
+        &host,
+        &[
+            "BEGIN IMMEDIATE",
+            "INSERT INTO items (name) VALUES ('lost')",
+        ],
+    )
+    .await;
+    assert_eq!(body["results"][1], serde_json::json!([]), "{body}");
+    let body = session(
+        &host,
+        &[
+            "INSERT INTO items (name) VALUES ('d')",
+            "SELECT name FROM items ORDER BY id",
+        ],
+    )
+    .await;
+    assert_eq!(
+        body["results"][1],
+        serde_json::json!([["a"], ["b"], ["c"], ["d"]]),
+        "{body}"
+    );
+
+    // Statements that write are refused nothing by the read path: a
+    // `WITH … INSERT` starts like a query but must still write.
+    let body = session(
+        &host,
+        &[
+            "WITH n(x) AS (SELECT 'e') INSERT INTO items (name) SELECT x FROM n",
+            "SELECT count(*) FROM items",
+        ],
+    )
+    .await;
+    assert_eq!(body["results"][1], serde_json::json!([[5]]), "{body}");
+}
+
 #[tokio::test]
 async fn variables_resolve_from_environment_and_defaults() {
     let app = AppDir::new(STORES);

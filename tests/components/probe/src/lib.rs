@@ -90,6 +90,11 @@ async fn handle(req: Request) -> impl IntoResponse {
             let body = req.into_body().bytes().await.unwrap_or_default();
             sql(label, &String::from_utf8_lossy(&body)).await
         }
+        ("POST", ["sql-session", label]) => {
+            let body = req.into_body().bytes().await.unwrap_or_default();
+            let statements: Vec<String> = serde_json::from_slice(&body).unwrap_or_default();
+            sql_session(label, &statements).await
+        }
         (_, ["redis", rest @ ..]) => redis(&method, rest, &query, req).await,
         ("GET", ["fetch"]) => {
             let url = query.strip_prefix("url=").unwrap_or_default();
@@ -186,6 +191,42 @@ async fn sql(label: &str, statement: &str) -> Response<String> {
         .map(|row| row.values.iter().map(value_json).collect())
         .collect();
     json(200, serde_json::json!({ "columns": columns, "rows": rows }))
+}
+
+/// Runs `statements` in order on one connection, stopping at the first
+/// error, and ends without committing whatever is still open: the host must
+/// roll it back when the connection goes.
+async fn sql_session(label: &str, statements: &[String]) -> Response<String> {
+    let conn = match sqlite::Connection::open(label).await {
+        Ok(conn) => conn,
+        Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let mut results = Vec::new();
+    for statement in statements {
+        let rows = match conn.execute(statement.as_str(), []).await {
+            Ok(result) => result.collect().await,
+            Err(e) => Err(e),
+        };
+        match rows {
+            Ok(rows) => results.push(serde_json::json!(
+                rows.iter()
+                    .map(|row| row.values.iter().map(value_json).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            )),
+            Err(e) => {
+                results.push(serde_json::json!({ "error": format!("{e:?}") }));
+                break;
+            }
+        }
+    }
+    json(
+        200,
+        serde_json::json!({
+            "results": results,
+            "last_insert_rowid": conn.last_insert_rowid().await,
+            "changes": conn.changes().await,
+        }),
+    )
 }
 
 fn value_json(value: &sqlite::Value) -> serde_json::Value {
