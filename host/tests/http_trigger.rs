@@ -189,10 +189,10 @@ async fn outbound_requests_need_an_allowed_host() {
             .contains("HttpRequestDenied"),
         "{body}"
     );
-    assert!(
-        host.stderr().contains("outbound request denied"),
-        "{}",
-        host.stderr()
+    host.wait_for_stderr(
+        "outbound request denied",
+        1,
+        std::time::Duration::from_secs(10),
     );
 }
 

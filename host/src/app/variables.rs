@@ -87,11 +87,12 @@ pub fn env_var_name(name: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
-    fn manifest(vars: &str) -> Manifest {
+    /// A manifest declaring `vars` (lines of its `[variables]` table).
+    pub(crate) fn manifest(vars: &str) -> Manifest {
         let text = format!(
             "spin_manifest_version = 2\n[application]\nname = \"a\"\n[variables]\n{vars}\n"
         );
@@ -114,7 +115,7 @@ mod tests {
         assert_eq!(env.render(&t).unwrap(), "hello");
     }
 
-    fn none() -> BTreeMap<String, String> {
+    pub(crate) fn none() -> BTreeMap<String, String> {
         BTreeMap::new()
     }
 

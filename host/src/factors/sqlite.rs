@@ -156,7 +156,8 @@ async fn execute(
 
 /// Whether `statement` is worth trying on a reader: it starts the way a
 /// query does. (A reader still checks with SQLite and hands anything that
-/// writes to the writer; this only spares writes a trip to a reader.)
+/// writes to the writer; this spares writes, `BEGIN` and `SAVEPOINT` the
+/// trip to a reader.)
 fn looks_like_a_read(statement: &str) -> bool {
     let word = statement.split_whitespace().next().unwrap_or("");
     ["select", "with", "values", "explain", "pragma"]
@@ -164,14 +165,12 @@ fn looks_like_a_read(statement: &str) -> bool {
         .any(|read| word.eq_ignore_ascii_case(read))
 }
 
-/// Whether a reader may run `statement`: it writes nothing and opens no
-/// transaction (`BEGIN` and `SAVEPOINT` count as read-only to SQLite).
+/// Whether a reader may run `statement`, as SQLite judges it. (`BEGIN` and
+/// `SAVEPOINT` count as read-only to SQLite; [`looks_like_a_read`] never
+/// sends them here.)
 fn reads_only(conn: &rusqlite::Connection, statement: &str) -> Result<bool, Error> {
     let stmt = conn.prepare_cached(statement).map_err(io_error)?;
-    let word = statement.split_whitespace().next().unwrap_or("");
-    let opens_transaction =
-        word.eq_ignore_ascii_case("begin") || word.eq_ignore_ascii_case("savepoint");
-    Ok(stmt.readonly() && !opens_transaction)
+    Ok(stmt.readonly())
 }
 
 async fn on_writer(

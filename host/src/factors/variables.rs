@@ -64,19 +64,7 @@ impl<T> variables::HostWithStore<T> for Variables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::manifest::Manifest;
-    use std::path::Path;
-
-    fn manifest(vars: &str) -> Manifest {
-        let text = format!(
-            "spin_manifest_version = 2\n[application]\nname = \"a\"\n[variables]\n{vars}\n"
-        );
-        Manifest::parse(Path::new("spin.toml"), &text).unwrap()
-    }
-
-    fn none() -> BTreeMap<String, String> {
-        BTreeMap::new()
-    }
+    use crate::app::variables::tests::{manifest, none};
 
     #[test]
     fn component_get_distinguishes_invalid_and_undefined() {
