@@ -237,6 +237,46 @@ async fn the_trigger_resubscribes_after_a_server_restart() {
     assert!(host.stderr().contains("bazaar"), "the host kept running");
 }
 
+/// Sends `messages` to `flaky` one after another, each handled before the
+/// next is sent, and returns what the last handler's instance had served.
+async fn served_after(host: &Host, messages: u64) -> Vec<u8> {
+    for i in 1..=messages {
+        publish(host, "flaky", format!("m{i}").into_bytes()).await;
+        eventually(host, "count:flaky", i.to_string().as_bytes()).await;
+    }
+    value(host, "served:flaky").await.unwrap()
+}
+
+#[tokio::test]
+async fn redis_instances_are_reused_within_the_limits() {
+    let app = app();
+    // A long idle timeout, so that a slow machine cannot retire the
+    // instance between two messages.
+    let host = app.start(&["--redis", "embedded", "--idle-instance-timeout", "60s"]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    assert_eq!(
+        served_after(&host, 4).await,
+        b"4",
+        "one instance served all four"
+    );
+    drop(host);
+
+    let host = app.start(&[
+        "--redis",
+        "embedded",
+        "--idle-instance-timeout",
+        "60s",
+        "--max-instance-reuse-count",
+        "3",
+    ]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    assert_eq!(
+        served_after(&host, 4).await,
+        b"1",
+        "the fourth message needed a new instance"
+    );
+}
+
 #[test]
 fn without_redis_configuration_the_embedded_broker_is_used() {
     let app = app();

@@ -2,9 +2,14 @@
 //! `count:<name>`, stores it under `last:<name>`, and forwards it unchanged to
 //! `next_channel` when that variable is set. A payload containing `fail`
 //! makes it return an error instead, so tests can check that failures are
-//! isolated.
+//! isolated. It also stores, under `served:<name>`, how many messages the
+//! instance that handled this one has handled, so tests can see reuse.
 
 use spin_sdk::redis::Connection;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Messages this instance has handled.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 use spin_sdk::{redis_subscriber, variables};
 
 #[redis_subscriber]
@@ -20,6 +25,10 @@ async fn on_message(message: Vec<u8>) -> Result<(), String> {
         .await
         .map_err(|e| format!("incr: {e:?}"))?;
     conn.set(format!("last:{name}"), &message)
+        .await
+        .map_err(|e| format!("set: {e:?}"))?;
+    let served = SERVED.fetch_add(1, Ordering::SeqCst) + 1;
+    conn.set(format!("served:{name}"), served.to_string().as_bytes())
         .await
         .map_err(|e| format!("set: {e:?}"))?;
     let next = variable("next_channel").await?;
