@@ -14,7 +14,7 @@
 //! hand-off settled ~25 orders/s and this ~65/s (BENCHMARKS.md).
 //!
 //! SQLite calls block, so every statement runs on tokio's blocking pool with
-//! its connection moved there and back; statements are prepared through each
+//! its connection moved there; statements are prepared through each
 //! connection's cache, so a service's handful of queries is parsed once per
 //! connection rather than once per request.
 
@@ -200,19 +200,9 @@ impl SqliteFile {
     }
 }
 
-/// Runs `f` with `lease` on the blocking pool and hands the lease back.
-pub async fn blocking<L: Send + 'static, R: Send + 'static>(
-    lease: L,
-    f: impl FnOnce(&L) -> R + Send + 'static,
-) -> (L, R) {
-    on_blocking_thread(move || {
-        let result = f(&lease);
-        (lease, result)
-    })
-    .await
-}
-
-/// Runs `f` on tokio's blocking pool.
+/// Runs `f` on tokio's blocking pool. A lease moved into `f` is dropped
+/// there, so its connection is free again the moment `f` is done, not when
+/// the awaiting task is next polled.
 pub async fn on_blocking_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     tokio::task::spawn_blocking(f)
         .await

@@ -14,7 +14,7 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 
 use crate::app::runtime_config::Location;
 use crate::bindings::key_value::{self, Error};
-use crate::sqlite_pool::{SqliteFile, blocking};
+use crate::sqlite_pool::{SqliteFile, on_blocking_thread};
 
 /// Spin's schema, so a store written by `bazaar` can be read by `spin up`
 /// and back.
@@ -42,7 +42,7 @@ impl KvBackend {
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
         match self.file.reader().await {
-            Ok(Some(reader)) => blocking(reader, move |r| f(r)).await.1.map_err(other),
+            Ok(Some(reader)) => on_blocking_thread(move || f(&reader)).await.map_err(other),
             Ok(None) => self.write(f).await,
             Err(e) => Err(Error::Other(e)),
         }
@@ -53,7 +53,7 @@ impl KvBackend {
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
         let writer = self.file.writer().await.map_err(Error::Other)?;
-        blocking(writer, move |w| f(w)).await.1.map_err(other)
+        on_blocking_thread(move || f(&writer)).await.map_err(other)
     }
 }
 

@@ -16,7 +16,7 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 
 use crate::app::runtime_config::Location;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::sqlite_pool::{SqliteFile, Writer, blocking, on_blocking_thread};
+use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
 
 /// The most a query may return, in bytes of values: a guest that selects a
 /// whole large table gets an error, not a host that copies gigabytes.
@@ -137,8 +137,8 @@ async fn execute(
     };
     let (statement, params) = match reader {
         Some(reader) => {
-            let (_, outcome) = blocking(reader, move |conn| match reads_only(conn, &statement) {
-                Ok(true) => Ok(run(conn, &statement, params)),
+            let outcome = on_blocking_thread(move || match reads_only(&reader, &statement) {
+                Ok(true) => Ok(run(&reader, &statement, params)),
                 Ok(false) => Err((statement, params)),
                 Err(e) => Ok(Err(e)),
             })
