@@ -134,9 +134,9 @@ async fn redelivered_and_reordered_messages_change_nothing() {
         "payment.charge",
         "payment.refund",
     ]);
+    // The saga consumes the steps' replies (order events are public
+    // announcements nobody in the app consumes).
     let to_saga = count(&[
-        "order.placed",
-        "order.cancellation_requested",
         "inventory.reserved",
         "inventory.rejected",
         "inventory.released",
@@ -145,7 +145,7 @@ async fn redelivered_and_reordered_messages_change_nothing() {
         "payment.failed",
         "payment.refunded",
     ]);
-    assert!(to_steps >= 5 && to_saga >= 8, "{kinds:?}");
+    assert!(to_steps >= 5 && to_saga >= 5, "{kinds:?}");
     let steps_before = log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
         + log_count(&app, "payments-step_stdout.txt", "duplicate dropped");
     let saga_before = log_count(&app, "order-saga_stdout.txt", "duplicate dropped");

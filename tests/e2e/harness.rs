@@ -83,11 +83,6 @@ impl App {
                 path
             ));
         }
-        let views = state.path().join("order_views.db");
-        config.push_str(&format!(
-            "[key_value_store.order_views]\ntype = \"spin\"\npath = {:?}\n",
-            views
-        ));
         let config_file = state.path().join("runtime-config.toml");
         std::fs::write(&config_file, config).unwrap();
 

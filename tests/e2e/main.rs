@@ -14,6 +14,6 @@ mod harness;
 mod orders;
 mod payments;
 mod products;
-mod projection;
+mod read_model;
 mod saga;
 mod users;

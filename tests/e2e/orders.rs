@@ -227,7 +227,9 @@ async fn the_event_stream_records_each_change() {
         .await;
     assert_eq!(events.status, 200, "{}", events.body);
     let events = events.body.as_array().unwrap().clone();
-    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let mut kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    // The refund and the release are sent together: either may answer first.
+    kinds[5..7].sort_unstable();
     assert_eq!(
         kinds,
         [

@@ -66,6 +66,17 @@ pub const ROUTES: &[(Method, &str, Service)] = &[
     (Method::POST, "/api/v1/orders/{id}/cancel", Service::Orders),
     (Method::GET, "/api/v1/payments", Service::Payments),
     (Method::POST, "/api/v1/admin/saga/redrive", Service::Orders),
+    (Method::GET, "/api/v1/admin/sagas", Service::Orders),
+    (
+        Method::POST,
+        "/api/v1/admin/sagas/{id}/restart",
+        Service::Orders,
+    ),
+    (
+        Method::POST,
+        "/api/v1/admin/orders/views/rebuild",
+        Service::Orders,
+    ),
 ];
 
 /// Routes the gateway answers itself (see `gateway::dispatch`); listed for

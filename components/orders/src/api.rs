@@ -3,11 +3,10 @@
 use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
 use bazaar_auth::Identity;
 use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent, saga};
-use bazaar_order_store::{Append, AppendError, IdempotencyKey, OrderStore, OutboxMessage};
-use bazaar_order_views::OrderViews;
-use bazaar_service::{
-    caller, header, json_body, now_rfc3339, seconds_ago_rfc3339, seconds_since, setting,
+use bazaar_order_store::{
+    AppendError, Cause, IdempotencyKey, OrderStore, OutboxMessage, Redriven, reply_timeout,
 };
+use bazaar_service::{caller, header, json_body, now_rfc3339, seconds_ago_rfc3339, setting};
 use bazaar_trace::{TRACEPARENT, TraceContext};
 use spin_sdk::http::Request;
 
@@ -25,6 +24,13 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::POST, ["api", "v1", "orders", id, "cancel"]) => cancel(&req, id).await,
         (Method::POST, ["internal", "saga", "redrive"]) => redrive(&req).await,
         (Method::POST, ["api", "v1", "admin", "saga", "redrive"]) => admin_redrive(&req).await,
+        (Method::GET, ["api", "v1", "admin", "sagas"]) => parked_sagas(&req).await,
+        (Method::POST, ["api", "v1", "admin", "sagas", id, "restart"]) => {
+            restart_saga(&req, id).await
+        }
+        (Method::POST, ["api", "v1", "admin", "orders", "views", "rebuild"]) => {
+            rebuild_views(&req).await
+        }
         (_, ["api", "v1", "orders"]) => Err(Problem::method_not_allowed("GET, POST")),
         (_, ["api", "v1", "orders", _] | ["api", "v1", "orders", _, "events"]) => {
             Err(Problem::method_not_allowed("GET"))
@@ -84,41 +90,44 @@ async fn place(req: Request) -> ApiResult {
         items: priced.items,
         card_token: new.payment.card_token.trim().to_string(),
     });
-    let message =
-        OutboxMessage::announcement(&order_id, &placed, 1, &now, request_id, child(traceparent));
-    let key = idempotency_key.as_deref().map(|key| IdempotencyKey {
-        key,
-        fingerprint: &fingerprint,
-    });
-    let stored = match store
-        .append(Append {
-            order_id: &order_id,
-            user_id: &identity.sub,
-            expected: 0,
-            events: &[placed],
-            occurred_at: &now,
-            outbox: &[message],
-            idempotency: key,
-            consumes: None,
-            settled: false,
+    let cause = Cause {
+        now: &now,
+        consumes: None,
+        causation_id: request_id,
+        traceparent: child(traceparent),
+        idempotency: idempotency_key.as_deref().map(|key| IdempotencyKey {
+            key,
+            fingerprint: &fingerprint,
+        }),
+        reply_timeout: reply_timeout().await?,
+    };
+    let recorded = store
+        .record(&order_id, cause, |existing| {
+            if existing.is_some() {
+                return Err(Problem::conflict("the order could not be recorded; retry"));
+            }
+            let new_order = fold(&order_id, &[StoredEvent::new(1, &placed, &now)])?;
+            Ok(saga::Decision {
+                events: vec![placed.clone()],
+                ..saga::start(&new_order)
+            })
         })
-        .await
-    {
-        Ok(stored) => stored,
-        // Only a concurrent request with the same idempotency key can
-        // collide with a brand-new order id.
-        Err(AppendError::Conflict | AppendError::Duplicate) => {
+        .await;
+    match recorded {
+        Ok(recorded) => {
+            publish(&store, &recorded.outbox, &now).await;
+            accepted(&recorded.order)
+        }
+        // A concurrent request with the same idempotency key won the race.
+        Err(AppendError::KeyTaken | AppendError::Duplicate) => {
             let key = idempotency_key.unwrap_or_default();
-            return match replay(&store, &identity, &key, &fingerprint).await? {
+            match replay(&store, &identity, &key, &fingerprint).await? {
                 Some(order) => accepted(&order),
                 None => Err(Problem::conflict("the order could not be recorded; retry")),
-            };
+            }
         }
-        Err(AppendError::Failed(problem)) => return Err(problem),
-    };
-    publish(&store, &now).await;
-    let order = fold(&order_id, &stored)?;
-    accepted(&order)
+        Err(AppendError::Failed(problem)) => Err(problem),
+    }
 }
 
 /// The order an earlier request with this key created, if the body is the
@@ -142,16 +151,17 @@ async fn replay(
     fold(&order_id, &events).map(Some)
 }
 
-/// Publishes the outbox now; whatever fails stays there for a later relay.
-async fn publish(store: &OrderStore, now: &str) {
+/// Publishes what this request committed; what fails stays claimed in the
+/// outbox until a sweep (redrive) publishes it.
+async fn publish(store: &OrderStore, outbox: &[OutboxMessage], now: &str) {
     let outcome = match setting("redis_url").await {
-        Ok(address) => store.relay_outbox(&address, now).await,
+        Ok(address) => store.publish(&address, outbox, now).await,
         Err(problem) => Err(problem),
     };
     if let Err(problem) = outcome {
         eprintln!(
-            "{{\"level\":\"warn\",\"msg\":\"outbox not published yet\",\"error\":{:?}}}",
-            problem.detail
+            "{}",
+            serde_json::json!({ "level": "warn", "msg": "outbox not published yet", "error": problem.detail })
         );
     }
 }
@@ -192,59 +202,55 @@ async fn events(req: &Request, order_id: &str) -> ApiResult {
 
 async fn list(req: &Request) -> ApiResult {
     let identity = caller(req).await?;
-    let orders = OrderViews::open().await?.for_user(&identity.sub).await?;
-    let orders: Vec<serde_json::Value> = orders.iter().map(Order::to_api).collect();
+    let orders = OrderStore::open()
+        .await?
+        .views_for_user(&identity.sub)
+        .await?;
     Ok(json(StatusCode::OK, &orders))
 }
 
 async fn cancel(req: &Request, order_id: &str) -> ApiResult {
     let identity = caller(req).await?;
     let store = OrderStore::open().await?;
-    // Optimistic concurrency: decide on what was read, append only if
-    // nothing was appended meanwhile, else decide again.
-    for _ in 0..3 {
-        let (order, _) = visible(&store, &identity, order_id).await?;
-        if order.user_id != identity.sub {
-            return Err(Problem::forbidden(
-                "only the customer who placed an order may cancel it",
-            ));
-        }
-        let Some(event) = order.cancel()? else {
-            return accepted(&order);
-        };
-        let now = now_rfc3339();
-        let message = OutboxMessage::announcement(
-            order_id,
-            &event,
-            order.version + 1,
-            &now,
-            header(req, bazaar_trace::REQUEST_ID),
-            child(header(req, TRACEPARENT)),
-        );
-        let append = Append {
-            order_id,
-            user_id: &order.user_id,
-            expected: order.version,
-            events: &[event],
-            occurred_at: &now,
-            outbox: &[message],
-            idempotency: None,
-            consumes: None,
-            settled: false,
-        };
-        match store.append(append).await {
-            Ok(_) => {
-                publish(&store, &now).await;
-                let order = fold(order_id, &store.load(order_id).await?)?;
-                return accepted(&order);
+    let now = now_rfc3339();
+    let cause = Cause {
+        now: &now,
+        consumes: None,
+        causation_id: header(req, bazaar_trace::REQUEST_ID),
+        traceparent: child(header(req, TRACEPARENT)),
+        idempotency: None,
+        reply_timeout: reply_timeout().await?,
+    };
+    let recorded = store
+        .record(order_id, cause, |order| {
+            let order = order
+                .filter(|o| o.visible_to(&identity.sub, identity.is_admin()))
+                .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+            if order.user_id != identity.sub {
+                return Err(Problem::forbidden(
+                    "only the customer who placed an order may cancel it",
+                ));
             }
-            Err(AppendError::Conflict | AppendError::Duplicate) => continue,
-            Err(AppendError::Failed(problem)) => return Err(problem),
+            Ok(match order.cancel()? {
+                Some(_) => saga::decide(order, &saga::Input::CancellationRequested),
+                None => saga::Decision {
+                    events: Vec::new(),
+                    commands: Vec::new(),
+                    wake: saga::Wake::Keep,
+                },
+            })
+        })
+        .await;
+    match recorded {
+        Ok(recorded) => {
+            publish(&store, &recorded.outbox, &now).await;
+            accepted(&recorded.order)
+        }
+        Err(AppendError::Failed(problem)) => Err(problem),
+        Err(AppendError::Duplicate | AppendError::KeyTaken) => {
+            Err(Problem::internal("a cancellation consumes no message"))
         }
     }
-    Err(Problem::conflict(
-        "the order kept changing; retry the cancellation",
-    ))
 }
 
 /// A new hop in the caller's trace, if it sent one.
@@ -254,60 +260,81 @@ fn child(traceparent: Option<String>) -> Option<String> {
         .map(|t| t.child().to_string())
 }
 
-/// Re-sends the pending command of every saga quiet for `quiet_seconds`
-/// (payment retries also wait out their backoff), and publishes whatever
-/// the outbox still holds. Safe to run often and from several places:
-/// every step is idempotent per order.
+/// A positive whole number from the query, or `default`.
+fn count_param(req: &Request, name: &str, default: u32, max: u32) -> Result<u32, Problem> {
+    match query_param(req.uri().query(), name) {
+        None => Ok(default),
+        Some(value) => value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| Problem::bad_request(format!("`{name}` must be a whole number from 1 to {max}"))),
+    }
+}
+
+/// Redrives every saga past its deadline (re-sends what it waits for, or
+/// parks it after `saga_max_attempts`), rebuilds views that lag their
+/// stream, publishes what writers left in the outbox, and prunes what is
+/// past retention. Each part is one bounded batch (`batch`, default 200),
+/// found through an index, so a run with nothing due costs a few reads.
+/// Safe to run often and from several places at once: a saga is acted on
+/// only if it is still as the run found it.
 async fn redrive(req: &Request) -> ApiResult {
-    let quiet_seconds: f64 = query_param(req.uri().query(), "quiet_seconds")
-        .map(|q| {
-            q.parse()
-                .map_err(|_| Problem::bad_request("`quiet_seconds` must be a number"))
-        })
-        .transpose()?
-        .unwrap_or(2.0);
-    let store = OrderStore::open().await?;
-    let mut redriven = 0;
-    for order_id in store
-        .quiet_sagas(&seconds_ago_rfc3339(quiet_seconds), 500)
-        .await?
-    {
-        let Ok(order) = fold(&order_id, &store.load(&order_id).await?) else {
-            continue;
-        };
-        let Some(command) = saga::pending(&order) else {
-            continue;
-        };
-        let waited = seconds_since(&order.saga.last_event_at).unwrap_or(f64::MAX);
-        if command == saga::Command::Charge
-            && waited < saga::retry_delay_seconds(order.saga.payment_failures) as f64
-        {
-            continue;
-        }
-        let now = now_rfc3339();
-        let message =
-            OutboxMessage::command(&order, command, &now, Some(format!("redrive:{now}")), None);
-        store.redrive(&order_id, &message, &now).await?;
-        redriven += 1;
-    }
-    let mut refreshed = 0;
-    for order_id in store
-        .stale_views(&seconds_ago_rfc3339(quiet_seconds), 500)
-        .await?
-    {
-        let now = now_rfc3339();
-        let message = OutboxMessage::view_refresh(&order_id, &now);
-        store.redrive(&order_id, &message, &now).await?;
-        refreshed += 1;
-    }
-    let published = match setting("redis_url").await {
-        Ok(address) => store
-            .relay_outbox(&address, &now_rfc3339())
-            .await
-            .unwrap_or(0),
-        Err(_) => 0,
+    let batch = count_param(req, "batch", 200, 5000)?;
+    let retention: f64 = match query_param(req.uri().query(), "retention_seconds") {
+        None => bazaar_service::MESSAGE_RETENTION_SECONDS,
+        Some(value) => value
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| Problem::bad_request("`retention_seconds` must be a number of seconds"))?,
     };
-    let outcome = serde_json::json!({ "redriven": redriven, "views_refreshed": refreshed, "published": published });
+    let max_attempts: i64 = setting("saga_max_attempts")
+        .await?
+        .parse()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| Problem::internal("the service is misconfigured: saga_max_attempts"))?;
+    let timeout = reply_timeout().await?;
+    let address = setting("redis_url").await?;
+    let store = OrderStore::open().await?;
+    let now = now_rfc3339();
+    let (mut redriven, mut parked) = (0, 0);
+    for due in store.due_sagas(&now, batch).await? {
+        match store.redrive(&due, &now, timeout, max_attempts).await? {
+            Redriven::Resent(outbox) => {
+                redriven += 1;
+                publish(&store, &outbox, &now).await;
+            }
+            Redriven::Parked => {
+                parked += 1;
+                println!(
+                    "{}",
+                    serde_json::json!({ "level": "warn", "msg": "saga parked", "order_id": due.order_id, "attempts": due.attempts })
+                );
+            }
+            Redriven::Skipped => {}
+        }
+    }
+    let views_rebuilt = store.rebuild_stale_views(batch).await?;
+    let published = match store.relay_due(&address, &now).await {
+        Ok(n) => n,
+        Err(problem) => {
+            eprintln!(
+                "{}",
+                serde_json::json!({ "level": "warn", "msg": "outbox sweep failed", "error": problem.detail })
+            );
+            0
+        }
+    };
+    let pruned = store.prune(&seconds_ago_rfc3339(retention)).await?;
+    let outcome = serde_json::json!({
+        "redriven": redriven,
+        "parked": parked,
+        "views_rebuilt": views_rebuilt,
+        "published": published,
+        "pruned": pruned,
+    });
     println!(
         "{}",
         serde_json::json!({ "level": "info", "msg": "saga redrive", "outcome": outcome })
@@ -315,9 +342,57 @@ async fn redrive(req: &Request) -> ApiResult {
     Ok(json(StatusCode::OK, &outcome))
 }
 
-async fn admin_redrive(req: &Request) -> ApiResult {
-    if !caller(req).await?.is_admin() {
-        return Err(Problem::forbidden("only administrators may redrive sagas"));
+async fn require_admin(req: &Request, what: &str) -> Result<(), Problem> {
+    if caller(req).await?.is_admin() {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(format!("only administrators may {what}")))
     }
+}
+
+async fn admin_redrive(req: &Request) -> ApiResult {
+    require_admin(req, "redrive sagas").await?;
     redrive(req).await
+}
+
+/// Parked sagas: those that ran out of redrive attempts, with why.
+async fn parked_sagas(req: &Request) -> ApiResult {
+    require_admin(req, "see parked sagas").await?;
+    match query_param(req.uri().query(), "state").as_deref() {
+        Some("parked") => {}
+        _ => {
+            return Err(Problem::bad_request(
+                "give `state=parked`: only parked sagas are listed",
+            ));
+        }
+    }
+    let limit = count_param(req, "limit", 100, 1000)?;
+    let parked = OrderStore::open().await?.parked(limit).await?;
+    Ok(json(StatusCode::OK, &parked))
+}
+
+/// Restarts a parked saga: attempts start again and it is due now.
+async fn restart_saga(req: &Request, order_id: &str) -> ApiResult {
+    require_admin(req, "restart sagas").await?;
+    let store = OrderStore::open().await?;
+    if !store.restart(order_id, &now_rfc3339()).await? {
+        return Err(Problem::conflict(format!(
+            "the saga of order {order_id} is not parked"
+        )));
+    }
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "order_id": order_id, "restarted": true }),
+    ))
+}
+
+/// Rebuilds every order's view from the event store, in batches on the
+/// following redrive runs (after a change to the view's shape).
+async fn rebuild_views(req: &Request) -> ApiResult {
+    require_admin(req, "rebuild the read model").await?;
+    let marked = OrderStore::open().await?.mark_views_stale().await?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "views_to_rebuild": marked }),
+    ))
 }

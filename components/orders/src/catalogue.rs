@@ -6,7 +6,9 @@ use bazaar_order_model::{LineItem, NewOrder};
 use bazaar_service::setting;
 use serde::Deserialize;
 use spin_sdk::http::body::IncomingBodyExt;
-use spin_sdk::http::{EmptyBody, Request};
+use bytes::Bytes;
+use http_body_util::Full;
+use spin_sdk::http::Request;
 
 /// Line items priced from the catalogue.
 pub struct Priced {
@@ -17,22 +19,33 @@ pub struct Priced {
 
 #[derive(Deserialize)]
 struct Product {
+    id: String,
     price_cents: i64,
     currency: String,
 }
 
+#[derive(Deserialize)]
+struct Lookup {
+    products: Vec<Product>,
+}
+
+/// Prices every line with one call to the products service.
 pub async fn price(order: &NewOrder) -> Result<Priced, Problem> {
-    let base = setting("products_url").await?;
+    let ids: Vec<&str> = order.items.iter().map(|i| i.product_id.as_str()).collect();
+    let found = lookup(&setting("products_url").await?, &ids).await?;
     let mut items = Vec::with_capacity(order.items.len());
     let mut currency: Option<String> = None;
     let mut total: i64 = 0;
     for (i, item) in order.items.iter().enumerate() {
-        let product = fetch(&base, &item.product_id).await?.ok_or_else(|| {
-            Problem::unprocessable(format!(
-                "`items[{i}].product_id`: no product {}",
-                item.product_id
-            ))
-        })?;
+        let product = found
+            .iter()
+            .find(|p| p.id == item.product_id)
+            .ok_or_else(|| {
+                Problem::unprocessable(format!(
+                    "`items[{i}].product_id`: no product {}",
+                    item.product_id
+                ))
+            })?;
         match &currency {
             None => currency = Some(product.currency.clone()),
             Some(c) if *c != product.currency => {
@@ -61,44 +74,30 @@ pub async fn price(order: &NewOrder) -> Result<Priced, Problem> {
     })
 }
 
-async fn fetch(base: &str, product_id: &str) -> Result<Option<Product>, Problem> {
+async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     let unavailable = |detail: String| Problem::new(StatusCode::BAD_GATEWAY, detail);
-    let url = format!(
-        "{}/api/v1/products/{}",
-        base.trim_end_matches('/'),
-        encode(product_id)
-    );
-    let request = Request::get(url)
-        .body(EmptyBody::new())
-        .map_err(|e| Problem::unprocessable(format!("invalid product id {product_id:?}: {e}")))?;
+    let url = format!("{}/internal/products/lookup", base.trim_end_matches('/'));
+    let body = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let request = Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| Problem::internal(format!("the catalogue request: {e}")))?;
     let response = spin_sdk::http::send(request)
         .await
         .map_err(|e| unavailable(format!("the products service is unavailable: {e:?}")))?;
-    match response.status() {
-        StatusCode::OK => {
-            let body = response.into_body().bytes().await.map_err(|e| {
-                unavailable(format!("the products service's answer broke off: {e:?}"))
-            })?;
-            serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|e| unavailable(format!("the products service answered nonsense: {e}")))
-        }
-        StatusCode::NOT_FOUND => Ok(None),
-        other => Err(unavailable(format!(
-            "the products service answered {other}"
-        ))),
+    if response.status() != StatusCode::OK {
+        return Err(unavailable(format!(
+            "the products service answered {}",
+            response.status()
+        )));
     }
-}
-
-/// Percent-encodes a path segment, so an id cannot smuggle in a path.
-fn encode(segment: &str) -> String {
-    segment
+    let body = response
+        .into_body()
         .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+        .await
+        .map_err(|e| unavailable(format!("the products service's answer broke off: {e:?}")))?;
+    serde_json::from_slice::<Lookup>(&body)
+        .map(|l| l.products)
+        .map_err(|e| unavailable(format!("the products service answered nonsense: {e}")))
 }

@@ -1,7 +1,8 @@
 //! Bazaar's orders service. Orders are event-sourced: every change is an
-//! event appended to the order's stream (SQLite `orders`), announced on
-//! Redis through a transactional outbox, and folded into views for the read
-//! side (key-value `order_views`, maintained by `functions/order-projection`).
+//! event appended to the order's stream (SQLite `orders`) together with the
+//! saga's decision, the commands it sends (a transactional outbox) and the
+//! order's read-model view (CQRS: `GET /api/v1/orders` reads views, never
+//! folds streams).
 
 mod api;
 mod catalogue;

@@ -177,6 +177,9 @@ impl StockLevel {
 }
 
 /// `limit` from the query string: 1 to 100, default 20.
+/// Products one lookup may ask for: as many as an order may list.
+pub const MAX_LOOKUP: usize = 100;
+
 pub fn page_size(limit: Option<&str>) -> Result<u32, Problem> {
     match limit {
         None => Ok(DEFAULT_PAGE),

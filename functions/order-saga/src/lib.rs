@@ -1,22 +1,21 @@
-//! The order saga's orchestrator, in the orders service's store. It reacts
-//! to `order.placed` and `order.cancellation_requested` (on the order events
-//! channel) and to the steps' replies (on `bazaar.saga.replies`): the
-//! decision is `bazaar_order_model::saga::decide`, and its events, the
-//! commands it sends, and the consumed message id are committed in one
-//! transaction, then the outbox is published.
+//! The order saga's reply handler, in the orders service's store: it
+//! reacts to the steps' replies on `bazaar.saga.replies`. The decision
+//! (`bazaar_order_model::saga::decide`) runs inside the transaction that
+//! records it (`OrderStore::record`): its events, the commands it sends,
+//! the read-model view and the consumed message id commit together, then
+//! the handler publishes what it committed.
 //!
 //! A duplicate message is dropped by its id; a stale one decides nothing;
-//! a lost one is covered by redrive, which re-sends the pending command.
+//! a lost one is covered by redrive, which re-sends what is outstanding
+//! once the saga's deadline passes. The saga starts in the orders API, in
+//! the transaction that records `order.placed`.
 
 use bazaar_envelope::{Envelope, saga as msg};
+use bazaar_order_model::Event;
 use bazaar_order_model::saga::{self, Input};
-use bazaar_order_model::{Event, Order};
-use bazaar_order_store::{Append, AppendError, OrderStore, OutboxMessage};
+use bazaar_order_store::{AppendError, Cause, OrderStore, reply_timeout};
 use bazaar_service::{now_rfc3339, setting};
 use spin_sdk::redis_subscriber;
-
-/// Appends that lost an optimistic-concurrency race are decided again.
-const ATTEMPTS: usize = 5;
 
 #[redis_subscriber]
 async fn on_message(message: Vec<u8>) -> Result<(), String> {
@@ -25,75 +24,45 @@ async fn on_message(message: Vec<u8>) -> Result<(), String> {
         return Ok(());
     };
     let store = OrderStore::open().await.map_err(|p| p.detail)?;
-    for _ in 0..ATTEMPTS {
-        let events = store.load(&envelope.order_id).await.map_err(|p| p.detail)?;
-        let order = Order::fold(&envelope.order_id, &events)?
-            .ok_or_else(|| format!("order {} has no events", envelope.order_id))?;
-        let decision = saga::decide(&order, &input);
-        let now = now_rfc3339();
-        let mut after = order.clone();
-        let mut outbox: Vec<OutboxMessage> = Vec::new();
-        for (seq, event) in (order.version + 1..).zip(&decision.events) {
-            after.apply(event);
-            outbox.push(OutboxMessage::announcement(
-                &order.id,
-                event,
-                seq,
-                &now,
-                Some(envelope.id.clone()),
-                envelope.traceparent.clone(),
-            ));
-        }
-        for command in &decision.commands {
-            outbox.push(OutboxMessage::command(
-                &after,
-                *command,
-                &now,
-                Some(envelope.id.clone()),
-                envelope.traceparent.clone(),
-            ));
-        }
-        let append = Append {
-            order_id: &order.id,
-            user_id: &order.user_id,
-            expected: order.version,
-            events: &decision.events,
-            occurred_at: &now,
-            outbox: &outbox,
-            idempotency: None,
-            consumes: Some(&envelope.id),
-            settled: saga::settled(&after),
-        };
-        match store.append(append).await {
-            Ok(_) => {
-                log("decided", &envelope, &decision.events);
-                let address = setting("redis_url").await.map_err(|p| p.detail)?;
-                if let Err(problem) = store.relay_outbox(&address, &now).await {
-                    // Committed; redrive will publish it.
-                    log_problem(&envelope, &problem.detail);
-                }
-                return Ok(());
+    let now = now_rfc3339();
+    let cause = Cause {
+        now: &now,
+        consumes: Some(&envelope.id),
+        causation_id: Some(envelope.id.clone()),
+        traceparent: envelope.traceparent.clone(),
+        idempotency: None,
+        reply_timeout: reply_timeout().await.map_err(|p| p.detail)?,
+    };
+    let recorded = store
+        .record(&envelope.order_id, cause, |order| {
+            let order = order.ok_or_else(|| {
+                bazaar_api::Problem::not_found(format!("no order {}", envelope.order_id))
+            })?;
+            Ok(saga::decide(order, &input))
+        })
+        .await;
+    match recorded {
+        Ok(recorded) => {
+            log("decided", &envelope, &recorded.appended);
+            let address = setting("redis_url").await.map_err(|p| p.detail)?;
+            if let Err(problem) = store.publish(&address, &recorded.outbox, &now).await {
+                // Committed and claimed: the next sweep publishes it.
+                log_problem(&envelope, &problem.detail);
             }
-            Err(AppendError::Duplicate) => {
-                log("duplicate dropped", &envelope, &[]);
-                return Ok(());
-            }
-            Err(AppendError::Conflict) => continue,
-            Err(AppendError::Failed(problem)) => return Err(problem.detail),
+            Ok(())
         }
+        Err(AppendError::Duplicate) => {
+            log("duplicate dropped", &envelope, &[]);
+            Ok(())
+        }
+        Err(AppendError::KeyTaken) => Err("an idempotency key on a reply".into()),
+        Err(AppendError::Failed(problem)) => Err(problem.detail),
     }
-    Err(format!(
-        "order {} kept changing; redrive will retry",
-        envelope.order_id
-    ))
 }
 
-/// What a message means to the saga; `None` for messages it ignores (its
-/// own announcements, other order events).
+/// What a reply means to the saga; `None` for messages it ignores.
 fn input(envelope: &Envelope) -> Result<Option<Input>, String> {
     Ok(Some(match envelope.kind.as_str() {
-        "order.placed" => Input::Placed,
-        "order.cancellation_requested" => Input::CancellationRequested,
         msg::STOCK_RESERVED => Input::StockReserved,
         msg::STOCK_REJECTED => Input::StockRejected,
         msg::STOCK_RELEASED => Input::StockReleased,

@@ -1,0 +1,743 @@
+//! The orders service's SQLite database (label `orders`): the event store,
+//! the saga's bookkeeping, the orders read model, the transactional outbox
+//! and idempotency keys. Shared by the orders component and the
+//! `order-saga` function, and by nothing else.
+//!
+//! Every change to an order is decided and recorded in one write
+//! transaction ([`OrderStore::record`]): the saga's decision runs on the
+//! state read under the write lock, and the new events, the messages they
+//! cause, the read-model view and the saga's next deadline commit together.
+//! A crash can never leave an event unannounced, a command unsent (it is in
+//! the outbox) or a view behind its stream.
+
+use bazaar_api::Problem;
+use bazaar_envelope::Envelope;
+use bazaar_envelope::saga::{self as saga_messages, Charge, ReserveStock, StockLine};
+use bazaar_order_model::saga::{self, Command, Decision, Wake};
+use bazaar_order_model::{Event, Order, StoredEvent};
+pub use bazaar_service::{OutboxMessage, Pruned};
+use bazaar_service::{
+    Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration, random_fraction,
+    seconds_from_now_rfc3339,
+};
+use spin_sdk::sqlite::{RowResult, Value};
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE events (
+            order_id    TEXT NOT NULL,
+            seq         INTEGER NOT NULL CHECK (seq >= 1),
+            type        TEXT NOT NULL,
+            version     INTEGER NOT NULL,
+            data        TEXT NOT NULL,
+            occurred_at TEXT NOT NULL,
+            user_id     TEXT NOT NULL,
+            PRIMARY KEY (order_id, seq)
+        )",
+            "CREATE INDEX events_by_user ON events (user_id, order_id)",
+            MESSAGING_TABLES[0],
+            MESSAGING_TABLES[1],
+            MESSAGING_TABLES[2],
+            "CREATE TABLE idempotency_keys (
+            user_id     TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            order_id    TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            PRIMARY KEY (user_id, key)
+        )",
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &[
+            "CREATE TABLE sagas (
+            order_id    TEXT PRIMARY KEY,
+            settled     INTEGER NOT NULL,
+            activity_at TEXT NOT NULL
+        )",
+            "CREATE INDEX sagas_open ON sagas (activity_at) WHERE settled = 0",
+        ],
+    },
+    Migration {
+        version: 3,
+        statements: &[
+            // How far each order's stream and its read-model view have got,
+            // so redrive can refresh views whose update was lost.
+            "ALTER TABLE sagas ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE sagas ADD COLUMN projected INTEGER NOT NULL DEFAULT 0",
+        ],
+    },
+    Migration {
+        version: 4,
+        statements: MESSAGING_TABLES_V2,
+    },
+    Migration {
+        version: 5,
+        statements: SAGA_DEADLINES,
+    },
+];
+
+/// The fourth migration: the read model moves into this database, written
+/// in the transaction that appends the events; sagas get deadlines,
+/// attempts and parking; the outbox gets claim leases.
+const SAGA_DEADLINES: &[&str] = &[
+    "CREATE TABLE order_views (
+        order_id TEXT PRIMARY KEY,
+        user_id  TEXT NOT NULL,
+        version  INTEGER NOT NULL,
+        view     TEXT NOT NULL
+    )",
+    "CREATE INDEX order_views_by_user ON order_views (user_id, order_id)",
+    "ALTER TABLE sagas ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE sagas ADD COLUMN next_attempt_at TEXT",
+    "ALTER TABLE sagas ADD COLUMN parked_at TEXT",
+    "ALTER TABLE sagas ADD COLUMN last_error TEXT",
+    "UPDATE sagas SET next_attempt_at = activity_at WHERE settled = 0",
+    // Views written before this migration lived in a key-value store:
+    // redrive rebuilds each from the event store.
+    "UPDATE sagas SET projected = 0",
+    "DROP INDEX IF EXISTS sagas_open",
+    "CREATE INDEX sagas_due ON sagas (next_attempt_at) WHERE settled = 0 AND parked_at IS NULL",
+    "CREATE INDEX sagas_parked ON sagas (parked_at) WHERE parked_at IS NOT NULL",
+    "CREATE INDEX sagas_unprojected ON sagas (order_id) WHERE projected < version",
+];
+
+/// A client's idempotency key for a new order.
+pub struct IdempotencyKey<'a> {
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+}
+
+/// Where a change comes from: what it consumes and what it passes on.
+pub struct Cause<'a> {
+    pub now: &'a str,
+    /// The message this change answers, consumed in the same transaction.
+    pub consumes: Option<&'a str>,
+    /// The id the outgoing messages name as their cause.
+    pub causation_id: Option<String>,
+    pub traceparent: Option<String>,
+    /// Only for a new order.
+    pub idempotency: Option<IdempotencyKey<'a>>,
+    /// How long to wait for a step's answer before redriving.
+    pub reply_timeout: f64,
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub struct Recorded {
+    /// The order after the change.
+    pub order: Order,
+    /// The events appended.
+    pub appended: Vec<Event>,
+    /// Committed messages, claimed by the caller: publish them.
+    pub outbox: Vec<OutboxMessage>,
+}
+
+/// Why a change did not happen.
+#[derive(Debug)]
+pub enum AppendError {
+    /// The message was consumed before: a duplicate delivery.
+    Duplicate,
+    /// A concurrent request with the same idempotency key won.
+    KeyTaken,
+    Failed(Problem),
+}
+
+impl From<Problem> for AppendError {
+    fn from(p: Problem) -> Self {
+        AppendError::Failed(p)
+    }
+}
+
+/// A saga whose deadline has passed.
+#[derive(Debug, Clone)]
+pub struct DueSaga {
+    pub order_id: String,
+    pub version: i64,
+    pub attempts: i64,
+}
+
+/// What redrive did with one due saga.
+#[derive(Debug)]
+pub enum Redriven {
+    /// Its commands, committed and claimed: publish them.
+    Resent(Vec<OutboxMessage>),
+    /// It ran out of attempts.
+    Parked,
+    /// Someone else acted first, or nothing was outstanding.
+    Skipped,
+}
+
+/// A parked saga, as administrators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParkedSaga {
+    pub order_id: String,
+    pub attempts: i64,
+    pub parked_at: String,
+    pub last_error: String,
+}
+
+pub struct OrderStore(Database);
+
+fn text(value: &str) -> Value {
+    Value::Text(value.to_string())
+}
+
+impl OrderStore {
+    pub async fn open() -> Result<OrderStore, Problem> {
+        Database::open("orders", "orders", MIGRATIONS)
+            .await
+            .map(OrderStore)
+    }
+
+    async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
+        self.0.rows(sql, params).await
+    }
+
+    pub async fn ping(&self) -> Result<(), Problem> {
+        self.0.ping().await
+    }
+
+    /// The order's events in sequence order.
+    pub async fn load(&self, order_id: &str) -> Result<Vec<StoredEvent>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT seq, type, version, data, occurred_at FROM events WHERE order_id = ? ORDER BY seq",
+                vec![text(order_id)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let data = row.get::<&str>(3).unwrap_or("null");
+                Ok(StoredEvent {
+                    seq: row.get::<i64>(0).unwrap_or_default(),
+                    kind: row.get::<&str>(1).unwrap_or_default().to_string(),
+                    version: row
+                        .get::<i64>(2)
+                        .and_then(|v| u32::try_from(v).ok())
+                        .unwrap_or_default(),
+                    data: serde_json::from_str(data).map_err(|e| {
+                        Problem::internal(format!("order {order_id} has an unreadable event: {e}"))
+                    })?,
+                    occurred_at: row.get::<&str>(4).unwrap_or_default().to_string(),
+                })
+            })
+            .collect()
+    }
+
+    async fn order(&self, order_id: &str) -> Result<Option<Order>, Problem> {
+        Order::fold(order_id, &self.load(order_id).await?).map_err(Problem::internal)
+    }
+
+    /// The order an idempotency key was first used for, with that
+    /// request's fingerprint.
+    pub async fn idempotent_order(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<(String, String)>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT fingerprint, order_id FROM idempotency_keys WHERE user_id = ? AND key = ?",
+                vec![text(user_id), text(key)],
+            )
+            .await?;
+        Ok(rows.first().map(|row| {
+            let get = |i| row.get::<&str>(i).unwrap_or_default().to_string();
+            (get(0), get(1))
+        }))
+    }
+
+    /// Decides and records one change to an order, in one write
+    /// transaction: `decide` sees the order as it is (`None` for a new one)
+    /// and says what to append and send; the events, the messages (the
+    /// events announced, the commands), the read-model view, the saga's
+    /// deadline, the consumed message id and the idempotency key commit
+    /// together. Holding the write lock from the read to the commit makes
+    /// the decision final: no one else can append in between.
+    pub async fn record<F>(
+        &self,
+        order_id: &str,
+        cause: Cause<'_>,
+        decide: F,
+    ) -> Result<Recorded, AppendError>
+    where
+        F: FnOnce(Option<&Order>) -> Result<Decision, Problem>,
+    {
+        self.0.begin().await?;
+        let outcome = self.record_in_transaction(order_id, cause, decide).await;
+        self.0.end(outcome.is_ok()).await?;
+        outcome
+    }
+
+    async fn record_in_transaction<F>(
+        &self,
+        order_id: &str,
+        cause: Cause<'_>,
+        decide: F,
+    ) -> Result<Recorded, AppendError>
+    where
+        F: FnOnce(Option<&Order>) -> Result<Decision, Problem>,
+    {
+        let now = cause.now;
+        if let Some(message_id) = cause.consumes
+            && !self.0.consume(message_id, now).await?
+        {
+            return Err(AppendError::Duplicate);
+        }
+        let mut events = self.load(order_id).await?;
+        let before = Order::fold(order_id, &events).map_err(Problem::internal)?;
+        let decision = decide(before.as_ref())?;
+        let version = before.as_ref().map_or(0, |o| o.version);
+        let user_id = match (&before, decision.events.first()) {
+            (Some(order), _) => order.user_id.clone(),
+            (None, Some(Event::Placed(placed))) => placed.user_id.clone(),
+            (None, _) => return Err(Problem::not_found(format!("no order {order_id}")).into()),
+        };
+        for (seq, event) in (version + 1..).zip(&decision.events) {
+            let stored = StoredEvent::new(seq, event, now);
+            self.rows(
+                "INSERT INTO events (order_id, seq, type, version, data, occurred_at, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    text(order_id),
+                    Value::Integer(seq),
+                    text(&stored.kind),
+                    Value::Integer(i64::from(stored.version)),
+                    text(&stored.data.to_string()),
+                    text(now),
+                    text(&user_id),
+                ],
+            )
+            .await?;
+            events.push(stored);
+        }
+        let after = Order::fold(order_id, &events)
+            .map_err(Problem::internal)?
+            .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
+        let mut outbox = Vec::new();
+        for (seq, event) in (version + 1..).zip(&decision.events) {
+            outbox.push(announcement(order_id, event, seq, now, &cause));
+        }
+        for command in &decision.commands {
+            outbox.push(command_message(&after, *command, now, &cause));
+        }
+        for message in &outbox {
+            self.0.enqueue(message).await?;
+        }
+        if !decision.events.is_empty() {
+            self.write_view(&after).await?;
+            self.write_saga(&after, decision.wake, now, cause.reply_timeout)
+                .await?;
+        }
+        if let Some(key) = cause.idempotency {
+            self.rows(
+                "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, created_at)
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id, key) DO NOTHING",
+                vec![
+                    text(&user_id),
+                    text(key.key),
+                    text(key.fingerprint),
+                    text(order_id),
+                    text(now),
+                ],
+            )
+            .await?;
+            if self.0.changes().await != 1 {
+                return Err(AppendError::KeyTaken);
+            }
+        }
+        Ok(Recorded {
+            order: after,
+            appended: decision.events,
+            outbox,
+        })
+    }
+
+    /// The read-model view, never replaced by an older one.
+    async fn write_view(&self, order: &Order) -> Result<(), Problem> {
+        self.rows(
+            "INSERT INTO order_views (order_id, user_id, version, view) VALUES (?, ?, ?, ?)
+             ON CONFLICT (order_id) DO UPDATE SET version = excluded.version, view = excluded.view
+             WHERE excluded.version > order_views.version",
+            vec![
+                text(&order.id),
+                text(&order.user_id),
+                Value::Integer(order.version),
+                text(&order.to_api().to_string()),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The saga's bookkeeping after new events: how far it is, and when it
+    /// must act on its own if no answer comes.
+    async fn write_saga(
+        &self,
+        order: &Order,
+        wake: Wake,
+        now: &str,
+        reply_timeout: f64,
+    ) -> Result<(), Problem> {
+        let settled = Value::Integer(i64::from(saga::settled(order)));
+        let version = Value::Integer(order.version);
+        let next = match wake {
+            Wake::Keep => None,
+            Wake::Never => Some(Value::Null),
+            Wake::AfterReplyTimeout => Some(text(&seconds_from_now_rfc3339(reply_timeout))),
+            Wake::AfterSeconds(seconds) => Some(text(&seconds_from_now_rfc3339(seconds as f64))),
+        };
+        match next {
+            // Progress: a fresh deadline, attempts start again, unparked.
+            Some(next) => self.rows(
+                "INSERT INTO sagas (order_id, settled, activity_at, version, projected, attempts, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5)
+                 ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at,
+                 version = excluded.version, projected = excluded.projected, attempts = 0,
+                 next_attempt_at = excluded.next_attempt_at, parked_at = NULL, last_error = NULL",
+                vec![text(&order.id), settled, text(now), version, next],
+            ),
+            None => self.rows(
+                "UPDATE sagas SET settled = ?2, activity_at = ?3, version = ?4, projected = ?4 WHERE order_id = ?1",
+                vec![text(&order.id), settled, text(now), version],
+            ),
+        }
+        .await
+        .map(drop)
+    }
+
+    /// The user's orders from the read model, newest first.
+    pub async fn views_for_user(&self, user_id: &str) -> Result<Vec<serde_json::Value>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT view FROM order_views WHERE user_id = ? ORDER BY order_id DESC",
+                vec![text(user_id)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                serde_json::from_str(row.get::<&str>(0).unwrap_or_default())
+                    .map_err(|e| Problem::internal(format!("an order view is unreadable: {e}")))
+            })
+            .collect()
+    }
+
+    /// Publishes messages this caller committed (see
+    /// [`Database::publish`]).
+    pub async fn publish(
+        &self,
+        address: &str,
+        outbox: &[OutboxMessage],
+        now: &str,
+    ) -> Result<usize, Problem> {
+        self.0.publish(address, outbox, now).await
+    }
+
+    /// Publishes what writers left unpublished (see [`Database::relay_due`]).
+    pub async fn relay_due(&self, address: &str, now: &str) -> Result<usize, Problem> {
+        self.0.relay_due(address, now).await
+    }
+
+    pub async fn prune(&self, before: &str) -> Result<Pruned, Problem> {
+        self.0.prune(before).await
+    }
+
+    /// Sagas past their deadline, most overdue first.
+    pub async fn due_sagas(&self, now: &str, limit: u32) -> Result<Vec<DueSaga>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT order_id, version, attempts FROM sagas
+                 WHERE settled = 0 AND parked_at IS NULL AND next_attempt_at <= ?
+                 ORDER BY next_attempt_at LIMIT ?",
+                vec![text(now), Value::Integer(i64::from(limit))],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DueSaga {
+                order_id: r.get::<&str>(0).unwrap_or_default().to_string(),
+                version: r.get::<i64>(1).unwrap_or_default(),
+                attempts: r.get::<i64>(2).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Re-sends what a due saga still waits for, or parks it after
+    /// `max_attempts`. Acts only if the saga is still as `due` saw it
+    /// (same version, same attempt count, still due): of two redrives that
+    /// picked the same saga, one acts and the other skips.
+    pub async fn redrive(
+        &self,
+        due: &DueSaga,
+        now: &str,
+        reply_timeout: f64,
+        max_attempts: i64,
+    ) -> Result<Redriven, Problem> {
+        self.0.begin().await?;
+        let outcome = self
+            .redrive_in_transaction(due, now, reply_timeout, max_attempts)
+            .await;
+        self.0.end(outcome.is_ok()).await?;
+        outcome
+    }
+
+    async fn redrive_in_transaction(
+        &self,
+        due: &DueSaga,
+        now: &str,
+        reply_timeout: f64,
+        max_attempts: i64,
+    ) -> Result<Redriven, Problem> {
+        let still_due = self
+            .rows(
+                "SELECT 1 FROM sagas WHERE order_id = ? AND version = ? AND attempts = ?
+                 AND settled = 0 AND parked_at IS NULL AND next_attempt_at <= ?",
+                vec![
+                    text(&due.order_id),
+                    Value::Integer(due.version),
+                    Value::Integer(due.attempts),
+                    text(now),
+                ],
+            )
+            .await?;
+        if still_due.is_empty() {
+            return Ok(Redriven::Skipped);
+        }
+        let Some(order) = self.order(&due.order_id).await? else {
+            return Ok(Redriven::Skipped);
+        };
+        let commands = saga::outstanding(&order);
+        if commands.is_empty() {
+            self.rows(
+                "UPDATE sagas SET settled = ?, next_attempt_at = NULL WHERE order_id = ?",
+                vec![
+                    Value::Integer(i64::from(saga::settled(&order))),
+                    text(&order.id),
+                ],
+            )
+            .await?;
+            return Ok(Redriven::Skipped);
+        }
+        let waiting_for = commands
+            .iter()
+            .map(|c| command_kind(*c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let attempt = due.attempts + 1;
+        if attempt > max_attempts {
+            self.rows(
+                "UPDATE sagas SET parked_at = ?, last_error = ? WHERE order_id = ?",
+                vec![
+                    text(now),
+                    text(&format!(
+                        "no answer to {waiting_for} after {max_attempts} attempts"
+                    )),
+                    text(&order.id),
+                ],
+            )
+            .await?;
+            return Ok(Redriven::Parked);
+        }
+        let cause = Cause {
+            now,
+            consumes: None,
+            causation_id: Some(format!("redrive:{}:{attempt}", order.id)),
+            traceparent: None,
+            idempotency: None,
+            reply_timeout,
+        };
+        let outbox: Vec<OutboxMessage> = commands
+            .iter()
+            .map(|c| command_message(&order, *c, now, &cause))
+            .collect();
+        for message in &outbox {
+            self.0.enqueue(message).await?;
+        }
+        let delay = saga::redrive_delay_seconds(
+            reply_timeout,
+            u32::try_from(attempt).unwrap_or(u32::MAX),
+            random_fraction(),
+        );
+        self.rows(
+            "UPDATE sagas SET attempts = ?, next_attempt_at = ?, activity_at = ?, last_error = ? WHERE order_id = ?",
+            vec![
+                Value::Integer(attempt),
+                text(&seconds_from_now_rfc3339(delay)),
+                text(now),
+                text(&format!("no answer to {waiting_for} yet (attempt {attempt})")),
+                text(&order.id),
+            ],
+        )
+        .await?;
+        Ok(Redriven::Resent(outbox))
+    }
+
+    /// Parked sagas, longest parked first.
+    pub async fn parked(&self, limit: u32) -> Result<Vec<ParkedSaga>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT order_id, attempts, parked_at, last_error FROM sagas
+                 WHERE parked_at IS NOT NULL ORDER BY parked_at LIMIT ?",
+                vec![Value::Integer(i64::from(limit))],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let get = |i| r.get::<&str>(i).unwrap_or_default().to_string();
+                ParkedSaga {
+                    order_id: get(0),
+                    attempts: r.get::<i64>(1).unwrap_or_default(),
+                    parked_at: get(2),
+                    last_error: get(3),
+                }
+            })
+            .collect())
+    }
+
+    /// Unparks a saga and makes it due now; `false` if it was not parked.
+    pub async fn restart(&self, order_id: &str, now: &str) -> Result<bool, Problem> {
+        self.rows(
+            "UPDATE sagas SET parked_at = NULL, attempts = 0, next_attempt_at = ? WHERE order_id = ? AND parked_at IS NOT NULL",
+            vec![text(now), text(order_id)],
+        )
+        .await?;
+        Ok(self.0.changes().await == 1)
+    }
+
+    /// Rebuilds, from the event store, views that lag their stream (after a
+    /// migration, or a rebuild an administrator asked for); a bounded batch.
+    pub async fn rebuild_stale_views(&self, limit: u32) -> Result<usize, Problem> {
+        let stale = self
+            .rows(
+                "SELECT order_id FROM sagas WHERE projected < version LIMIT ?",
+                vec![Value::Integer(i64::from(limit))],
+            )
+            .await?;
+        let mut rebuilt = 0;
+        for row in &stale {
+            let order_id = row.get::<&str>(0).unwrap_or_default();
+            self.0.begin().await?;
+            let outcome = async {
+                if let Some(order) = self.order(order_id).await? {
+                    self.write_view(&order).await?;
+                    self.rows(
+                        "UPDATE sagas SET projected = ? WHERE order_id = ?",
+                        vec![Value::Integer(order.version), text(order_id)],
+                    )
+                    .await?;
+                }
+                Ok::<_, Problem>(())
+            }
+            .await;
+            self.0.end(outcome.is_ok()).await?;
+            outcome?;
+            rebuilt += 1;
+        }
+        Ok(rebuilt)
+    }
+
+    /// Marks every view for a rebuild from the event store (redrive
+    /// rebuilds them in batches); how many were marked.
+    pub async fn mark_views_stale(&self) -> Result<u64, Problem> {
+        self.rows("UPDATE sagas SET projected = 0", vec![]).await?;
+        Ok(self.0.changes().await)
+    }
+}
+
+fn command_kind(command: Command) -> &'static str {
+    match command {
+        Command::ReserveStock => saga_messages::RESERVE_STOCK,
+        Command::ReleaseStock => saga_messages::RELEASE_STOCK,
+        Command::Charge => saga_messages::CHARGE,
+        Command::Refund => saga_messages::REFUND,
+    }
+}
+
+/// The message carrying `command` for `order` to its step.
+fn command_message(order: &Order, command: Command, now: &str, cause: &Cause) -> OutboxMessage {
+    let data = match command {
+        Command::ReserveStock => serde_json::to_value(ReserveStock {
+            items: order
+                .items
+                .iter()
+                .map(|i| StockLine {
+                    product_id: i.product_id.clone(),
+                    quantity: i.quantity,
+                })
+                .collect(),
+        }),
+        Command::Charge => serde_json::to_value(Charge {
+            user_id: order.user_id.clone(),
+            amount_cents: order.total_cents,
+            currency: order.currency.clone(),
+            card_token: order.saga.card_token.clone(),
+        }),
+        Command::ReleaseStock | Command::Refund => Ok(serde_json::json!({})),
+    };
+    let channel = match command {
+        Command::ReserveStock | Command::ReleaseStock => saga_messages::INVENTORY_COMMANDS,
+        Command::Charge | Command::Refund => saga_messages::PAYMENT_COMMANDS,
+    };
+    OutboxMessage {
+        channel: channel.to_string(),
+        envelope: Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: command_kind(command).to_string(),
+            version: 1,
+            order_id: order.id.clone(),
+            correlation_id: order.id.clone(),
+            causation_id: cause.causation_id.clone(),
+            traceparent: cause.traceparent.clone(),
+            occurred_at: now.to_string(),
+            data: data.expect("commands always serialise"),
+        },
+    }
+}
+
+/// The public message announcing event number `seq` of an order on the
+/// order events channel, for whoever subscribes.
+fn announcement(
+    order_id: &str,
+    event: &Event,
+    seq: i64,
+    now: &str,
+    cause: &Cause,
+) -> OutboxMessage {
+    let mut data = event.data();
+    if let Some(object) = data.as_object_mut() {
+        object.insert("seq".into(), seq.into());
+    }
+    OutboxMessage {
+        channel: bazaar_envelope::ORDER_EVENTS_CHANNEL.to_string(),
+        envelope: Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: event.kind().to_string(),
+            version: bazaar_order_model::events::EVENT_VERSION,
+            order_id: order_id.to_string(),
+            correlation_id: order_id.to_string(),
+            causation_id: cause.causation_id.clone(),
+            traceparent: cause.traceparent.clone(),
+            occurred_at: now.to_string(),
+            data,
+        },
+    }
+}
+
+/// How long the saga waits for a step's answer before redrive re-sends the
+/// command (`saga_reply_timeout_seconds`, 5 by default): the first
+/// deadline; each re-send doubles it.
+pub async fn reply_timeout() -> Result<f64, Problem> {
+    let value = bazaar_service::setting("saga_reply_timeout_seconds").await?;
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| {
+            eprintln!("variable saga_reply_timeout_seconds: {value:?} is not a positive number");
+            Problem::internal("the service is misconfigured")
+        })
+}

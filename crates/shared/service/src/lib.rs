@@ -1,0 +1,185 @@
+//! What every Bazaar service component does the same way, on top of
+//! `spin-sdk`: reading JSON bodies, reading its settings (Spin variables),
+//! knowing who is calling, and using its own database. Rules that need no Spin live in `bazaar-api`
+//! and `bazaar-auth`, where they are tested natively.
+
+use bazaar_api::{Problem, parse_json};
+use bazaar_auth::{IDENTITY_AUDIENCE, IDENTITY_HEADER, Identity};
+use serde::de::DeserializeOwned;
+use spin_sdk::http::Request;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::sqlite::{Connection, RowResult, Value};
+
+pub use bazaar_migrations::{Migration, migrate};
+
+mod messaging;
+mod step;
+pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, Pruned};
+pub use step::{MESSAGE_RETENTION_SECONDS, Step, run_step};
+
+/// Reads and parses the request's JSON body.
+pub async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, Problem> {
+    let content_type = header(&req, "content-type");
+    let bytes = req
+        .into_body()
+        .bytes()
+        .await
+        .map_err(|e| Problem::bad_request(format!("cannot read the request body: {e:?}")))?;
+    parse_json(content_type.as_deref(), &bytes)
+}
+
+pub fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// A component variable. A missing one is the operator's mistake: logged
+/// in full, answered as a 500 that leaks nothing.
+///
+/// Values are kept for the instance's life (at most a few hundred requests
+/// on Spin and bazaar), so a request pays for a host call only the first
+/// time an instance reads a name; a changed value reaches the next instance.
+pub async fn setting(name: &str) -> Result<String, Problem> {
+    if let Some(value) = SETTINGS.with_borrow(|known| known.get(name).cloned()) {
+        return Ok(value);
+    }
+    let value = spin_sdk::variables::get(name).await.map_err(|e| {
+        eprintln!("variable {name}: {e:?}");
+        Problem::internal("the service is misconfigured")
+    })?;
+    SETTINGS.with_borrow_mut(|known| known.insert(name.to_string(), value.clone()));
+    Ok(value)
+}
+
+thread_local! {
+    /// The variables this instance has read (see [`setting`]).
+    static SETTINGS: std::cell::RefCell<std::collections::BTreeMap<String, String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+/// The caller, as the gateway vouches for it in the identity header.
+pub async fn caller(req: &Request) -> Result<Identity, Problem> {
+    let token = header(req, IDENTITY_HEADER).ok_or_else(|| {
+        Problem::unauthorized("authentication required: send a Bearer access token")
+    })?;
+    bazaar_auth::verify(
+        &setting("identity_token_secret").await?,
+        IDENTITY_AUDIENCE,
+        &token,
+    )
+    .map_err(|e| Problem::unauthorized(format!("the caller's identity could not be verified: {e}")))
+}
+
+/// The caller if the request carries an identity; `None` if anonymous.
+pub async fn optional_caller(req: &Request) -> Result<Option<Identity>, Problem> {
+    match header(req, IDENTITY_HEADER) {
+        None => Ok(None),
+        Some(_) => caller(req).await.map(Some),
+    }
+}
+
+/// Timestamps are RFC 3339 in UTC with a fixed six-digit fraction, so that
+/// they also sort correctly as text (SQL comparisons rely on it).
+const TIMESTAMP: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+);
+
+/// Now (`2026-11-26T06:30:00.123456Z`).
+pub fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `seconds` ago.
+pub fn seconds_ago_rfc3339(seconds: f64) -> String {
+    rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds_f64(seconds))
+}
+
+/// `seconds` from now.
+pub fn seconds_from_now_rfc3339(seconds: f64) -> String {
+    rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds_f64(seconds))
+}
+
+/// A uniformly random number in 0..1, for jitter.
+pub fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    // The host's random source cannot fail; no jitter is a safe fallback.
+    getrandom::fill(&mut bytes).map_or(0.5, |()| {
+        f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+    })
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(TIMESTAMP).unwrap_or_default()
+}
+
+/// Seconds elapsed since an RFC 3339 timestamp (`None` if unparsable).
+pub fn seconds_since(timestamp: &str) -> Option<f64> {
+    let at = time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some((time::OffsetDateTime::now_utc() - at).as_seconds_f64())
+}
+
+thread_local! {
+    /// Databases this instance has migrated: migrations run once per
+    /// instance (an instance serves many requests), not on every `open`.
+    /// Only a cache: a new instance checks the schema again.
+    static MIGRATED: std::cell::RefCell<std::collections::BTreeSet<String>> =
+        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
+}
+
+/// A service's own SQLite database, migrated when first opened. Failures are
+/// logged with their cause and answered as 503.
+pub struct Database {
+    conn: Connection,
+    service: &'static str,
+}
+
+impl Database {
+    pub async fn open(
+        label: &str,
+        service: &'static str,
+        migrations: &[Migration],
+    ) -> Result<Database, Problem> {
+        let conn = Connection::open(label)
+            .await
+            .map_err(|e| unavailable(service, e))?;
+        if !MIGRATED.with_borrow(|done| done.contains(label)) {
+            migrate(&conn, migrations)
+                .await
+                .map_err(|e| unavailable(service, e))?;
+            MIGRATED.with_borrow_mut(|done| done.insert(label.to_string()));
+        }
+        Ok(Database { conn, service })
+    }
+
+    /// Runs one statement and collects its rows.
+    pub async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
+        let failed = |e| unavailable(self.service, e);
+        self.conn
+            .execute(sql, params)
+            .await
+            .map_err(failed)?
+            .collect()
+            .await
+            .map_err(failed)
+    }
+
+    /// Rows changed by the last statement.
+    pub async fn changes(&self) -> u64 {
+        self.conn.changes().await
+    }
+
+    pub async fn ping(&self) -> Result<(), Problem> {
+        self.rows("SELECT 1", vec![]).await.map(drop)
+    }
+}
+
+pub(crate) fn unavailable(service: &str, e: spin_sdk::sqlite::Error) -> Problem {
+    eprintln!("{service} database error: {e:?}");
+    Problem::new(
+        bazaar_api::StatusCode::SERVICE_UNAVAILABLE,
+        format!("the {service} database is unavailable"),
+    )
+}

@@ -1,0 +1,96 @@
+//! Running a saga step (inventory, payments): one command in, its effect
+//! and its reply committed together, the reply published.
+
+use bazaar_api::Problem;
+use bazaar_envelope::Envelope;
+
+use crate::messaging::OutboxMessage;
+use crate::{Database, now_rfc3339, random_fraction, seconds_ago_rfc3339, setting};
+
+/// How long published messages and consumed message ids are kept.
+pub const MESSAGE_RETENTION_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// One message in this many also prunes a batch of old rows: steps have no
+/// schedule of their own, and pruning every time would cost every message.
+const PRUNE_ONE_IN: f64 = 256.0;
+
+/// A saga step: how it applies one command to its service's store.
+#[allow(async_fn_in_trait)] // guests are single-threaded: no Send bound wanted
+pub trait Step {
+    fn db(&self) -> &Database;
+
+    /// Applies `command` inside the open transaction; the reply's type and
+    /// data.
+    async fn apply(
+        &self,
+        command: &Envelope,
+        now: &str,
+    ) -> Result<(&'static str, serde_json::Value), String>;
+}
+
+/// Runs one command through a step: the effect, its reply and the consumed
+/// message id commit in one transaction (a duplicate changes nothing), then
+/// the reply is published, and anything an earlier handler left unpublished
+/// is swept.
+pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
+    let detail = |p: Problem| p.detail;
+    let command = Envelope::from_bytes(message)?;
+    injected_fault().await.map_err(detail)?;
+    let now = now_rfc3339();
+    let db = step.db();
+    db.begin().await.map_err(detail)?;
+    let outcome = async {
+        if !db.consume(&command.id, &now).await.map_err(detail)? {
+            return Ok(None);
+        }
+        let (kind, data) = step.apply(&command, &now).await?;
+        let reply = OutboxMessage {
+            channel: bazaar_envelope::saga::SAGA_REPLIES.to_string(),
+            envelope: command.follow_up(uuid::Uuid::now_v7().to_string(), kind, now.clone(), data),
+        };
+        db.enqueue(&reply).await.map_err(detail)?;
+        Ok::<_, String>(Some(reply))
+    }
+    .await;
+    db.end(outcome.is_ok()).await.map_err(detail)?;
+    let reply = outcome?;
+    log_handled(&command, reply.as_ref().map(|r| r.envelope.kind.as_str()));
+    let address = setting("redis_url").await.map_err(detail)?;
+    if let Some(reply) = reply {
+        db.publish(&address, &[reply], &now).await.map_err(detail)?;
+    }
+    db.relay_due(&address, &now).await.map_err(detail)?;
+    if random_fraction() * PRUNE_ONE_IN < 1.0 {
+        db.prune(&seconds_ago_rfc3339(MESSAGE_RETENTION_SECONDS))
+            .await
+            .map_err(detail)?;
+    }
+    Ok(())
+}
+
+/// One JSON log line for a handled saga command (`reply` is `None` for a
+/// duplicate that was dropped).
+fn log_handled(command: &Envelope, reply: Option<&str>) {
+    let line = serde_json::json!({
+        "level": "info",
+        "msg": if reply.is_some() { "command handled" } else { "duplicate dropped" },
+        "message_id": command.id,
+        "type": command.kind,
+        "order_id": command.order_id,
+        "reply": reply,
+        "traceparent": command.traceparent,
+    });
+    println!("{line}");
+}
+
+/// Fault injection for tests: fails the current message with the
+/// probability in the `fault_percent` variable (0, the default, never), as
+/// if the function had crashed before doing anything. Redrive must make up
+/// for it.
+async fn injected_fault() -> Result<(), Problem> {
+    let percent: f64 = setting("fault_percent").await?.parse().unwrap_or(0.0);
+    if random_fraction() * 100.0 < percent {
+        return Err(Problem::internal("injected fault (fault_percent)"));
+    }
+    Ok(())
+}

@@ -1,0 +1,219 @@
+//! The orders read model and the saga's operations against a real Redis:
+//! views written with the events, public events carrying the client's
+//! trace, a view rebuild from the event store, parking and restarting a
+//! saga whose step never answers, and pruning.
+
+use crate::common::RedisServer;
+use crate::harness::App;
+use crate::saga::wait_for;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn place(app: &App, token: &str, product: &Value, card: &str) -> String {
+    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 1 }], "payment": { "card_token": card } });
+    let reply = app.post("/api/v1/orders", Some(token), body).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body["id"].as_str().unwrap().to_string()
+}
+
+/// The list as the customer sees it.
+async fn listed(app: &App, token: &str) -> Vec<Value> {
+    let reply = app.get("/api/v1/orders", Some(token)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body.as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn views_are_written_with_the_events_and_events_are_public() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("bazaar.orders.events").await.unwrap();
+    let mut messages = pubsub.into_on_message();
+
+    let app = App::start_with(&[("SPIN_VARIABLE_REDIS_URL", &redis.url())]);
+    let admin = app.admin().await;
+    let product = app.product(&admin, "LAMP", 4000, 5).await;
+    let alice = app.user("alice@shop.test").await;
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let placed = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))
+                .header("traceparent", trace)
+                .json(&body),
+        )
+        .await;
+    assert_eq!(placed.status, 202, "{}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_string();
+    // Committed with the event: no projection lag to wait out.
+    let list = listed(&app, &alice).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+
+    let first = tokio::time::timeout(Duration::from_secs(20), messages.next())
+        .await
+        .expect("order.placed was published")
+        .unwrap();
+    let first: Value = serde_json::from_slice(first.get_payload_bytes()).unwrap();
+    assert_eq!(
+        (first["type"].as_str(), first["order_id"].as_str()),
+        (Some("order.placed"), Some(id.as_str()))
+    );
+    assert_eq!(first["correlation_id"], first["order_id"]);
+    let traceparent = first["traceparent"].as_str().unwrap();
+    assert!(
+        traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{traceparent}"
+    );
+    assert_ne!(traceparent, trace, "each hop gets its own parent id");
+
+    let detail = wait_for(&app, &alice, &id, "confirmed").await;
+    let list = listed(&app, &alice).await;
+    assert_eq!(list[0], detail, "the view is the order as the API shows it");
+
+    // A rebuild from the event store gives the same views.
+    let bob = app.user("bob@shop.test").await;
+    app.post("/api/v1/admin/orders/views/rebuild", Some(&bob), json!({}))
+        .await
+        .assert_problem(403);
+    let rebuild = app
+        .post("/api/v1/admin/orders/views/rebuild", Some(&admin), json!({}))
+        .await;
+    assert_eq!(rebuild.status, 202, "{}", rebuild.body);
+    assert_eq!(rebuild.body["views_to_rebuild"], 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rebuilt = 0;
+    while rebuilt == 0 {
+        // The dev schedule's redrive may get there first.
+        let run = app
+            .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
+            .await;
+        assert_eq!(run.status, 200, "{}", run.body);
+        rebuilt += run.body["views_rebuilt"].as_u64().unwrap();
+        if rebuilt == 0 && log_has(&app, "\"views_rebuilt\":1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the view was never rebuilt");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed(&app, &alice).await, vec![detail]);
+}
+
+fn log_has(app: &App, text: &str) -> bool {
+    std::fs::read_to_string(app.host_log("orders_stdout.txt"))
+        .unwrap_or_default()
+        .contains(text)
+}
+
+async fn parked(app: &App, admin: &str) -> Vec<Value> {
+    let reply = app
+        .get("/api/v1/admin/sagas?state=parked", Some(admin))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body.as_array().unwrap().clone()
+}
+
+/// A step that never answers: the saga re-sends with growing deadlines,
+/// then parks; an administrator sees why and restarts it.
+#[tokio::test]
+async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
+    let app = App::start_with(&[
+        ("SPIN_VARIABLE_FAULT_PERCENT", "100"),
+        ("SPIN_VARIABLE_SAGA_REPLY_TIMEOUT_SECONDS", "0.2"),
+        ("SPIN_VARIABLE_SAGA_MAX_ATTEMPTS", "2"),
+    ]);
+    let admin = app.admin().await;
+    let product = app.product(&admin, "LAMP", 4000, 5).await;
+    let alice = app.user("alice@shop.test").await;
+    let id = place(&app, &alice, &product, "tok_ok").await;
+
+    app.get("/api/v1/admin/sagas?state=parked", Some(&alice))
+        .await
+        .assert_problem(403);
+    app.get("/api/v1/admin/sagas", Some(&admin))
+        .await
+        .assert_problem(400);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let entry = loop {
+        app.post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
+            .await;
+        if let Some(entry) = parked(&app, &admin).await.into_iter().next() {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "the saga was never parked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(entry["order_id"], id.as_str());
+    assert_eq!(entry["attempts"], 2);
+    let why = entry["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("inventory.reserve") && why.contains("2 attempts"),
+        "{why}"
+    );
+    // Parked means left alone: redrive runs do not touch it.
+    let run = app
+        .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
+        .await;
+    assert_eq!((run.body["redriven"].as_u64(), run.body["parked"].as_u64()), (Some(0), Some(0)));
+    let order = app.get(&format!("/api/v1/orders/{id}"), Some(&alice)).await;
+    assert_eq!(order.body["status"], "pending");
+
+    let restart = format!("/api/v1/admin/sagas/{id}/restart");
+    let restarted = app.post(&restart, Some(&admin), json!({})).await;
+    assert_eq!(restarted.status, 202, "{}", restarted.body);
+    assert!(
+        parked(&app, &admin).await.is_empty(),
+        "a restarted saga is no longer parked"
+    );
+    // Due at once: it is re-sent again, and (the step still failing)
+    // parked again after its attempts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parked(&app, &admin).await.is_empty() {
+        app.post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
+            .await;
+        assert!(Instant::now() < deadline, "the restarted saga never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.post(&format!("/api/v1/admin/sagas/{id}/restart"), Some(&alice), json!({}))
+        .await
+        .assert_problem(403);
+    let unknown = app
+        .post("/api/v1/admin/sagas/no-such-order/restart", Some(&admin), json!({}))
+        .await;
+    unknown.assert_problem(409);
+}
+
+#[tokio::test]
+async fn redrive_prunes_what_is_past_retention() {
+    let app = App::start();
+    let admin = app.admin().await;
+    let product = app.product(&admin, "LAMP", 4000, 5).await;
+    let alice = app.user("alice@shop.test").await;
+    let id = place(&app, &alice, &product, "tok_ok").await;
+    wait_for(&app, &alice, &id, "confirmed").await;
+    let kept = app
+        .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
+        .await;
+    assert_eq!(kept.body["pruned"], json!({ "outbox": 0, "consumed": 0 }));
+    let bad = app
+        .post("/api/v1/admin/saga/redrive?retention_seconds=-1", Some(&admin), json!({}))
+        .await;
+    bad.assert_problem(400);
+    // The order's announcements and commands (placed, reserve, reserved,
+    // charge, charged, confirmed: 6) and the two replies it consumed. The
+    // last publication may trail the commit the status showed: sum runs.
+    let (mut outbox, mut consumed) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox < 6 {
+        let pruned = app
+            .post("/api/v1/admin/saga/redrive?retention_seconds=0", Some(&admin), json!({}))
+            .await;
+        assert_eq!(pruned.status, 200, "{}", pruned.body);
+        outbox += pruned.body["pruned"]["outbox"].as_u64().unwrap();
+        consumed += pruned.body["pruned"]["consumed"].as_u64().unwrap();
+        assert!(Instant::now() < deadline, "pruned only {outbox} outbox rows");
+    }
+    assert_eq!((outbox, consumed), (6, 2));
+}
