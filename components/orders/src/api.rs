@@ -206,7 +206,7 @@ async fn list(req: &Request) -> ApiResult {
         .await?
         .views_for_user(&identity.sub)
         .await?;
-    Ok(json(StatusCode::OK, &orders))
+    Ok(bazaar_api::json_text(StatusCode::OK, orders))
 }
 
 async fn cancel(req: &Request, order_id: &str) -> ApiResult {

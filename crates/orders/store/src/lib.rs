@@ -297,23 +297,12 @@ impl OrderStore {
             (None, Some(Event::Placed(placed))) => placed.user_id.clone(),
             (None, _) => return Err(Problem::not_found(format!("no order {order_id}")).into()),
         };
-        for (seq, event) in (version + 1..).zip(&decision.events) {
-            let stored = StoredEvent::new(seq, event, now);
-            self.rows(
-                "INSERT INTO events (order_id, seq, type, version, data, occurred_at, user_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                vec![
-                    text(order_id),
-                    Value::Integer(seq),
-                    text(&stored.kind),
-                    Value::Integer(i64::from(stored.version)),
-                    text(&stored.data.to_string()),
-                    text(now),
-                    text(&user_id),
-                ],
-            )
-            .await?;
-            events.push(stored);
-        }
+        let appended: Vec<StoredEvent> = (version + 1..)
+            .zip(&decision.events)
+            .map(|(seq, event)| StoredEvent::new(seq, event, now))
+            .collect();
+        self.insert_events(order_id, &user_id, &appended, now).await?;
+        events.extend(appended);
         let after = Order::fold(order_id, &events)
             .map_err(Problem::internal)?
             .ok_or_else(|| Problem::not_found(format!("no order {order_id}")))?;
@@ -324,9 +313,7 @@ impl OrderStore {
         for command in &decision.commands {
             outbox.push(command_message(&after, *command, now, &cause));
         }
-        for message in &outbox {
-            self.0.enqueue(message).await?;
-        }
+        self.0.enqueue_all(&outbox).await?;
         if !decision.events.is_empty() {
             self.write_view(&after).await?;
             self.write_saga(&after, decision.wake, now, cause.reply_timeout)
@@ -354,6 +341,40 @@ impl OrderStore {
             appended: decision.events,
             outbox,
         })
+    }
+
+    /// The new events, in one statement.
+    async fn insert_events(
+        &self,
+        order_id: &str,
+        user_id: &str,
+        events: &[StoredEvent],
+        now: &str,
+    ) -> Result<(), Problem> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; events.len()].join(", ");
+        let mut params = Vec::with_capacity(events.len() * 7);
+        for event in events {
+            params.extend([
+                text(order_id),
+                Value::Integer(event.seq),
+                text(&event.kind),
+                Value::Integer(i64::from(event.version)),
+                text(&event.data.to_string()),
+                text(now),
+                text(user_id),
+            ]);
+        }
+        self.rows(
+            &format!(
+                "INSERT INTO events (order_id, seq, type, version, data, occurred_at, user_id) VALUES {rows}"
+            ),
+            params,
+        )
+        .await
+        .map(drop)
     }
 
     /// The read-model view, never replaced by an older one.
@@ -409,20 +430,25 @@ impl OrderStore {
         .map(drop)
     }
 
-    /// The user's orders from the read model, newest first.
-    pub async fn views_for_user(&self, user_id: &str) -> Result<Vec<serde_json::Value>, Problem> {
+    /// The user's orders from the read model, newest first, as one JSON
+    /// array: the views are stored as the API shows them, so they are
+    /// served as stored, not decoded and encoded again.
+    pub async fn views_for_user(&self, user_id: &str) -> Result<String, Problem> {
         let rows = self
             .rows(
                 "SELECT view FROM order_views WHERE user_id = ? ORDER BY order_id DESC",
                 vec![text(user_id)],
             )
             .await?;
-        rows.iter()
-            .map(|row| {
-                serde_json::from_str(row.get::<&str>(0).unwrap_or_default())
-                    .map_err(|e| Problem::internal(format!("an order view is unreadable: {e}")))
-            })
-            .collect()
+        let mut array = String::from("[");
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                array.push(',');
+            }
+            array.push_str(row.get::<&str>(0).unwrap_or("null"));
+        }
+        array.push(']');
+        Ok(array)
     }
 
     /// Publishes messages this caller committed (see
@@ -553,9 +579,7 @@ impl OrderStore {
             .iter()
             .map(|c| command_message(&order, *c, now, &cause))
             .collect();
-        for message in &outbox {
-            self.0.enqueue(message).await?;
-        }
+        self.0.enqueue_all(&outbox).await?;
         let delay = saga::redrive_delay_seconds(
             reply_timeout,
             u32::try_from(attempt).unwrap_or(u32::MAX),

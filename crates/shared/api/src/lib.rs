@@ -103,6 +103,12 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<String> {
     }
 }
 
+/// A JSON response whose body is already encoded (e.g. stored views,
+/// served without decoding and encoding them again).
+pub fn json_text(status: StatusCode, body: String) -> Response<String> {
+    respond(status, JSON, body)
+}
+
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<String> {
     let mut response = Response::new(body);
     *response.status_mut() = status;

@@ -100,19 +100,30 @@ impl Database {
         Ok(self.changes().await == 1)
     }
 
-    /// Queues `message`, inside the caller's transaction, claimed by the
-    /// caller for [`OUTBOX_LEASE_SECONDS`].
-    pub async fn enqueue(&self, message: &OutboxMessage) -> Result<(), Problem> {
-        self.rows(
-            "INSERT INTO outbox (id, channel, payload, created_at, claimed_until) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO NOTHING",
-            vec![
+    /// Queues `messages`, inside the caller's transaction, claimed by the
+    /// caller for [`OUTBOX_LEASE_SECONDS`]; one statement for all of them.
+    pub async fn enqueue_all(&self, messages: &[OutboxMessage]) -> Result<(), Problem> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let lease = seconds_from_now_rfc3339(OUTBOX_LEASE_SECONDS);
+        let rows = vec!["(?, ?, ?, ?, ?)"; messages.len()].join(", ");
+        let mut params = Vec::with_capacity(messages.len() * 5);
+        for message in messages {
+            params.extend([
                 text(&message.envelope.id),
                 text(&message.channel),
                 Value::Blob(message.envelope.to_bytes()),
                 text(&message.envelope.occurred_at),
-                text(&seconds_from_now_rfc3339(OUTBOX_LEASE_SECONDS)),
-            ],
+                text(&lease),
+            ]);
+        }
+        self.rows(
+            &format!(
+                "INSERT INTO outbox (id, channel, payload, created_at, claimed_until) VALUES {rows}
+                 ON CONFLICT (id) DO NOTHING"
+            ),
+            params,
         )
         .await
         .map(drop)

@@ -48,7 +48,9 @@ pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
             channel: bazaar_envelope::saga::SAGA_REPLIES.to_string(),
             envelope: command.follow_up(uuid::Uuid::now_v7().to_string(), kind, now.clone(), data),
         };
-        db.enqueue(&reply).await.map_err(detail)?;
+        db.enqueue_all(std::slice::from_ref(&reply))
+            .await
+            .map_err(detail)?;
         Ok::<_, String>(Some(reply))
     }
     .await;
