@@ -94,9 +94,12 @@ struct UpArgs {
     /// and only if neither gives one, from the embedded broker.
     #[arg(long, value_name = "embedded|URL")]
     redis: Option<String>,
-    /// Redis messages handled at the same time, across all subscriptions.
-    #[arg(long, default_value_t = 64)]
-    redis_max_concurrent_handlers: usize,
+    /// Redis messages handled at the same time, across all subscriptions
+    /// (default: four per CPU core). `1` is Spin's behaviour: one message at
+    /// a time. More than a few per core only adds contention: handlers share
+    /// the cores and each service's one SQLite writer (see docs/redis.md).
+    #[arg(long)]
+    redis_max_concurrent_handlers: Option<usize>,
     /// POST to a component route periodically, in-process:
     /// `http://<component>.spin.internal/<path>@<interval>` (repeatable).
     #[arg(long, value_name = "URL@INTERVAL", value_parser = triggers::schedule::Schedule::parse)]
@@ -233,7 +236,9 @@ async fn up(args: UpArgs) -> Result<()> {
     let redis = RedisTrigger::start(
         app.redis,
         app.redis_clients,
-        args.redis_max_concurrent_handlers,
+        args.redis_max_concurrent_handlers.unwrap_or_else(|| {
+            4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        }),
     );
     let schedules = schedules(&args, &manifest)?;
     let _scheduled = app

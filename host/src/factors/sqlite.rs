@@ -128,7 +128,10 @@ async fn execute(
 ) -> Result<QueryResult, Error> {
     let mut session = session.lock().await;
     if let Some(writer) = session.transaction.take() {
-        return on_writer(&mut session, writer, statement, params).await;
+        if may_end_a_transaction(&statement) {
+            return on_writer(&mut session, writer, statement, params).await;
+        }
+        return in_transaction(&mut session, writer, &statement, params);
     }
     let reader = if looks_like_a_read(&statement) {
         file.reader().await.map_err(Error::Io)?
@@ -171,6 +174,35 @@ fn looks_like_a_read(statement: &str) -> bool {
 fn reads_only(conn: &rusqlite::Connection, statement: &str) -> Result<bool, Error> {
     let stmt = conn.prepare_cached(statement).map_err(io_error)?;
     Ok(stmt.readonly())
+}
+
+/// Whether `statement` may end the session's transaction, and so write and
+/// sync the database file: `COMMIT`, `END`, `ROLLBACK`, `RELEASE`.
+fn may_end_a_transaction(statement: &str) -> bool {
+    let word = statement.split_whitespace().next().unwrap_or("");
+    ["commit", "end", "rollback", "release"]
+        .iter()
+        .any(|end| word.eq_ignore_ascii_case(end))
+}
+
+/// Runs a statement inside the session's open transaction, on this thread.
+/// The writer is the session's, so the statement waits for no lock, and
+/// SQLite writes changes to the file only when the transaction ends (which
+/// [`on_writer`] runs on a blocking thread): this is CPU work like the
+/// guest's own, and costs no thread hand-offs.
+fn in_transaction(
+    session: &mut Session,
+    writer: Writer,
+    statement: &str,
+    params: Vec<Value>,
+) -> Result<QueryResult, Error> {
+    let result = run(&writer, statement, params);
+    session.last_insert_rowid = writer.last_insert_rowid();
+    session.changes = writer.changes();
+    // A statement can end the transaction anyway (an error that rolls it
+    // back): then the writer goes back to the pool.
+    session.transaction = (!writer.is_autocommit()).then_some(writer);
+    result
 }
 
 async fn on_writer(
