@@ -65,6 +65,29 @@ async fn settle(app: &App, admin: &str, ids: &[String], within: Duration) {
     }
 }
 
+/// Waits until every order in `ids` is cancelled.
+async fn settle_cancelled(app: &App, admin: &str, ids: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    for id in ids {
+        loop {
+            let order = app
+                .get(&format!("/api/v1/orders/{id}"), Some(admin))
+                .await
+                .body;
+            if order["status"] == "cancelled" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} was cancelled but is {}\n{}",
+                order["status"],
+                app.host.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 fn log_count(app: &App, file: &str, text: &str) -> usize {
     std::fs::read_to_string(app.host_log(file))
         .unwrap_or_default()
@@ -216,8 +239,9 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
         users.push(app.user(&format!("buyer{i}@shop.test")).await);
     }
 
-    // Deterministic variety: product, quantity and card from the index.
-    let plan: Vec<(usize, String, i64, &str)> = (0..ORDERS)
+    // Deterministic variety: product, quantity and card from the index;
+    // every fifth customer cancels a moment after placing, racing the saga.
+    let plan: Vec<(usize, String, i64, &str, Option<u64>)> = (0..ORDERS)
         .map(|i| {
             let token = match i % 10 {
                 0..=5 => "tok_ok",
@@ -229,43 +253,73 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
                 products[(i * 7) % products.len()].clone(),
                 1 + (i % 3) as i64,
                 token,
+                (i % 5 == 4).then_some((i as u64 * 37) % 400),
             )
         })
         .collect();
     let shop = &app;
-    let place = |(user, product, quantity, token): (usize, String, i64, &'static str)| {
+    let users = &users;
+    let place = |(user, product, quantity, token, cancel_after): (
+        usize,
+        String,
+        i64,
+        &'static str,
+        Option<u64>,
+    )| {
         let body = json!({ "items": [{ "product_id": product, "quantity": quantity }], "payment": { "card_token": token } });
         let request = shop
             .request(reqwest::Method::POST, "/api/v1/orders", Some(&users[user]))
             .json(&body);
-        async move { shop.send(request).await }
+        async move {
+            let placed = shop.send(request).await;
+            assert_eq!(
+                placed.status,
+                202,
+                "{}\n{}",
+                placed.body,
+                std::fs::read_to_string(shop.host_log("orders_stderr.txt")).unwrap_or_default()
+            );
+            let id = placed.body["id"].as_str().unwrap().to_string();
+            let mut cancelled = false;
+            if let Some(delay) = cancel_after {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let path = format!("/api/v1/orders/{id}/cancel");
+                let reply = shop.post(&path, Some(&users[user]), json!({})).await;
+                // 409: it had already ended cancelled (out of stock, declined).
+                assert!(matches!(reply.status, 202 | 409), "{}", reply.body);
+                cancelled = reply.status == 202;
+            }
+            (id, cancelled)
+        }
     };
     let (first, second) = plan.split_at(ORDERS / 2);
     let mut ids: Vec<String> = Vec::new();
-    for reply in futures::stream::iter(first.iter().cloned().map(place))
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await
-    {
-        assert_eq!(
-            reply.status,
-            202,
-            "{}\n{}",
-            reply.body,
-            std::fs::read_to_string(app.host_log("orders_stderr.txt")).unwrap_or_default()
-        );
-        ids.push(reply.body["id"].as_str().unwrap().to_string());
+    let mut cancelled: Vec<String> = Vec::new();
+    for (n, batch) in [first, second].into_iter().enumerate() {
+        if n == 1 {
+            // Redis goes away while the first batch's sagas are in flight.
+            redis.restart();
+        }
+        for (id, was_cancelled) in futures::stream::iter(batch.iter().cloned().map(place))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+        {
+            if was_cancelled {
+                cancelled.push(id.clone());
+            }
+            ids.push(id);
+        }
     }
-    redis.restart();
-    for reply in futures::stream::iter(second.iter().cloned().map(place))
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await
-    {
-        assert_eq!(reply.status, 202, "{}", reply.body);
-        ids.push(reply.body["id"].as_str().unwrap().to_string());
-    }
+    assert!(
+        cancelled.len() >= ORDERS / 10,
+        "{} cancellations accepted",
+        cancelled.len()
+    );
     settle(&app, &admin, &ids, Duration::from_secs(240)).await;
+    // An accepted cancellation ends cancelled, whatever came first; until
+    // then a confirmed order may still be refunding.
+    settle_cancelled(&app, &admin, &cancelled, Duration::from_secs(120)).await;
 
     let all = snapshot(&app, &admin, &ids).await;
     let mut held: BTreeMap<String, i64> = BTreeMap::new();
@@ -322,6 +376,21 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
             "order {id} has an event twice: {kinds:?}"
         );
     }
+    for id in &cancelled {
+        assert_eq!(
+            all[id].0["status"], "cancelled",
+            "order {id} was cancelled: {:?}",
+            all[id]
+        );
+    }
+    let parked = app
+        .get("/api/v1/admin/sagas?state=parked", Some(&admin))
+        .await;
+    assert_eq!(
+        parked.body,
+        json!([]),
+        "no step failed every attempt, yet sagas were parked"
+    );
     for product in &products {
         let available = app
             .get(&format!("/api/v1/products/{product}"), None)
@@ -337,7 +406,7 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
     }
     // The read model converges to the event store for every user.
     let deadline = Instant::now() + Duration::from_secs(60);
-    for user in &users {
+    for user in users {
         loop {
             let views = app.get("/api/v1/orders", Some(user)).await.body;
             let matches = views.as_array().unwrap().iter().all(|v| {
@@ -371,7 +440,9 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
     );
     assert_eq!(confirmed + reasons.values().sum::<usize>(), ORDERS);
     assert!(
-        confirmed > 0 && reasons.contains_key("payment_declined"),
+        confirmed > 0
+            && reasons.contains_key("payment_declined")
+            && reasons.contains_key("cancelled_by_user"),
         "{reasons:?}"
     );
 }

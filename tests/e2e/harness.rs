@@ -73,6 +73,11 @@ impl App {
 
     /// Starts the app; `env` adds or overrides environment variables.
     pub fn start_with(env: &[(&str, &str)]) -> App {
+        Self::start_with_args(env, &[])
+    }
+
+    /// Starts the app with extra `bazaar up` flags too.
+    pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> App {
         let manifest = built_manifest();
         let state = tempfile::tempdir().unwrap();
         let mut config = String::new();
@@ -102,6 +107,7 @@ impl App {
             .arg(&config_file)
             .arg("--cache-dir")
             .arg(common::workspace_root().join("target/bazaar-test-cache"))
+            .args(args)
             .env("RUST_LOG", "bazaar=info,warn")
             .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
             .env("SPIN_VARIABLE_IDENTITY_TOKEN_SECRET", IDENTITY_SECRET)

@@ -16,4 +16,5 @@ mod payments;
 mod products;
 mod read_model;
 mod saga;
+mod serial;
 mod users;

@@ -79,7 +79,11 @@ async fn views_are_written_with_the_events_and_events_are_public() {
         .await
         .assert_problem(403);
     let rebuild = app
-        .post("/api/v1/admin/orders/views/rebuild", Some(&admin), json!({}))
+        .post(
+            "/api/v1/admin/orders/views/rebuild",
+            Some(&admin),
+            json!({}),
+        )
         .await;
     assert_eq!(rebuild.status, 202, "{}", rebuild.body);
     assert_eq!(rebuild.body["views_to_rebuild"], 1);
@@ -156,7 +160,10 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
     let run = app
         .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
         .await;
-    assert_eq!((run.body["redriven"].as_u64(), run.body["parked"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (run.body["redriven"].as_u64(), run.body["parked"].as_u64()),
+        (Some(0), Some(0))
+    );
     let order = app.get(&format!("/api/v1/orders/{id}"), Some(&alice)).await;
     assert_eq!(order.body["status"], "pending");
 
@@ -176,11 +183,19 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
         assert!(Instant::now() < deadline, "the restarted saga never ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    app.post(&format!("/api/v1/admin/sagas/{id}/restart"), Some(&alice), json!({}))
-        .await
-        .assert_problem(403);
+    app.post(
+        &format!("/api/v1/admin/sagas/{id}/restart"),
+        Some(&alice),
+        json!({}),
+    )
+    .await
+    .assert_problem(403);
     let unknown = app
-        .post("/api/v1/admin/sagas/no-such-order/restart", Some(&admin), json!({}))
+        .post(
+            "/api/v1/admin/sagas/no-such-order/restart",
+            Some(&admin),
+            json!({}),
+        )
         .await;
     unknown.assert_problem(409);
 }
@@ -198,7 +213,11 @@ async fn redrive_prunes_what_is_past_retention() {
         .await;
     assert_eq!(kept.body["pruned"], json!({ "outbox": 0, "consumed": 0 }));
     let bad = app
-        .post("/api/v1/admin/saga/redrive?retention_seconds=-1", Some(&admin), json!({}))
+        .post(
+            "/api/v1/admin/saga/redrive?retention_seconds=-1",
+            Some(&admin),
+            json!({}),
+        )
         .await;
     bad.assert_problem(400);
     // The order's announcements and commands (placed, reserve, reserved,
@@ -208,12 +227,19 @@ async fn redrive_prunes_what_is_past_retention() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while outbox < 6 {
         let pruned = app
-            .post("/api/v1/admin/saga/redrive?retention_seconds=0", Some(&admin), json!({}))
+            .post(
+                "/api/v1/admin/saga/redrive?retention_seconds=0",
+                Some(&admin),
+                json!({}),
+            )
             .await;
         assert_eq!(pruned.status, 200, "{}", pruned.body);
         outbox += pruned.body["pruned"]["outbox"].as_u64().unwrap();
         consumed += pruned.body["pruned"]["consumed"].as_u64().unwrap();
-        assert!(Instant::now() < deadline, "pruned only {outbox} outbox rows");
+        assert!(
+            Instant::now() < deadline,
+            "pruned only {outbox} outbox rows"
+        );
     }
     assert_eq!((outbox, consumed), (6, 2));
 }

@@ -219,3 +219,54 @@ async fn payments_stay_private() {
         .await;
     assert_eq!(redrive.status, 200, "{}", redrive.body);
 }
+
+/// The review finding: cancelled while the charge is being retried, the
+/// saga must never charge again; it voids the charge and releases stock.
+#[tokio::test]
+async fn a_cancellation_during_payment_retries_is_never_charged() {
+    let s = store(2).await;
+    let id = s.order(1, "tok_error").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s
+        .event_types(&id)
+        .await
+        .iter()
+        .any(|k| k == "order.payment_failed")
+    {
+        assert!(Instant::now() < deadline, "the charge never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = s
+        .app
+        .post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&s.alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let order = wait_for(&s.app, &s.alice, &id, "cancelled").await;
+    assert_eq!(order["cancel_reason"], "cancelled_by_user");
+    let kinds = s.event_types(&id).await;
+    assert!(
+        kinds.contains(&"order.payment_refunded".to_string())
+            && kinds.contains(&"order.stock_released".to_string())
+            && !kinds.contains(&"order.payment_charged".to_string()),
+        "{kinds:?}"
+    );
+    assert_eq!(s.stock().await, 2);
+    assert_eq!(s.payments(&id).await.body, json!([]));
+    // Every charge the step saw was answered by a failure the saga recorded:
+    // none was sent after the cancellation.
+    let failures = kinds
+        .iter()
+        .filter(|k| *k == "order.payment_failed")
+        .count();
+    let log = std::fs::read_to_string(s.app.host_log("payments-step_stdout.txt")).unwrap();
+    let charges = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["order_id"] == id.as_str() && l["type"] == "payment.charge")
+        .count();
+    assert_eq!(charges, failures, "{log}");
+}

@@ -268,7 +268,9 @@ fn count_param(req: &Request, name: &str, default: u32, max: u32) -> Result<u32,
             .parse::<u32>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| Problem::bad_request(format!("`{name}` must be a whole number from 1 to {max}"))),
+            .ok_or_else(|| {
+                Problem::bad_request(format!("`{name}` must be a whole number from 1 to {max}"))
+            }),
     }
 }
 
@@ -287,7 +289,9 @@ async fn redrive(req: &Request) -> ApiResult {
             .parse::<f64>()
             .ok()
             .filter(|s| s.is_finite() && *s >= 0.0)
-            .ok_or_else(|| Problem::bad_request("`retention_seconds` must be a number of seconds"))?,
+            .ok_or_else(|| {
+                Problem::bad_request("`retention_seconds` must be a number of seconds")
+            })?,
     };
     let max_attempts: i64 = setting("saga_max_attempts")
         .await?
@@ -346,7 +350,9 @@ async fn require_admin(req: &Request, what: &str) -> Result<(), Problem> {
     if caller(req).await?.is_admin() {
         Ok(())
     } else {
-        Err(Problem::forbidden(format!("only administrators may {what}")))
+        Err(Problem::forbidden(format!(
+            "only administrators may {what}"
+        )))
     }
 }
 

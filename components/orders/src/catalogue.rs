@@ -4,11 +4,11 @@
 use bazaar_api::{Problem, StatusCode};
 use bazaar_order_model::{LineItem, NewOrder};
 use bazaar_service::setting;
-use serde::Deserialize;
-use spin_sdk::http::body::IncomingBodyExt;
 use bytes::Bytes;
 use http_body_util::Full;
+use serde::Deserialize;
 use spin_sdk::http::Request;
+use spin_sdk::http::body::IncomingBodyExt;
 
 /// Line items priced from the catalogue.
 pub struct Priced {

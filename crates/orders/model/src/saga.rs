@@ -407,7 +407,9 @@ mod tests {
         // The reservation happened before the release reached the step.
         let d = decide(&order_after(&all), &Input::StockReserved);
         assert!(d.commands.is_empty(), "the release is already on its way");
-        assert!(!settled(&order_after(&[all.clone(), d.events.clone()].concat())));
+        assert!(!settled(&order_after(
+            &[all.clone(), d.events.clone()].concat()
+        )));
         all.extend(d.events);
         all.extend(decide(&order_after(&all), &Input::StockReleased).events);
         let order = order_after(&all);
@@ -476,7 +478,10 @@ mod tests {
     fn redrive_backs_off_within_bounds() {
         assert_eq!(redrive_delay_seconds(5.0, 1, 0.5), 10.0);
         assert_eq!(redrive_delay_seconds(5.0, 3, 0.5), 40.0);
-        assert_eq!(redrive_delay_seconds(5.0, 30, 0.5), MAX_REDRIVE_DELAY_SECONDS);
+        assert_eq!(
+            redrive_delay_seconds(5.0, 30, 0.5),
+            MAX_REDRIVE_DELAY_SECONDS
+        );
         assert!(redrive_delay_seconds(5.0, 1, 0.0) >= 8.0);
         assert!(redrive_delay_seconds(5.0, 1, 1.0) <= 12.0 + 1e-9);
     }

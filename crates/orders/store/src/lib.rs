@@ -15,11 +15,11 @@ use bazaar_envelope::Envelope;
 use bazaar_envelope::saga::{self as saga_messages, Charge, ReserveStock, StockLine};
 use bazaar_order_model::saga::{self, Command, Decision, Wake};
 use bazaar_order_model::{Event, Order, StoredEvent};
-pub use bazaar_service::{OutboxMessage, Pruned};
 use bazaar_service::{
     Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration, random_fraction,
     seconds_from_now_rfc3339,
 };
+pub use bazaar_service::{OutboxMessage, Pruned};
 use spin_sdk::sqlite::{RowResult, Value};
 
 const MIGRATIONS: &[Migration] = &[
@@ -301,7 +301,8 @@ impl OrderStore {
             .zip(&decision.events)
             .map(|(seq, event)| StoredEvent::new(seq, event, now))
             .collect();
-        self.insert_events(order_id, &user_id, &appended, now).await?;
+        self.insert_events(order_id, &user_id, &appended, now)
+            .await?;
         events.extend(appended);
         let after = Order::fold(order_id, &events)
             .map_err(Problem::internal)?

@@ -28,7 +28,9 @@ pub struct ChargeRequest<'a> {
 pub enum Answer {
     /// Charged; the processor's id for the charge, the same for every
     /// request with the same idempotency key.
-    Approved { charge_id: String },
+    Approved {
+        charge_id: String,
+    },
     Declined,
     /// Try again later: nothing was charged.
     Unavailable,
@@ -67,7 +69,10 @@ mod tests {
 
     #[test]
     fn the_same_key_names_the_same_charge() {
-        assert_eq!(charge(&request(TOKEN_APPROVED)), charge(&request(TOKEN_APPROVED)));
+        assert_eq!(
+            charge(&request(TOKEN_APPROVED)),
+            charge(&request(TOKEN_APPROVED))
+        );
         assert_eq!(
             charge(&request(TOKEN_APPROVED)),
             Answer::Approved {
