@@ -262,6 +262,46 @@ async fn sqlite_sessions_keep_transactions_to_themselves() {
     assert_eq!(body["results"][1], serde_json::json!([[5]]), "{body}");
 }
 
+/// Autocommit writes from many sessions at once may commit together (one
+/// sync for several); each still applies on its own: a failing one reports
+/// its own error and takes no other with it.
+#[tokio::test]
+async fn concurrent_autocommit_writes_commit_together_each_on_its_own() {
+    let app = AppDir::new(STORES);
+    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
+    cmd.env("RUST_LOG", "bazaar=debug,warn");
+    let host = app.start_with(cmd);
+    session(&host, &["CREATE TABLE tags (name TEXT PRIMARY KEY)"]).await;
+    // Each name twice: one insert of each pair must fail, alone.
+    let inserts: Vec<String> = (0..60)
+        .map(|i| format!("INSERT INTO tags (name) VALUES ('t{}')", i % 30))
+        .collect();
+    let statements: Vec<[&str; 1]> = inserts.iter().map(|i| [i.as_str()]).collect();
+    let replies = futures::future::join_all(statements.iter().map(|one| session(&host, one))).await;
+    let mut applied = std::collections::BTreeMap::<String, usize>::new();
+    for (insert, reply) in inserts.iter().zip(&replies) {
+        let result = &reply["results"][0];
+        if result == &serde_json::json!([]) {
+            assert_eq!(reply["changes"], 1, "{reply}");
+            *applied.entry(insert.clone()).or_default() += 1;
+        } else {
+            let error = result["error"].as_str().unwrap_or_default();
+            assert!(error.contains("UNIQUE constraint failed"), "{reply}");
+        }
+    }
+    assert_eq!(applied.len(), 30, "{applied:?}");
+    assert!(applied.values().all(|n| *n == 1), "{applied:?}");
+    let body = session(&host, &["SELECT count(*) FROM tags"]).await;
+    assert_eq!(body["results"][0], serde_json::json!([[30]]), "{body}");
+    host.wait_for_stderr(
+        "autocommit writes committed together",
+        1,
+        std::time::Duration::from_secs(10),
+    );
+}
+
 #[tokio::test]
 async fn variables_resolve_from_environment_and_defaults() {
     let app = AppDir::new(STORES);

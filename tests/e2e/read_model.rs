@@ -62,6 +62,10 @@ async fn views_are_written_with_the_events_and_events_are_public() {
         (Some("order.placed"), Some(id.as_str()))
     );
     assert_eq!(first["correlation_id"], first["order_id"]);
+    assert!(
+        first["data"].get("card_token").is_none() && first["data"]["total_cents"] == 4000,
+        "public events carry no card token: {first}"
+    );
     let traceparent = first["traceparent"].as_str().unwrap();
     assert!(
         traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),

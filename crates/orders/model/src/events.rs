@@ -83,6 +83,12 @@ impl Event {
         }
     }
 
+    /// The event's data as it may leave the orders service (API, public
+    /// announcements): without the card token.
+    pub fn public_data(&self) -> serde_json::Value {
+        public_data(self.data())
+    }
+
     pub fn data(&self) -> serde_json::Value {
         match self {
             Event::Placed(e) => serde_json::to_value(e),
@@ -161,11 +167,16 @@ impl StoredEvent {
 
     /// The API's view of one event: `{seq, type, data, at}`.
     pub fn to_api(&self) -> serde_json::Value {
-        let mut data = self.data.clone();
-        // The card token is the payment step's business, not the client's.
-        if let Some(object) = data.as_object_mut() {
-            object.remove("card_token");
-        }
+        let data = public_data(self.data.clone());
         serde_json::json!({ "seq": self.seq, "type": self.kind, "data": data, "at": self.occurred_at })
     }
+}
+
+/// The card token is the payment step's business only: it travels in the
+/// charge command and nowhere else outside the event store.
+fn public_data(mut data: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = data.as_object_mut() {
+        object.remove("card_token");
+    }
+    data
 }

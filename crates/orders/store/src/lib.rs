@@ -732,7 +732,7 @@ fn announcement(
     now: &str,
     cause: &Cause,
 ) -> OutboxMessage {
-    let mut data = event.data();
+    let mut data = event.public_data();
     if let Some(object) = data.as_object_mut() {
         object.insert("seq".into(), seq.into());
     }

@@ -18,6 +18,8 @@ use crate::app::runtime_config::Location;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
 
+mod group_commit;
+
 /// The most a query may return, in bytes of values: a guest that selects a
 /// whole large table gets an error, not a host that copies gigabytes.
 const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
@@ -26,8 +28,14 @@ const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 pub struct Databases {
     /// Every label the application defines, opened or not.
     defined: BTreeSet<String>,
-    /// The files of the labels some component uses.
-    files: BTreeMap<String, Arc<SqliteFile>>,
+    /// The databases of the labels some component uses.
+    files: BTreeMap<String, Arc<Database>>,
+}
+
+/// One database: its file, and the autocommit writes queued for it.
+struct Database {
+    file: Arc<SqliteFile>,
+    autocommits: Arc<group_commit::Queue>,
 }
 
 impl Databases {
@@ -41,7 +49,11 @@ impl Databases {
             .map(|(label, location)| {
                 let file = SqliteFile::open(&location, "")
                     .with_context(|| format!("SQLite database `{label}` ({location:?})"))?;
-                Ok((label, file))
+                let database = Database {
+                    file,
+                    autocommits: Arc::default(),
+                };
+                Ok((label, Arc::new(database)))
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Databases { defined, files })
@@ -56,7 +68,7 @@ pub struct SqliteGrants {
 
 /// The guest's connection resource.
 pub struct ConnectionHandle {
-    file: Arc<SqliteFile>,
+    database: Arc<Database>,
     session: Arc<tokio::sync::Mutex<Session>>,
 }
 
@@ -97,12 +109,12 @@ impl SqliteView<'_> {
         if !self.grants.databases.defined.contains(label) {
             return Ok(Err(Error::NoSuchDatabase));
         }
-        let file = match self.grants.databases.files.get(label) {
-            Some(file) if self.grants.granted.contains(label) => Arc::clone(file),
+        let database = match self.grants.databases.files.get(label) {
+            Some(database) if self.grants.granted.contains(label) => Arc::clone(database),
             _ => return Ok(Err(Error::AccessDenied)),
         };
         let handle = ConnectionHandle {
-            file,
+            database,
             session: Arc::default(),
         };
         Ok(Ok(self.table.push(handle)?))
@@ -111,17 +123,18 @@ impl SqliteView<'_> {
     fn handle(
         &self,
         r: &Resource<ConnectionHandle>,
-    ) -> wasmtime::Result<(Arc<SqliteFile>, Arc<tokio::sync::Mutex<Session>>)> {
+    ) -> wasmtime::Result<(Arc<Database>, Arc<tokio::sync::Mutex<Session>>)> {
         let handle = self.table.get(r)?;
-        Ok((Arc::clone(&handle.file), Arc::clone(&handle.session)))
+        Ok((Arc::clone(&handle.database), Arc::clone(&handle.session)))
     }
 }
 
 /// Runs one statement of a session: on its open transaction, else on a
-/// reader if the statement only reads, else on the writer, which the session
-/// keeps if the statement opened a transaction.
+/// reader if the statement only reads, else with other autocommit writes
+/// (group commit) if it is a plain data change, else on the writer, which
+/// the session keeps if the statement opened a transaction.
 async fn execute(
-    file: Arc<SqliteFile>,
+    database: Arc<Database>,
     session: &tokio::sync::Mutex<Session>,
     statement: String,
     params: Vec<Value>,
@@ -133,6 +146,7 @@ async fn execute(
         }
         return in_transaction(&mut session, writer, &statement, params);
     }
+    let file = &database.file;
     let reader = if looks_like_a_read(&statement) {
         file.reader().await.map_err(Error::Io)?
     } else {
@@ -153,6 +167,13 @@ async fn execute(
         }
         None => (statement, params),
     };
+    if group_commit::joins(&statement) {
+        let (result, last_insert_rowid, changes) =
+            database.autocommits.execute(file, statement, params).await;
+        session.last_insert_rowid = last_insert_rowid;
+        session.changes = changes;
+        return result;
+    }
     let writer = file.writer().await.map_err(Error::Io)?;
     on_writer(&mut session, writer, statement, params).await
 }
@@ -310,9 +331,9 @@ impl sqlite::HostConnection for SqliteView<'_> {
         statement: String,
         parameters: Vec<Value>,
     ) -> wasmtime::Result<Result<QueryResult, Error>> {
-        let (file, session) = self.handle(&conn)?;
+        let (database, session) = self.handle(&conn)?;
         Ok(futures::executor::block_on(execute(
-            file, &session, statement, parameters,
+            database, &session, statement, parameters,
         )))
     }
 
@@ -355,9 +376,9 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
             Error,
         >,
     > {
-        let (file, session) = accessor.with(|mut access| access.get().handle(&conn))?;
+        let (database, session) = accessor.with(|mut access| access.get().handle(&conn))?;
         let QueryResult { columns, rows } =
-            match execute(file, &session, statement, parameters).await {
+            match execute(database, &session, statement, parameters).await {
                 Ok(result) => result,
                 Err(e) => return Ok(Err(e)),
             };
