@@ -61,6 +61,8 @@ struct Pool {
     /// Where new connections open; `None` for an in-memory database, whose
     /// one connection is made at start-up.
     path: Option<PathBuf>,
+    /// Run on every new connection before it is used (an authorizer).
+    guard: Guard,
     size: usize,
     state: Mutex<PoolState>,
     returned: Notify,
@@ -101,10 +103,16 @@ impl Drop for Lease {
     }
 }
 
+/// What a file's connections are fitted with before their first statement:
+/// the `sqlite` factor's sandbox for guests' databases, nothing for the
+/// host's own tables.
+pub type Guard = Option<fn(&Connection)>;
+
 impl Pool {
-    fn new(path: Option<PathBuf>, size: usize, idle: Vec<Connection>) -> Arc<Pool> {
+    fn new(path: Option<PathBuf>, guard: Guard, size: usize, idle: Vec<Connection>) -> Arc<Pool> {
         Arc::new(Pool {
             path,
+            guard,
             size,
             state: Mutex::new(PoolState {
                 opened: idle.len(),
@@ -148,10 +156,14 @@ impl Pool {
                 room
             };
             if let (true, Some(path)) = (open_new, &self.path) {
-                return Connection::open(path).and_then(configure).map_err(|e| {
+                let conn = Connection::open(path).and_then(configure).map_err(|e| {
                     self.state().opened -= 1;
                     e.to_string()
-                });
+                })?;
+                if let Some(guard) = self.guard {
+                    guard(&conn);
+                }
+                return Ok(conn);
             }
             returned.await;
         }
@@ -161,8 +173,8 @@ impl Pool {
 impl SqliteFile {
     /// Opens a first connection now (creating the folder and turning on
     /// WAL), so a bad path fails at start-up; `init` runs on it first (a
-    /// schema).
-    pub fn open(location: &Location, init: &str) -> anyhow::Result<Arc<SqliteFile>> {
+    /// schema), then `guard` on it and every later connection.
+    pub fn open(location: &Location, init: &str, guard: Guard) -> anyhow::Result<Arc<SqliteFile>> {
         let first = match location {
             Location::File(path) => open_file(path)?,
             Location::Memory => configure(Connection::open_in_memory()?)?,
@@ -170,16 +182,24 @@ impl SqliteFile {
         if !init.is_empty() {
             first.execute_batch(init)?;
         }
+        if let Some(guard) = guard {
+            guard(&first);
+        }
         let file = match location {
             Location::File(path) => SqliteFile {
-                readers: Some(Pool::new(Some(path.clone()), MAX_READERS, Vec::new())),
-                writers: Pool::new(Some(path.clone()), MAX_WRITERS, vec![first]),
+                readers: Some(Pool::new(
+                    Some(path.clone()),
+                    guard,
+                    MAX_READERS,
+                    Vec::new(),
+                )),
+                writers: Pool::new(Some(path.clone()), guard, MAX_WRITERS, vec![first]),
             },
             // A private in-memory database is one connection: it reads and
             // writes.
             Location::Memory => SqliteFile {
                 readers: None,
-                writers: Pool::new(None, 1, vec![first]),
+                writers: Pool::new(None, guard, 1, vec![first]),
             },
         };
         Ok(Arc::new(file))

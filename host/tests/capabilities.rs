@@ -302,6 +302,62 @@ async fn concurrent_autocommit_writes_commit_together_each_on_its_own() {
     );
 }
 
+/// A guest's SQL cannot reach files outside its database, load code, or
+/// change the pooled connections' settings; describing its own schema and
+/// versioning it still work.
+#[tokio::test]
+async fn guest_sql_stays_inside_its_database() {
+    let app = AppDir::new(STORES);
+    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
+    let host = app.start_with(cmd);
+    session(&host, &["CREATE TABLE notes (body TEXT)"]).await;
+    let outside = app.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let escape = outside.join("escape.db");
+    let copy = outside.join("copy.db");
+    for statement in [
+        format!("ATTACH DATABASE '{}' AS x", escape.display()),
+        format!("ATTACH 'file:{}?mode=rwc' AS x", escape.display()),
+        format!("VACUUM INTO '{}'", copy.display()),
+        "SELECT load_extension('/usr/lib/libm.so.6')".to_string(),
+        format!("PRAGMA temp_store_directory = '{}'", outside.display()),
+        "PRAGMA journal_mode = DELETE".to_string(),
+        "PRAGMA synchronous = OFF".to_string(),
+        "PRAGMA writable_schema = ON".to_string(),
+        "PRAGMA foreign_keys = ON".to_string(),
+        "PRAGMA schema_version = 1".to_string(),
+    ] {
+        let body = session(&host, &[statement.as_str()]).await;
+        let error = body["results"][0]["error"].as_str().unwrap_or_default();
+        // "not authorized" when prepared; "authorization denied" when run.
+        assert!(error.contains("authoriz"), "{statement}: {body}");
+    }
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "a file was created outside the database"
+    );
+    let body = session(
+        &host,
+        &[
+            "PRAGMA user_version = 7",
+            "PRAGMA user_version",
+            "PRAGMA table_info(notes)",
+            "PRAGMA journal_mode",
+            "VACUUM",
+            "SELECT count(*) FROM notes",
+        ],
+    )
+    .await;
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6, "{body}");
+    assert!(results.iter().all(|r| r.get("error").is_none()), "{body}");
+    assert_eq!(results[1], serde_json::json!([[7]]), "{body}");
+    assert_eq!(results[2][0][1], "body", "{body}");
+    assert_eq!(results[3], serde_json::json!([["wal"]]), "{body}");
+}
+
 #[tokio::test]
 async fn variables_resolve_from_environment_and_defaults() {
     let app = AppDir::new(STORES);

@@ -33,7 +33,8 @@ pub struct KvBackend {
 
 impl KvBackend {
     pub fn open(location: &Location) -> anyhow::Result<Self> {
-        let file = SqliteFile::open(location, SCHEMA).context("cannot open the key-value table")?;
+        let file =
+            SqliteFile::open(location, SCHEMA, None).context("cannot open the key-value table")?;
         Ok(KvBackend { file })
     }
 

@@ -175,6 +175,11 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("bazaar's status").is_none()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

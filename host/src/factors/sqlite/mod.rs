@@ -19,6 +19,7 @@ use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
 
 mod group_commit;
+mod sandbox;
 
 /// The most a query may return, in bytes of values: a guest that selects a
 /// whole large table gets an error, not a host that copies gigabytes.
@@ -47,7 +48,7 @@ impl Databases {
         let files = locations
             .into_iter()
             .map(|(label, location)| {
-                let file = SqliteFile::open(&location, "")
+                let file = SqliteFile::open(&location, "", Some(sandbox::install))
                     .with_context(|| format!("SQLite database `{label}` ({location:?})"))?;
                 let database = Database {
                     file,
