@@ -104,6 +104,45 @@ async fn spin_headers_describe_the_match() {
     assert_eq!(h["spin-path-info"], "");
 }
 
+/// The raw status line of a request written by hand (clients refuse to send
+/// such a `Host`).
+async fn status_with_host(host: &common::Host, header: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = host
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request =
+        format!("GET /api/headers HTTP/1.1\r\nHost: {header}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// A `Host` header that is not an authority would move the path or query
+/// the component sees (`x/admin` + `/public` = `/admin/public`): 400.
+#[tokio::test]
+async fn a_host_header_must_be_an_authority() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    for bad in ["x/admin", "x?a=1", "x#f", "user@x", "x y"] {
+        let status = status_with_host(&host, bad).await;
+        assert!(status.contains(" 400 "), "Host: {bad}: {status}");
+    }
+    for good in [
+        "example.test",
+        "example.test:8080",
+        "127.0.0.1:3000",
+        "[::1]:3000",
+    ] {
+        let status = status_with_host(&host, good).await;
+        assert!(status.contains(" 200 "), "Host: {good}: {status}");
+    }
+}
+
 #[tokio::test]
 async fn clients_cannot_forge_spin_headers() {
     let app = AppDir::new(ROUTES);

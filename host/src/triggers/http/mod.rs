@@ -178,24 +178,33 @@ impl ServiceChaining for HttpApp {
     }
 }
 
-/// Spin hands components an absolute URI built from the `Host` header.
+/// Spin hands components an absolute URI built from the `Host` header. The
+/// header must be an authority (`host[:port]`): anything else (a path, a
+/// query, user info) would change the URL the component sees, so it is a
+/// 400, as in Spin. Without one (HTTP/1.0), `localhost`.
 fn absolutize(req: &mut Request<WasiBody>) -> Result<(), StatusCode> {
     if req.uri().authority().is_some() {
         return Ok(());
     }
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_string();
+    let authority = match req.headers().get(http::header::HOST) {
+        None => http::uri::Authority::from_static("localhost"),
+        Some(host) => host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .filter(|a| !a.as_str().contains('@'))
+            .ok_or(StatusCode::BAD_REQUEST)?,
+    };
     let path = req
         .uri()
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    *req.uri_mut() = format!("http://{host}{path}")
-        .parse()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    *req.uri_mut() = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
         .map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok(())
 }
