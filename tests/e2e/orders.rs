@@ -81,9 +81,12 @@ async fn placing_an_order_snapshots_prices() {
         &format!("/api/v1/products/{}", shop.mug),
         Some(&shop.admin),
     );
-    shop.app
+    let patched = shop
+        .app
         .send(patch.json(&json!({ "price_cents": 1 })))
         .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(patched.body["price_cents"], 1, "the price did change");
     let again = shop
         .app
         .get(&format!("/api/v1/orders/{id}"), Some(&shop.alice))
@@ -270,14 +273,17 @@ async fn the_read_model_lists_my_orders_newest_first() {
                 .to_string(),
         );
     }
-    shop.place(&shop.bob, &[(&shop.hat, 1)]).await;
-    shop.app
+    let bobs = shop.place(&shop.bob, &[(&shop.hat, 1)]).await;
+    assert_eq!(bobs.status, 202, "{}", bobs.body);
+    let cancel = shop
+        .app
         .post(
             &format!("/api/v1/orders/{}/cancel", mine[0]),
             Some(&shop.alice),
             json!({}),
         )
         .await;
+    assert_eq!(cancel.status, 202, "{}", cancel.body);
 
     mine.reverse();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -66,6 +66,17 @@ impl Store {
             .unwrap()
     }
 
+    /// The order's one payment: its status and amount.
+    async fn only_payment(&self, id: &str) -> (String, i64) {
+        let reply = self.payments(id).await;
+        let list = reply.body.as_array().expect("a list of payments");
+        assert_eq!(list.len(), 1, "one payment per order: {}", reply.body);
+        (
+            list[0]["status"].as_str().unwrap().to_string(),
+            list[0]["amount_cents"].as_i64().unwrap(),
+        )
+    }
+
     async fn payments(&self, id: &str) -> Reply {
         self.app
             .get(
@@ -149,7 +160,10 @@ async fn a_declined_card_releases_the_stock() {
         ]
     );
     assert_eq!(s.stock().await, 4);
-    assert_eq!(s.payments(&id).await.body[0]["status"], "declined");
+    assert_eq!(
+        s.only_payment(&id).await,
+        ("declined".to_string(), 3 * 4000)
+    );
 }
 
 #[tokio::test]
@@ -190,7 +204,7 @@ async fn cancelling_a_confirmed_order_refunds_and_restocks() {
     let order = wait_for(&s.app, &s.alice, &id, "cancelled").await;
     assert_eq!(order["cancel_reason"], "cancelled_by_user");
     assert_eq!(s.stock().await, 3);
-    assert_eq!(s.payments(&id).await.body[0]["status"], "refunded");
+    assert_eq!(s.only_payment(&id).await, ("refunded".to_string(), 4000));
 }
 
 #[tokio::test]
@@ -218,6 +232,13 @@ async fn payments_stay_private() {
         .post("/api/v1/admin/saga/redrive", Some(&s.admin), json!({}))
         .await;
     assert_eq!(redrive.status, 200, "{}", redrive.body);
+    // Nothing is due: the only saga is settled.
+    assert_eq!(
+        (&redrive.body["redriven"], &redrive.body["parked"]),
+        (&json!(0), &json!(0)),
+        "{}",
+        redrive.body
+    );
 }
 
 /// The review finding: cancelled while the charge is being retried, the

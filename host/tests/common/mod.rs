@@ -303,6 +303,11 @@ impl RedisServer {
         self.stop();
         self.spawn();
     }
+
+    /// Starts a stopped server again, on the same port.
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
 }
 
 impl Drop for RedisServer {
