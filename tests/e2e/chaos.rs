@@ -307,12 +307,12 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
     let (first, second) = plan.split_at(ORDERS / 2);
     let mut ids: Vec<String> = Vec::new();
     let mut cancelled: Vec<String> = Vec::new();
-    let place_all = |batch: &[(usize, String, i64, &'static str, Option<u64>)]| {
-        futures::stream::iter(batch.to_vec().into_iter().map(place))
+    let place_all = |batch: Vec<(usize, String, i64, &'static str, Option<u64>)>| {
+        futures::stream::iter(batch.into_iter().map(place))
             .buffer_unordered(8)
             .collect::<Vec<_>>()
     };
-    let mut placed = place_all(first).await;
+    let mut placed = place_all(first.to_vec()).await;
     // Redis goes away while the first batch's sagas are in flight and the
     // second batch is being placed, and comes back 1.5 s later.
     redis.stop();
@@ -321,7 +321,7 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
         redis.resume();
         redis
     });
-    placed.extend(place_all(second).await);
+    placed.extend(place_all(second.to_vec()).await);
     for (id, was_cancelled) in placed {
         if was_cancelled {
             cancelled.push(id.clone());

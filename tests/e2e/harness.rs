@@ -66,6 +66,10 @@ impl Reply {
     }
 }
 
+/// The channels spin.toml subscribes to: saga replies, inventory and
+/// payment commands.
+const REDIS_CHANNELS: usize = 3;
+
 impl App {
     pub fn start() -> App {
         Self::start_with(&[])
@@ -117,8 +121,16 @@ impl App {
         for (key, value) in env {
             cmd.env(key, value);
         }
+        let host = common::start(cmd);
+        // Messages published before the trigger subscribes are lost (pub/sub):
+        // no test may place an order before every channel is subscribed.
+        host.wait_for_stderr(
+            "subscribed",
+            REDIS_CHANNELS,
+            std::time::Duration::from_secs(60),
+        );
         App {
-            host: common::start(cmd),
+            host,
             client: reqwest::Client::new(),
             state,
         }

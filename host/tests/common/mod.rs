@@ -198,13 +198,25 @@ impl Host {
         send(reqwest::Client::new().get(self.url(path))).await
     }
 
-    /// Stops the host with SIGTERM, as a service manager would, and waits.
+    /// Stops the host with SIGTERM, as a service manager would, and waits
+    /// up to 30 s for it to exit (a host that hangs fails the test).
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait().unwrap()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bazaar did not exit within 30 s of SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -240,6 +252,37 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) 
     (status, body)
 }
 
+/// The process id of the Redis server on `port`, if one answers.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = String::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(at) = reply.find("process_id:") {
+            let rest = &reply[at + "process_id:".len()..];
+            if let Some(line) = rest.split_once('\n').map(|(line, _)| line) {
+                return line.trim().parse().ok();
+            }
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `redis-server` of our own on a free loopback port, without persistence.
 pub struct RedisServer {
     port: u16,
@@ -248,19 +291,21 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A server on a port the system says is free. Another process may
+    /// take that port before redis-server binds it (tests run in
+    /// parallel): then our server exits at once, and another port is tried.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer {
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        server.spawn();
-        server
+        for _ in 0..10 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap(),
+                child: None,
+            };
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports");
     }
 
     pub fn url(&self) -> String {
@@ -268,7 +313,17 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(
+            self.try_spawn(),
+            "redis-server did not start on port {}",
+            self.port
+        );
+    }
+
+    /// Starts redis-server on this server's port; `false` if it exited (the
+    /// port was taken) or did not answer within 10 s.
+    fn try_spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -284,10 +339,18 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (tests/run installs it)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        loop {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            // The server answering must be ours, not a neighbour's.
+            if server_pid(self.port) == Some(child.id()) {
+                self.child = Some(child);
+                return true;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
