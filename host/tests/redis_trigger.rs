@@ -120,6 +120,31 @@ async fn eventually(host: &Host, key: &str, expected: &[u8]) {
     }
 }
 
+/// `rediss://`: the trigger subscribes and guests publish over TLS,
+/// verifying the server against the trusted roots (here the test's CA, given
+/// as `SSL_CERT_FILE`).
+#[tokio::test]
+async fn rediss_addresses_speak_tls() {
+    let server = RedisServer::start_tls();
+    let app = app();
+    let mut cmd = app.command(&["--redis", &server.url()]);
+    cmd.env("SSL_CERT_FILE", server.ca_file());
+    let host = app.start_with(cmd);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    publish(&host, "fanout", b"over tls".to_vec()).await;
+    eventually(&host, "last:left", b"over tls").await;
+    eventually(&host, "last:right", b"over tls").await;
+
+    // Without the CA among the trusted roots, the certificate is refused.
+    let untrusting = app.start_with(app.command(&["--redis", &server.url()]));
+    untrusting.wait_for_stderr("cannot subscribe", 1, Duration::from_secs(30));
+    assert!(
+        !untrusting.stderr().contains(" subscribed"),
+        "{}",
+        untrusting.stderr()
+    );
+}
+
 async fn every_subscriber_gets_each_message_once(redis: &str) {
     let app = app();
     let host = start(&app, redis);

@@ -288,6 +288,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// Serves TLS only (`rediss://`), with a certificate from a test CA.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -300,6 +302,7 @@ impl RedisServer {
                 port: free_port(),
                 dir: tempfile::tempdir().unwrap(),
                 child: None,
+                tls: false,
             };
             if server.try_spawn() {
                 return server;
@@ -308,8 +311,93 @@ impl RedisServer {
         panic!("redis-server did not start on any of 10 free ports");
     }
 
+    /// A server that speaks only TLS, with a certificate for `localhost`
+    /// signed by a CA of its own ([`RedisServer::ca_file`]).
+    pub fn start_tls() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: true,
+        };
+        server.make_certificates();
+        server.spawn();
+        server
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("rediss://localhost:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn make_certificates(&self) {
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl must be installed");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=bazaar test CA",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            self.dir.path().join("san.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+        ]);
     }
 
     fn spawn(&mut self) {
@@ -323,17 +411,28 @@ impl RedisServer {
     /// Starts redis-server on this server's port; `false` if it exited (the
     /// port was taken) or did not answer within 10 s.
     fn try_spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let listen: Vec<&str> = if self.tls {
+            vec![
                 "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.crt",
+                "--tls-auth-clients",
                 "no",
-            ])
+            ]
+        } else {
+            vec!["--port", &port]
+        };
+        let mut child = Command::new("redis-server")
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -346,8 +445,14 @@ impl RedisServer {
                 let _ = child.wait();
                 return false;
             }
-            // The server answering must be ours, not a neighbour's.
-            if server_pid(self.port) == Some(child.id()) {
+            // The server answering must be ours, not a neighbour's (a TLS
+            // server cannot be asked in plain text: it must just be up).
+            let ours = if self.tls {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                server_pid(self.port) == Some(child.id())
+            };
+            if ours {
                 self.child = Some(child);
                 return true;
             }
