@@ -141,14 +141,14 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
     let kv_used = used(|c| &c.key_value_stores);
     let sqlite_used = used(|c| &c.sqlite_databases);
     announce_defaults(&runtime_config, &kv_used, &sqlite_used);
-    let kv_stores = Arc::new(KvStores::open(
-        runtime_config.key_value_stores.keys().cloned().collect(),
-        only(&runtime_config.key_value_stores, &kv_used),
-    )?);
-    let databases = Arc::new(Databases::open(
-        runtime_config.sqlite_databases.keys().cloned().collect(),
-        only(&runtime_config.sqlite_databases, &sqlite_used),
-    )?);
+    let kv_stores = Arc::new(KvStores::open(only(
+        &runtime_config.key_value_stores,
+        &kv_used,
+    ))?);
+    let databases = Arc::new(Databases::open(only(
+        &runtime_config.sqlite_databases,
+        &sqlite_used,
+    ))?);
     let redis_clients = Arc::new(RedisClients::default());
 
     let logs_dir = options.state_dir.join("logs");

@@ -64,8 +64,6 @@ fn other(e: rusqlite::Error) -> Error {
 
 /// Where each key-value label lives, for the whole application.
 pub struct KvStores {
-    /// Every label the application defines, opened or not.
-    defined: BTreeSet<String>,
     /// Backends for the labels some component uses.
     backends: BTreeMap<String, Arc<KvBackend>>,
 }
@@ -73,10 +71,7 @@ pub struct KvStores {
 impl KvStores {
     /// Opens a backend for every label; several labels may share one file
     /// (rows are keyed by label).
-    pub fn open(
-        defined: BTreeSet<String>,
-        locations: BTreeMap<String, Location>,
-    ) -> anyhow::Result<Self> {
+    pub fn open(locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
         let mut by_location: BTreeMap<Location, Arc<KvBackend>> = BTreeMap::new();
         let mut backends = BTreeMap::new();
         for (label, location) in locations {
@@ -93,7 +88,7 @@ impl KvStores {
             };
             backends.insert(label, backend);
         }
-        Ok(KvStores { defined, backends })
+        Ok(KvStores { backends })
     }
 }
 
@@ -147,12 +142,13 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
     ) -> wasmtime::Result<Result<Resource<StoreHandle>, Error>> {
         accessor.with(|mut access| {
             let view = access.get();
-            if !view.grants.stores.defined.contains(&label) {
-                return Ok(Err(Error::NoSuchStore));
+            // Spin's order: a label the component does not declare is
+            // denied, whether or not the application defines it.
+            if !view.grants.granted.contains(&label) {
+                return Ok(Err(Error::AccessDenied));
             }
-            let backend = match view.grants.stores.backends.get(&label) {
-                Some(backend) if view.grants.granted.contains(&label) => Arc::clone(backend),
-                _ => return Ok(Err(Error::AccessDenied)),
+            let Some(backend) = view.grants.stores.backends.get(&label).map(Arc::clone) else {
+                return Ok(Err(Error::NoSuchStore));
             };
             let handle = view.table.push(StoreHandle { label, backend })?;
             Ok(Ok(handle))

@@ -27,8 +27,6 @@ const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Where each database label lives, for the whole application.
 pub struct Databases {
-    /// Every label the application defines, opened or not.
-    defined: BTreeSet<String>,
     /// The databases of the labels some component uses.
     files: BTreeMap<String, Arc<Database>>,
 }
@@ -41,10 +39,7 @@ struct Database {
 
 impl Databases {
     /// Opens every database once now, so a bad path fails at start-up.
-    pub fn open(
-        defined: BTreeSet<String>,
-        locations: BTreeMap<String, Location>,
-    ) -> anyhow::Result<Self> {
+    pub fn open(locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
         let files = locations
             .into_iter()
             .map(|(label, location)| {
@@ -57,7 +52,7 @@ impl Databases {
                 Ok((label, Arc::new(database)))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Databases { defined, files })
+        Ok(Databases { files })
     }
 }
 
@@ -107,12 +102,13 @@ pub struct SqliteView<'a> {
 
 impl SqliteView<'_> {
     fn open(&mut self, label: &str) -> wasmtime::Result<Result<Resource<ConnectionHandle>, Error>> {
-        if !self.grants.databases.defined.contains(label) {
-            return Ok(Err(Error::NoSuchDatabase));
+        // Spin's order: a label the component does not declare is denied,
+        // whether or not the application defines it.
+        if !self.grants.granted.contains(label) {
+            return Ok(Err(Error::AccessDenied));
         }
-        let database = match self.grants.databases.files.get(label) {
-            Some(database) if self.grants.granted.contains(label) => Arc::clone(database),
-            _ => return Ok(Err(Error::AccessDenied)),
+        let Some(database) = self.grants.databases.files.get(label).map(Arc::clone) else {
+            return Ok(Err(Error::NoSuchDatabase));
         };
         let handle = ConnectionHandle {
             database,
