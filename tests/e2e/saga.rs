@@ -66,6 +66,19 @@ impl Store {
             .unwrap()
     }
 
+    /// Alice cancels the order; the request is accepted.
+    async fn cancel(&self, id: &str) {
+        let reply = self
+            .app
+            .post(
+                &format!("/api/v1/orders/{id}/cancel"),
+                Some(&self.alice),
+                json!({}),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+
     /// The order's one payment: its status and amount.
     async fn only_payment(&self, id: &str) -> (String, i64) {
         let reply = self.payments(id).await;
@@ -192,15 +205,7 @@ async fn cancelling_a_confirmed_order_refunds_and_restocks() {
     let id = s.order(1, "tok_ok").await;
     wait_for(&s.app, &s.alice, &id, "confirmed").await;
     assert_eq!(s.stock().await, 2);
-    let reply = s
-        .app
-        .post(
-            &format!("/api/v1/orders/{id}/cancel"),
-            Some(&s.alice),
-            json!({}),
-        )
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.body);
+    s.cancel(&id).await;
     let order = wait_for(&s.app, &s.alice, &id, "cancelled").await;
     assert_eq!(order["cancel_reason"], "cancelled_by_user");
     assert_eq!(s.stock().await, 3);
@@ -257,15 +262,7 @@ async fn a_cancellation_during_payment_retries_is_never_charged() {
         assert!(Instant::now() < deadline, "the charge never failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reply = s
-        .app
-        .post(
-            &format!("/api/v1/orders/{id}/cancel"),
-            Some(&s.alice),
-            json!({}),
-        )
-        .await;
-    assert_eq!(reply.status, 202, "{}", reply.body);
+    s.cancel(&id).await;
     let order = wait_for(&s.app, &s.alice, &id, "cancelled").await;
     assert_eq!(order["cancel_reason"], "cancelled_by_user");
     let kinds = s.event_types(&id).await;

@@ -83,6 +83,10 @@ pub struct VariableDecl {
     /// no behaviour of its own.
     #[serde(default, rename = "secret")]
     _secret: bool,
+    /// Spin accepts a description for people reading the manifest; so
+    /// does `bazaar`, and does nothing with it.
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,6 +449,15 @@ source = "web.wasm"
                 "{decl}"
             );
         }
+    }
+
+    #[test]
+    fn variables_may_carry_a_description() {
+        let text = format!(
+            "{MINIMAL}[variables]\nx = {{ default = \"a\", description = \"what x is for\" }}\n"
+        );
+        let m = parse(&text).unwrap();
+        assert_eq!(m.variables["x"].default.as_deref(), Some("a"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Channel carrying every order event, for projections and the saga.
+/// Channel carrying every order event, announced for whoever subscribes.
 pub const ORDER_EVENTS_CHANNEL: &str = "bazaar.orders.events";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
