@@ -267,10 +267,9 @@ impl OrderStore {
     where
         F: FnOnce(Option<&Order>) -> Result<Decision, Problem>,
     {
-        self.0.begin().await?;
-        let outcome = self.record_in_transaction(order_id, cause, decide).await;
-        self.0.end(outcome.is_ok()).await?;
-        outcome
+        self.0
+            .transaction(async || self.record_in_transaction(order_id, cause, decide).await)
+            .await
     }
 
     async fn record_in_transaction<F>(
@@ -503,12 +502,12 @@ impl OrderStore {
         reply_timeout: f64,
         max_attempts: i64,
     ) -> Result<Redriven, Problem> {
-        self.0.begin().await?;
-        let outcome = self
-            .redrive_in_transaction(due, now, reply_timeout, max_attempts)
-            .await;
-        self.0.end(outcome.is_ok()).await?;
-        outcome
+        self.0
+            .transaction(async || {
+                self.redrive_in_transaction(due, now, reply_timeout, max_attempts)
+                    .await
+            })
+            .await
     }
 
     async fn redrive_in_transaction(
@@ -645,21 +644,19 @@ impl OrderStore {
         let mut rebuilt = 0;
         for row in &stale {
             let order_id = row.get::<&str>(0).unwrap_or_default();
-            self.0.begin().await?;
-            let outcome = async {
-                if let Some(order) = self.order(order_id).await? {
-                    self.write_view(&order).await?;
-                    self.rows(
-                        "UPDATE sagas SET projected = ? WHERE order_id = ?",
-                        vec![Value::Integer(order.version), text(order_id)],
-                    )
-                    .await?;
-                }
-                Ok::<_, Problem>(())
-            }
-            .await;
-            self.0.end(outcome.is_ok()).await?;
-            outcome?;
+            self.0
+                .transaction(async || {
+                    if let Some(order) = self.order(order_id).await? {
+                        self.write_view(&order).await?;
+                        self.rows(
+                            "UPDATE sagas SET projected = ? WHERE order_id = ?",
+                            vec![Value::Integer(order.version), text(order_id)],
+                        )
+                        .await?;
+                    }
+                    Ok::<_, Problem>(())
+                })
+                .await?;
             rebuilt += 1;
         }
         Ok(rebuilt)

@@ -78,15 +78,22 @@ fn redis_unavailable(e: impl std::fmt::Debug) -> Problem {
 }
 
 impl Database {
-    pub async fn begin(&self) -> Result<(), Problem> {
-        self.rows("BEGIN IMMEDIATE", vec![]).await.map(drop)
-    }
-
-    /// Commits if `ok`, else rolls back.
-    pub async fn end(&self, ok: bool) -> Result<(), Problem> {
-        self.rows(if ok { "COMMIT" } else { "ROLLBACK" }, vec![])
-            .await
-            .map(drop)
+    /// Runs `work` in a write transaction (`BEGIN IMMEDIATE`, so its reads
+    /// already hold the write lock): committed if `work` succeeds, rolled
+    /// back if it fails.
+    pub async fn transaction<T, E: From<Problem>>(
+        &self,
+        work: impl AsyncFnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.rows("BEGIN IMMEDIATE", vec![]).await?;
+        let outcome = work().await;
+        let end = if outcome.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        self.rows(end, vec![]).await?;
+        outcome
     }
 
     /// Records `message_id` as consumed; `false` if it already was (a

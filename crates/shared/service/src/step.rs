@@ -38,24 +38,29 @@ pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
     injected_fault().await.map_err(detail)?;
     let now = now_rfc3339();
     let db = step.db();
-    db.begin().await.map_err(detail)?;
-    let outcome = async {
-        if !db.consume(&command.id, &now).await.map_err(detail)? {
-            return Ok(None);
-        }
-        let (kind, data) = step.apply(&command, &now).await?;
-        let reply = OutboxMessage {
-            channel: bazaar_envelope::saga::SAGA_REPLIES.to_string(),
-            envelope: command.follow_up(uuid::Uuid::now_v7().to_string(), kind, now.clone(), data),
-        };
-        db.enqueue_all(std::slice::from_ref(&reply))
-            .await
-            .map_err(detail)?;
-        Ok::<_, String>(Some(reply))
-    }
-    .await;
-    db.end(outcome.is_ok()).await.map_err(detail)?;
-    let reply = outcome?;
+    let reply = db
+        .transaction(async || {
+            if !db.consume(&command.id, &now).await? {
+                return Ok(None);
+            }
+            let (kind, data) = step
+                .apply(&command, &now)
+                .await
+                .map_err(Problem::internal)?;
+            let reply = OutboxMessage {
+                channel: bazaar_envelope::saga::SAGA_REPLIES.to_string(),
+                envelope: command.follow_up(
+                    uuid::Uuid::now_v7().to_string(),
+                    kind,
+                    now.clone(),
+                    data,
+                ),
+            };
+            db.enqueue_all(std::slice::from_ref(&reply)).await?;
+            Ok::<_, Problem>(Some(reply))
+        })
+        .await
+        .map_err(detail)?;
     log_handled(&command, reply.as_ref().map(|r| r.envelope.kind.as_str()));
     let address = setting("redis_url").await.map_err(detail)?;
     if let Some(reply) = reply {
