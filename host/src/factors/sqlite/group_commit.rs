@@ -11,10 +11,11 @@
 //! the WAL) per statement. The outbox marks of the order saga are such
 //! writes: one after every message handled.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-use super::{io_error, run};
+use super::{io_error, run, starts_with_one_of};
 use crate::bindings::sqlite::{Error, QueryResult, Value};
 use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
 
@@ -26,7 +27,7 @@ pub type Outcome = (Result<QueryResult, Error>, i64, u64);
 #[derive(Default)]
 pub struct Queue {
     jobs: Mutex<Vec<Job>>,
-    next_id: Mutex<u64>,
+    next_id: AtomicU64,
 }
 
 struct Job {
@@ -39,10 +40,7 @@ struct Job {
 /// Whether `statement` can join a group commit: a plain data change, which
 /// SQLite runs the same inside a transaction as on its own.
 pub fn joins(statement: &str) -> bool {
-    let word = statement.split_whitespace().next().unwrap_or("");
-    ["insert", "update", "delete", "replace"]
-        .iter()
-        .any(|dml| word.eq_ignore_ascii_case(dml))
+    starts_with_one_of(statement, &["insert", "update", "delete", "replace"])
 }
 
 impl Queue {
@@ -59,11 +57,7 @@ impl Queue {
         params: Vec<Value>,
     ) -> Outcome {
         let (done, mut outcome) = oneshot::channel();
-        let id = {
-            let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
-            *next += 1;
-            *next
-        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock().push(Job {
             id,
             statement,

@@ -180,10 +180,16 @@ async fn execute(
 /// writes to the writer; this spares writes, `BEGIN` and `SAVEPOINT` the
 /// trip to a reader.)
 fn looks_like_a_read(statement: &str) -> bool {
+    starts_with_one_of(
+        statement,
+        &["select", "with", "values", "explain", "pragma"],
+    )
+}
+
+/// Whether the statement's first word is one of `keywords` (lower case).
+fn starts_with_one_of(statement: &str, keywords: &[&str]) -> bool {
     let word = statement.split_whitespace().next().unwrap_or("");
-    ["select", "with", "values", "explain", "pragma"]
-        .iter()
-        .any(|read| word.eq_ignore_ascii_case(read))
+    keywords.iter().any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// Whether a reader may run `statement`, as SQLite judges it. (`BEGIN` and
@@ -197,10 +203,7 @@ fn reads_only(conn: &rusqlite::Connection, statement: &str) -> Result<bool, Erro
 /// Whether `statement` may end the session's transaction, and so write and
 /// sync the database file: `COMMIT`, `END`, `ROLLBACK`, `RELEASE`.
 fn may_end_a_transaction(statement: &str) -> bool {
-    let word = statement.split_whitespace().next().unwrap_or("");
-    ["commit", "end", "rollback", "release"]
-        .iter()
-        .any(|end| word.eq_ignore_ascii_case(end))
+    starts_with_one_of(statement, &["commit", "end", "rollback", "release"])
 }
 
 /// Runs a statement inside the session's open transaction, on this thread.
