@@ -95,11 +95,8 @@ async fn views_are_written_with_the_events_and_events_are_public() {
     let mut rebuilt = 0;
     while rebuilt == 0 {
         // The dev schedule's redrive may get there first.
-        let run = app
-            .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
-            .await;
-        assert_eq!(run.status, 200, "{}", run.body);
-        rebuilt += run.body["views_rebuilt"].as_u64().unwrap();
+        let run = redrive(&app, &admin, "").await;
+        rebuilt += run["views_rebuilt"].as_u64().unwrap();
         if rebuilt == 0 && log_has(&app, "\"views_rebuilt\":1") {
             break;
         }
@@ -107,6 +104,15 @@ async fn views_are_written_with_the_events_and_events_are_public() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(listed(&app, &alice).await, vec![detail]);
+}
+
+/// One redrive run as an administrator (`query` may add parameters); it
+/// must succeed. Its outcome.
+async fn redrive(app: &App, admin: &str, query: &str) -> Value {
+    let path = format!("/api/v1/admin/saga/redrive{query}");
+    let run = app.post(&path, Some(admin), json!({})).await;
+    assert_eq!(run.status, 200, "{}", run.body);
+    run.body
 }
 
 fn log_has(app: &App, text: &str) -> bool {
@@ -145,8 +151,7 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
         .assert_problem(400);
     let deadline = Instant::now() + Duration::from_secs(30);
     let entry = loop {
-        app.post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
-            .await;
+        redrive(&app, &admin, "").await;
         if let Some(entry) = parked(&app, &admin).await.into_iter().next() {
             break entry;
         }
@@ -161,11 +166,9 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
         "{why}"
     );
     // Parked means left alone: redrive runs do not touch it.
-    let run = app
-        .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
-        .await;
+    let run = redrive(&app, &admin, "").await;
     assert_eq!(
-        (run.body["redriven"].as_u64(), run.body["parked"].as_u64()),
+        (run["redriven"].as_u64(), run["parked"].as_u64()),
         (Some(0), Some(0))
     );
     let order = app.get(&format!("/api/v1/orders/{id}"), Some(&alice)).await;
@@ -182,8 +185,7 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
     // parked again after its attempts.
     let deadline = Instant::now() + Duration::from_secs(30);
     while parked(&app, &admin).await.is_empty() {
-        app.post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
-            .await;
+        redrive(&app, &admin, "").await;
         assert!(Instant::now() < deadline, "the restarted saga never ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -212,10 +214,8 @@ async fn redrive_prunes_what_is_past_retention() {
     let alice = app.user("alice@shop.test").await;
     let id = place(&app, &alice, &product, "tok_ok").await;
     wait_for(&app, &alice, &id, "confirmed").await;
-    let kept = app
-        .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
-        .await;
-    assert_eq!(kept.body["pruned"], json!({ "outbox": 0, "consumed": 0 }));
+    let kept = redrive(&app, &admin, "").await;
+    assert_eq!(kept["pruned"], json!({ "outbox": 0, "consumed": 0 }));
     let bad = app
         .post(
             "/api/v1/admin/saga/redrive?retention_seconds=-1",
@@ -230,16 +230,9 @@ async fn redrive_prunes_what_is_past_retention() {
     let (mut outbox, mut consumed) = (0, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while outbox < 6 {
-        let pruned = app
-            .post(
-                "/api/v1/admin/saga/redrive?retention_seconds=0",
-                Some(&admin),
-                json!({}),
-            )
-            .await;
-        assert_eq!(pruned.status, 200, "{}", pruned.body);
-        outbox += pruned.body["pruned"]["outbox"].as_u64().unwrap();
-        consumed += pruned.body["pruned"]["consumed"].as_u64().unwrap();
+        let pruned = redrive(&app, &admin, "?retention_seconds=0").await;
+        outbox += pruned["pruned"]["outbox"].as_u64().unwrap();
+        consumed += pruned["pruned"]["consumed"].as_u64().unwrap();
         assert!(
             Instant::now() < deadline,
             "pruned only {outbox} outbox rows"
