@@ -226,7 +226,7 @@ async fn up(args: UpArgs) -> Result<()> {
             .collect(),
     };
     let engine = app::engine(&options)?;
-    let app = app::load(&manifest, &options, &engine)?;
+    let app = app::load(&manifest, &options, &engine).await?;
     let listener = match &app.http {
         Some(_) => Some(bind(args.listen)?),
         None => None,

@@ -120,6 +120,117 @@ async fn key_value_grants_are_enforced() {
     assert_eq!(body["error"], "Error::AccessDenied", "{body}");
 }
 
+/// Spin's `type = "redis"` provider: what one host writes is in the Redis
+/// database under the key itself, where any other process (a replica,
+/// `spin up`) reads it, and the store rides over a server restart.
+#[tokio::test]
+async fn key_value_on_redis_is_shared_through_the_server() {
+    let mut redis = common::RedisServer::start();
+    let app = AppDir::new(STORES);
+    let config = app.write(
+        "runtime-config.toml",
+        &format!(
+            "[key_value_store.cache]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "x");
+    let host = app.start_with(cmd);
+
+    assert_eq!(put(&host, "/granted/kv/cache/size", "42").await.0, 200);
+    let mut direct = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stored: Option<String> = ::redis::cmd("GET")
+        .arg("size")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("42"),
+        "stored under the key itself, as Spin does"
+    );
+
+    // Written by someone else (another replica), read through the host.
+    ::redis::cmd("SET")
+        .arg("colour")
+        .arg("teal")
+        .query_async::<()>(&mut direct)
+        .await
+        .unwrap();
+    let (_, body) = host.get("/granted/kv/cache/colour").await;
+    assert_eq!(body["value"], "teal", "{body}");
+    let (_, body) = host.get("/granted/kv/cache").await;
+    assert_eq!(
+        body["keys"],
+        serde_json::json!(["colour", "size"]),
+        "{body}"
+    );
+    // The SQLite-backed label beside it is untouched.
+    let (_, body) = host.get("/granted/kv/default").await;
+    assert_eq!(body["keys"], serde_json::json!([]), "{body}");
+
+    assert_eq!(
+        send(reqwest::Client::new().delete(host.url("/granted/kv/cache/size")))
+            .await
+            .0,
+        200
+    );
+    let exists: bool = ::redis::cmd("EXISTS")
+        .arg("size")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert!(!exists, "deleted in the server");
+
+    // The test server keeps nothing on disk, so a restart empties it; what
+    // matters is that the host's connection comes back by itself.
+    redis.restart();
+    let (status, body) = put(&host, "/granted/kv/cache/after", "restart").await;
+    assert_eq!(status, 200, "the store reconnects after a restart: {body}");
+    let (_, body) = host.get("/granted/kv/cache/after").await;
+    assert_eq!(body["value"], "restart", "{body}");
+}
+
+#[test]
+fn unreachable_or_misconfigured_key_value_server_stops_start_up() {
+    let app = AppDir::new(STORES);
+    // A port nothing listens on: bind one, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = app.write(
+        "runtime-config.toml",
+        &format!("[key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n"),
+    );
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "x");
+    let stderr = app.fail_with(cmd);
+    assert!(
+        stderr.contains("key-value store `cache` (redis://127.0.0.1:")
+            && stderr.contains("cannot reach the Redis server"),
+        "{stderr}"
+    );
+
+    let config = app.write(
+        "runtime-config.toml",
+        "[key_value_store.cache]\ntype = \"redis\"\n",
+    );
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "x");
+    let stderr = app.fail_with(cmd);
+    assert!(
+        stderr.contains("runtime-config.toml: key `key_value_store.cache.url`: missing"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_persists_and_uses_wal() {
     let app = AppDir::new(STORES);

@@ -23,7 +23,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::app::allowed_hosts::{AllowList, AllowedHost};
 use crate::app::manifest::{Manifest, RouteSpec};
-use crate::app::runtime_config::{Location, RuntimeConfig};
+use crate::app::runtime_config::{KvLocation, Location, RuntimeConfig};
 use crate::app::template::Template;
 use crate::app::variables::AppVariables;
 use crate::bindings::redis_trigger::RedisTriggerPre;
@@ -107,7 +107,7 @@ pub struct LoadedApp {
 }
 
 /// Loads the application: every check that can fail fails here.
-pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Result<LoadedApp> {
+pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Result<LoadedApp> {
     let variables = AppVariables::resolve(
         manifest,
         |name| std::env::var(name).ok(),
@@ -141,10 +141,8 @@ pub fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Resul
     let kv_used = used(|c| &c.key_value_stores);
     let sqlite_used = used(|c| &c.sqlite_databases);
     announce_defaults(&runtime_config, &kv_used, &sqlite_used);
-    let kv_stores = Arc::new(KvStores::open(only(
-        &runtime_config.key_value_stores,
-        &kv_used,
-    ))?);
+    let kv_stores =
+        Arc::new(KvStores::open(only(&runtime_config.key_value_stores, &kv_used)).await?);
     let databases = Arc::new(Databases::open(only(
         &runtime_config.sqlite_databases,
         &sqlite_used,
@@ -295,7 +293,7 @@ fn check_labels_defined(manifest: &Manifest, config: &RuntimeConfig) -> Result<(
     Ok(())
 }
 
-fn only(all: &BTreeMap<String, Location>, used: &BTreeSet<String>) -> BTreeMap<String, Location> {
+fn only<L: Clone>(all: &BTreeMap<String, L>, used: &BTreeSet<String>) -> BTreeMap<String, L> {
     all.iter()
         .filter(|(label, _)| used.contains(*label))
         .map(|(l, loc)| (l.clone(), loc.clone()))
@@ -308,7 +306,8 @@ fn announce_defaults(
     sqlite_used: &BTreeSet<String>,
 ) {
     if kv_used.contains("default")
-        && let Some(Location::File(path)) = config.key_value_stores.get("default")
+        && let Some(KvLocation::Sqlite(Location::File(path))) =
+            config.key_value_stores.get("default")
     {
         eprintln!("Storing default key-value data to \"{}\".", path.display());
     }

@@ -1,10 +1,12 @@
 //! The runtime configuration file (`--runtime-config-file`): where each
 //! key-value store and SQLite database label lives.
 //!
-//! This is Spin's format, limited to the `type = "spin"` (SQLite file)
-//! backends. Relative paths resolve as Spin resolves them: key-value paths
-//! against the runtime config file's folder, SQLite paths against the current
-//! directory. An entry without `path` is in memory, gone when the host stops.
+//! This is Spin's format with two of its providers: `type = "spin"` (a SQLite
+//! file, for both kinds of store) and `type = "redis"` for key-value stores,
+//! so replicas can share them. Relative paths resolve as Spin resolves them:
+//! key-value paths against the runtime config file's folder, SQLite paths
+//! against the current directory. An entry without `path` is in memory, gone
+//! when the host stops.
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -30,6 +32,8 @@ struct StoreConfig {
     #[serde(rename = "type")]
     kind: String,
     path: Option<PathBuf>,
+    url: Option<String>,
+    token: Option<String>,
 }
 
 /// Where one store's data lives.
@@ -39,10 +43,19 @@ pub enum Location {
     Memory,
 }
 
+/// Where one key-value store lives.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KvLocation {
+    /// Spin's `type = "spin"`: the `spin_key_value` table of a SQLite file.
+    Sqlite(Location),
+    /// Spin's `type = "redis"`: keys stored as they are in a Redis database.
+    Redis(String),
+}
+
 /// Resolved locations for every label.
 #[derive(Debug)]
 pub struct RuntimeConfig {
-    pub key_value_stores: BTreeMap<String, Location>,
+    pub key_value_stores: BTreeMap<String, KvLocation>,
     pub sqlite_databases: BTreeMap<String, Location>,
 }
 
@@ -64,44 +77,98 @@ impl RuntimeConfig {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let name = file.map(|p| p.display().to_string()).unwrap_or_default();
-        let resolve = |section: &str,
-                       entries: BTreeMap<String, StoreConfig>,
-                       default_file: &str,
-                       base: &Path| {
-            let mut out = BTreeMap::from([(
-                "default".to_string(),
-                Location::File(state_dir.join(default_file)),
-            )]);
-            for (label, config) in entries {
-                if config.kind != "spin" {
-                    bail!(
-                        "{name}: key `{section}.{label}.type`: expected \"spin\" (a SQLite file), found {:?}; bazaar supports no other backend yet",
-                        config.kind
-                    );
-                }
-                let location = match config.path {
-                    Some(path) => Location::File(base.join(path)),
-                    None => Location::Memory,
-                };
-                out.insert(label, location);
-            }
-            Ok(out)
-        };
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
+
+        let mut key_value_stores = BTreeMap::from([(
+            "default".to_string(),
+            KvLocation::Sqlite(Location::File(state_dir.join(DEFAULT_KV_FILE))),
+        )]);
+        for (label, config) in raw.key_value_store {
+            let key = format!("{name}: key `key_value_store.{label}");
+            let location = match config.kind.as_str() {
+                "spin" => {
+                    config.refuse(&key, &["url", "token"])?;
+                    KvLocation::Sqlite(config.location(&config_dir))
+                }
+                "redis" => {
+                    config.refuse(&key, &["path", "token"])?;
+                    KvLocation::Redis(redis_url(&key, config.url)?)
+                }
+                other => bail!(
+                    "{key}.type`: expected \"spin\" (a SQLite file) or \"redis\", found {other:?}"
+                ),
+            };
+            key_value_stores.insert(label, location);
+        }
+
+        let mut sqlite_databases = BTreeMap::from([(
+            "default".to_string(),
+            Location::File(state_dir.join(DEFAULT_SQLITE_FILE)),
+        )]);
+        for (label, config) in raw.sqlite_database {
+            let key = format!("{name}: key `sqlite_database.{label}");
+            match config.kind.as_str() {
+                "spin" => {
+                    config.refuse(&key, &["url", "token"])?;
+                    sqlite_databases.insert(label, config.location(&cwd));
+                }
+                "libsql" => bail!(
+                    "{key}.type`: \"libsql\" is Spin's remote SQLite provider; bazaar up does not \
+                     implement it (run the application with `spin up`, or use \"spin\" files, \
+                     which several bazaar processes on one machine can share; see docs/deploy.md)"
+                ),
+                other => bail!("{key}.type`: expected \"spin\" (a SQLite file), found {other:?}"),
+            }
+        }
         Ok(RuntimeConfig {
-            key_value_stores: resolve(
-                "key_value_store",
-                raw.key_value_store,
-                DEFAULT_KV_FILE,
-                &config_dir,
-            )?,
-            sqlite_databases: resolve(
-                "sqlite_database",
-                raw.sqlite_database,
-                DEFAULT_SQLITE_FILE,
-                &cwd,
-            )?,
+            key_value_stores,
+            sqlite_databases,
         })
+    }
+}
+
+impl StoreConfig {
+    /// A key this `type` does not read is a mistake worth naming, not
+    /// something to ignore.
+    fn refuse(&self, key: &str, fields: &[&str]) -> Result<()> {
+        for field in fields {
+            let given = match *field {
+                "path" => self.path.is_some(),
+                "url" => self.url.is_some(),
+                _ => self.token.is_some(),
+            };
+            if given {
+                bail!(
+                    "{key}.{field}`: not used by type {:?}; remove it",
+                    self.kind
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self, base: &Path) -> Location {
+        match &self.path {
+            Some(path) => Location::File(base.join(path)),
+            None => Location::Memory,
+        }
+    }
+}
+
+/// A `redis://` or `rediss://` URL the `redis` crate accepts; the check
+/// here names the key, the connection at start-up says whether it answers.
+fn redis_url(key: &str, url: Option<String>) -> Result<String> {
+    let Some(url) = url else {
+        bail!(
+            "{key}.url`: missing; type \"redis\" needs the server's address, e.g. \"redis://localhost:6379\""
+        );
+    };
+    match url::Url::parse(&url) {
+        Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") && parsed.has_host() => Ok(url),
+        _ => bail!(
+            "{key}.url`: expected a redis:// or rediss:// URL with a host, found {:?}",
+            crate::factors::outbound_redis::redact(&url)
+        ),
     }
 }
 
@@ -115,7 +182,8 @@ mod tests {
         std::fs::write(&file, text).unwrap();
         RuntimeConfig::load(Some(&file), Path::new("/state"))
             .inspect(|c| {
-                let default = Location::File(Path::new("/state").join(DEFAULT_KV_FILE));
+                let default =
+                    KvLocation::Sqlite(Location::File(Path::new("/state").join(DEFAULT_KV_FILE)));
                 assert_eq!(c.key_value_stores["default"], default);
             })
             .map_err(|e| anyhow::anyhow!("{e:#}"))
@@ -125,7 +193,7 @@ mod tests {
     fn relative_paths_follow_the_file() {
         let c =
             load("[key_value_store.cache]\ntype = \"spin\"\npath = \"data/cache.db\"\n").unwrap();
-        let Location::File(path) = &c.key_value_stores["cache"] else {
+        let KvLocation::Sqlite(Location::File(path)) = &c.key_value_stores["cache"] else {
             panic!("not a file")
         };
         assert!(
@@ -142,7 +210,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("sqlite_database.main.type"), "{msg}");
+        let msg = load("[key_value_store.cache]\ntype = \"memcached\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("key_value_store.cache.type`: expected \"spin\" (a SQLite file) or \"redis\", found \"memcached\""),
+            "{msg}"
+        );
         let msg = load("[variables_provider]\n").unwrap_err().to_string();
         assert!(msg.contains("unknown field `variables_provider`"), "{msg}");
+    }
+
+    #[test]
+    fn redis_stores_need_a_redis_url() {
+        let c = load("[key_value_store.shared]\ntype = \"redis\"\nurl = \"redis://cache:6379\"\n")
+            .unwrap();
+        assert_eq!(
+            c.key_value_stores["shared"],
+            KvLocation::Redis("redis://cache:6379".into())
+        );
+        let msg = load("[key_value_store.shared]\ntype = \"redis\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("key_value_store.shared.url`: missing"),
+            "{msg}"
+        );
+        let msg =
+            load("[key_value_store.shared]\ntype = \"redis\"\nurl = \"http://user:pw@cache\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            msg.contains("expected a redis:// or rediss:// URL"),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("pw"),
+            "the password must not be printed: {msg}"
+        );
+        let msg = load(
+            "[key_value_store.shared]\ntype = \"redis\"\nurl = \"redis://x\"\npath = \"a.db\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("key_value_store.shared.path`: not used by type \"redis\""),
+            "{msg}"
+        );
     }
 }

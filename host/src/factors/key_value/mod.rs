@@ -1,65 +1,73 @@
-//! `spin:key-value/key-value@3.0.0`, backed by SQLite files as Spin's
-//! `type = "spin"` stores are.
+//! `spin:key-value/key-value@3.0.0`, with two of Spin's providers: SQLite
+//! files (`type = "spin"`) and Redis (`type = "redis"`).
 //!
 //! A component may open only the labels in its `key_value_stores`. Each label
-//! maps to a [`KvBackend`] (one SQLite file, shared by every instance of every
-//! component granted it), opened once at start-up so a bad path fails then,
-//! not on the first request.
+//! maps to a [`KvBackend`] shared by every instance of every component granted
+//! it, opened (or connected) once at start-up so a bad path or an unreachable
+//! server fails then, not on the first request.
+
+mod redis;
+mod sqlite;
 
 use anyhow::Context as _;
-use rusqlite::OptionalExtension;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
-use crate::app::runtime_config::Location;
+use crate::app::runtime_config::KvLocation;
 use crate::bindings::key_value::{self, Error};
-use crate::sqlite_pool::{SqliteFile, on_blocking_thread};
+use crate::factors::outbound_redis::redact;
+use redis::RedisKv;
+use sqlite::SqliteKv;
 
-/// Spin's schema, so a store written by `bazaar` can be read by `spin up`
-/// and back.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS spin_key_value (
-    store TEXT NOT NULL,
-    key   TEXT NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (store, key)
-);";
-
-/// One SQLite file holding the `spin_key_value` table: reads on pooled
-/// readers, writes queued on the file's writer.
-pub struct KvBackend {
-    file: Arc<SqliteFile>,
+/// One provider, in Spin's terms: where a label's keys live.
+pub enum KvBackend {
+    Sqlite(SqliteKv),
+    Redis(RedisKv),
 }
 
 impl KvBackend {
-    pub fn open(location: &Location) -> anyhow::Result<Self> {
-        let file =
-            SqliteFile::open(location, SCHEMA, None).context("cannot open the key-value table")?;
-        Ok(KvBackend { file })
+    async fn open(location: &KvLocation) -> anyhow::Result<Self> {
+        Ok(match location {
+            KvLocation::Sqlite(location) => KvBackend::Sqlite(SqliteKv::open(location)?),
+            KvLocation::Redis(url) => KvBackend::Redis(RedisKv::connect(url).await?),
+        })
     }
 
-    async fn read<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, Error> {
-        match self.file.reader().await {
-            Ok(Some(reader)) => on_blocking_thread(move || f(&reader)).await.map_err(other),
-            Ok(None) => self.write(f).await,
-            Err(e) => Err(Error::Other(e)),
+    async fn get(&self, label: String, key: String) -> Result<Option<Vec<u8>>, Error> {
+        match self {
+            KvBackend::Sqlite(s) => s.get(label, key).await,
+            KvBackend::Redis(r) => r.get(key).await,
         }
     }
 
-    async fn write<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
-    ) -> Result<R, Error> {
-        let writer = self.file.writer().await.map_err(Error::Other)?;
-        on_blocking_thread(move || f(&writer)).await.map_err(other)
+    async fn set(&self, label: String, key: String, value: Vec<u8>) -> Result<(), Error> {
+        match self {
+            KvBackend::Sqlite(s) => s.set(label, key, value).await,
+            KvBackend::Redis(r) => r.set(key, value).await,
+        }
     }
-}
 
-fn other(e: rusqlite::Error) -> Error {
-    Error::Other(e.to_string())
+    async fn delete(&self, label: String, key: String) -> Result<(), Error> {
+        match self {
+            KvBackend::Sqlite(s) => s.delete(label, key).await,
+            KvBackend::Redis(r) => r.delete(key).await,
+        }
+    }
+
+    async fn exists(&self, label: String, key: String) -> Result<bool, Error> {
+        match self {
+            KvBackend::Sqlite(s) => s.exists(label, key).await,
+            KvBackend::Redis(r) => r.exists(key).await,
+        }
+    }
+
+    async fn keys(&self, label: String) -> Result<Vec<String>, Error> {
+        match self {
+            KvBackend::Sqlite(s) => s.keys(label).await,
+            KvBackend::Redis(r) => r.keys().await,
+        }
+    }
 }
 
 /// Where each key-value label lives, for the whole application.
@@ -69,19 +77,24 @@ pub struct KvStores {
 }
 
 impl KvStores {
-    /// Opens a backend for every label; several labels may share one file
-    /// (rows are keyed by label).
-    pub fn open(locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
-        let mut by_location: BTreeMap<Location, Arc<KvBackend>> = BTreeMap::new();
+    /// Opens (or connects) a backend for every label; labels with the same
+    /// location share one.
+    pub async fn open(locations: BTreeMap<String, KvLocation>) -> anyhow::Result<Self> {
+        let mut by_location: BTreeMap<KvLocation, Arc<KvBackend>> = BTreeMap::new();
         let mut backends = BTreeMap::new();
         for (label, location) in locations {
             let backend = match by_location.get(&location) {
                 Some(b) => Arc::clone(b),
                 None => {
-                    let b =
-                        Arc::new(KvBackend::open(&location).with_context(|| {
-                            format!("key-value store `{label}` ({location:?})")
-                        })?);
+                    let shown = match &location {
+                        KvLocation::Sqlite(l) => format!("{l:?}"),
+                        KvLocation::Redis(url) => redact(url),
+                    };
+                    let b = Arc::new(
+                        KvBackend::open(&location)
+                            .await
+                            .with_context(|| format!("key-value store `{label}` ({shown})"))?,
+                    );
                     by_location.insert(location, Arc::clone(&b));
                     b
                 }
@@ -161,13 +174,7 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend
-            .read(move |c| {
-                c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
-                    .query_row((&label, &key), |row| row.get(0))
-                    .optional()
-            })
-            .await)
+        Ok(backend.get(label, key).await)
     }
 
     async fn set(
@@ -177,16 +184,7 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute((&label, &key, &value))
-                .map(drop)
-            })
-            .await)
+        Ok(backend.set(label, key, value).await)
     }
 
     async fn delete(
@@ -195,13 +193,7 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend
-            .write(move |c| {
-                c.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?
-                    .execute((&label, &key))
-                    .map(drop)
-            })
-            .await)
+        Ok(backend.delete(label, key).await)
     }
 
     async fn exists(
@@ -210,14 +202,7 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
-                )?
-                .query_row((&label, &key), |row| row.get(0))
-            })
-            .await)
+        Ok(backend.exists(label, key).await)
     }
 
     async fn get_keys(
@@ -225,15 +210,7 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         store: Resource<StoreHandle>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
         let (label, backend) = handle_of(accessor, &store)?;
-        let keys = backend
-            .read(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key",
-                )?;
-                stmt.query_map([&label], |row| row.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<String>>>()
-            })
-            .await;
+        let keys = backend.keys(label).await;
         let (keys, outcome) = match keys {
             Ok(keys) => (keys, Ok(())),
             Err(e) => (Vec::new(), Err(e)),
