@@ -33,6 +33,8 @@ pub struct App {
     pub host: Host,
     pub client: reqwest::Client,
     state: tempfile::TempDir,
+    /// Where the stores are: a replica shares it.
+    config_file: PathBuf,
 }
 
 /// A response: status, JSON body (or the text as a JSON string), headers.
@@ -82,7 +84,6 @@ impl App {
 
     /// Starts the app with extra `bazaar up` flags too.
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> App {
-        let manifest = built_manifest();
         let state = tempfile::tempdir().unwrap();
         let mut config = String::new();
         for label in ["users", "products", "orders", "payments"] {
@@ -94,7 +95,28 @@ impl App {
         }
         let config_file = state.path().join("runtime-config.toml");
         std::fs::write(&config_file, config).unwrap();
+        Self::launch(state, config_file, env, args)
+    }
 
+    /// A second `bazaar up` process serving the same application from the
+    /// same stores (this app's runtime config), with its own state dir for
+    /// logs: a replica, as two pods of one deployment would be.
+    pub fn replica(&self, env: &[(&str, &str)], args: &[&str]) -> App {
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            self.config_file.clone(),
+            env,
+            args,
+        )
+    }
+
+    fn launch(
+        state: tempfile::TempDir,
+        config_file: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> App {
+        let manifest = built_manifest();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bazaar"));
         cmd.arg("up")
             .arg("--from")
@@ -133,6 +155,7 @@ impl App {
             host,
             client: reqwest::Client::new(),
             state,
+            config_file,
         }
     }
 

@@ -15,6 +15,7 @@ mod orders;
 mod payments;
 mod products;
 mod read_model;
+mod replicas;
 mod saga;
 mod serial;
 mod users;
