@@ -112,6 +112,22 @@ struct UpArgs {
     /// default schedules (see below).
     #[arg(long)]
     no_dev_defaults: bool,
+    /// Set application variables, as `spin up --variable`: `KEY=VALUE`,
+    /// `KEY=@FILE` (the file's text), `@FILE.json` or `@FILE.toml` (string
+    /// values). Repeatable; ranks above SPIN_VARIABLE_<NAME> and `.env`.
+    #[arg(long = "variable", value_name = "KEY=VALUE|@FILE")]
+    variables: Vec<String>,
+    /// Pass an environment variable to every component (repeatable), as
+    /// `spin up --env`.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+fn parse_env(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, found {arg:?}")),
+    }
 }
 
 /// Scheduled calls `bazaar up` makes unless told otherwise, when the
@@ -212,6 +228,11 @@ async fn up(args: UpArgs) -> Result<()> {
             request_timeout: args.request_timeout,
             memory_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),
         },
+        variable_flags: app::variable_sources::from_flags(&args.variables)?,
+        // Spin reads `.env` from the current directory, as a fallback
+        // after the process environment.
+        dotenv: app::variable_sources::dotenv(std::path::Path::new(".env"))?,
+        component_env: args.env.clone(),
         variable_overrides: match &args.redis {
             Some(redis) => BTreeMap::from([(REDIS_VARIABLE.to_string(), redis_address(redis))]),
             None => BTreeMap::new(),

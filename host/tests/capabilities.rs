@@ -518,6 +518,64 @@ async fn variables_resolve_from_environment_and_defaults() {
     assert_eq!(body["value"], "hi, world");
 }
 
+/// Spin's other sources: `--variable` (above everything), a `.env` file in
+/// the current directory (after the environment), and `--env` for every
+/// component's environment.
+#[tokio::test]
+async fn variables_from_flags_and_dotenv_env_from_flags() {
+    let app = AppDir::new(STORES);
+    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
+    app.write(
+        ".env",
+        "SPIN_VARIABLE_API_TOKEN=from-dotenv\nSPIN_VARIABLE_GREETING=dotenv\n",
+    );
+    let greeting = app.write("greeting.txt", "flag-file");
+    let mut cmd = app.command(&[
+        "--runtime-config-file",
+        config.to_str().unwrap(),
+        "--variable",
+        &format!("greeting=@{}", greeting.display()),
+        "--env",
+        "REGION=eu-west",
+    ]);
+    cmd.current_dir(app.path())
+        .env_remove("SPIN_VARIABLE_API_TOKEN")
+        .env("SPIN_VARIABLE_GREETING", "environment");
+    let host = app.start_with(cmd);
+    let (_, body) = host.get("/granted/var/message").await;
+    assert_eq!(
+        body["value"], "flag-file, world",
+        "--variable outranks the environment"
+    );
+    let (_, body) = host.get("/granted/var/token").await;
+    assert_eq!(
+        body["value"], "from-dotenv",
+        "a required variable from .env"
+    );
+    let (_, body) = host.get("/bare/env/REGION").await;
+    assert_eq!(body["value"], "eu-west", "--env reaches every component");
+    drop(host);
+
+    // The environment outranks .env.
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.current_dir(app.path())
+        .env("SPIN_VARIABLE_API_TOKEN", "t")
+        .env("SPIN_VARIABLE_GREETING", "environment");
+    let host = app.start_with(cmd);
+    let (_, body) = host.get("/granted/var/message").await;
+    assert_eq!(body["value"], "environment, world");
+    drop(host);
+
+    // A flag for a variable the manifest does not declare is a mistake.
+    let mut cmd = app.command(&["--variable", "greting=hi"]);
+    cmd.current_dir(app.path());
+    let stderr = app.fail_with(cmd);
+    assert!(
+        stderr.contains("--variable names variables") && stderr.contains("\"greting\""),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn missing_required_variable_stops_start_up() {
     let app = AppDir::new(STORES);

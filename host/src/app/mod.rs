@@ -9,6 +9,7 @@ pub mod allowed_hosts;
 pub mod manifest;
 pub mod runtime_config;
 pub mod template;
+pub mod variable_sources;
 pub mod variables;
 
 use anyhow::{Context, Result, bail};
@@ -49,6 +50,12 @@ pub struct AppOptions {
     /// Components whose stdio is echoed to the terminal.
     pub follow: Follow,
     pub limits: Limits,
+    /// `--variable` values, by variable name: above everything else.
+    pub variable_flags: BTreeMap<String, String>,
+    /// The `.env` file's entries, consulted after the process environment.
+    pub dotenv: BTreeMap<String, String>,
+    /// `--env` values, given to every component over its `environment`.
+    pub component_env: Vec<(String, String)>,
     /// Variable values from `bazaar up`'s own flags, ranked after the
     /// environment and before manifest defaults.
     pub variable_overrides: BTreeMap<String, String>,
@@ -108,9 +115,37 @@ pub struct LoadedApp {
 
 /// Loads the application: every check that can fail fails here.
 pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) -> Result<LoadedApp> {
+    let undeclared: Vec<&String> = options
+        .variable_flags
+        .keys()
+        .filter(|name| !manifest.variables.contains_key(*name))
+        .collect();
+    if !undeclared.is_empty() {
+        bail!(
+            "--variable names variables {} does not declare: {undeclared:?} (declared: {})",
+            manifest.path.display(),
+            manifest
+                .variables
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let flags: BTreeMap<String, &String> = options
+        .variable_flags
+        .iter()
+        .map(|(name, value)| (variables::env_var_name(name), value))
+        .collect();
     let variables = AppVariables::resolve(
         manifest,
-        |name| std::env::var(name).ok(),
+        |name| {
+            flags
+                .get(name)
+                .map(|v| v.to_string())
+                .or_else(|| std::env::var(name).ok())
+                .or_else(|| options.dotenv.get(name).cloned())
+        },
         &options.variable_overrides,
         &options.variable_fallbacks,
     )?;
@@ -189,7 +224,13 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
         let runtime = Arc::new(ComponentRuntime::new(
             id,
             capabilities,
-            component.environment.clone().into_iter().collect(),
+            component
+                .environment
+                .clone()
+                .into_iter()
+                .filter(|(key, _)| !options.component_env.iter().any(|(k, _)| k == key))
+                .chain(options.component_env.iter().cloned())
+                .collect(),
             ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?,
             options.limits.clone(),
         ));

@@ -1,6 +1,7 @@
 //! Application variables: Spin's providers consulted in Spin's order — the
-//! environment (`SPIN_VARIABLE_<NAME>`), then `bazaar up`'s own flags, then
-//! the manifest `default`. Everything is resolved at start-up, so a missing
+//! `env` lookup (`--variable` flags, `SPIN_VARIABLE_<NAME>`, then `.env`; see
+//! `variable_sources`), then `bazaar up`'s own flags, then the manifest
+//! `default`. Everything is resolved at start-up, so a missing
 //! required variable stops `bazaar up` with a clear message instead of
 //! failing a request later. Values of `secret` variables are never formatted
 //! into logs or errors.

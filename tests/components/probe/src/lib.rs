@@ -85,6 +85,10 @@ async fn handle(req: Request) -> impl IntoResponse {
             Ok(value) => json(200, serde_json::json!({ "value": value })),
             Err(e) => json(404, serde_json::json!({ "error": format!("{e:?}") })),
         },
+        ("GET", ["env", name]) => json(
+            200,
+            serde_json::json!({ "value": std::env::var(name).ok() }),
+        ),
         (_, ["kv", label, rest @ ..]) => kv(&method, label, rest, req).await,
         ("POST", ["sql", label]) => {
             let body = req.into_body().bytes().await.unwrap_or_default();
