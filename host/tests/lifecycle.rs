@@ -154,9 +154,12 @@ fn start_up_errors_are_clear() {
     let stderr = app.fail(&["--listen", &addr]);
     assert!(stderr.contains("already in use"), "{stderr}");
 
-    let config = app.write("rc.toml", "[key_value_store.x]\ntype = \"redis\"\n");
+    let config = app.write("rc.toml", "[key_value_store.x]\ntype = \"memcached\"\n");
     let stderr = app.fail(&["--runtime-config-file", config.to_str().unwrap()]);
-    assert!(stderr.contains("key_value_store.x.type"), "{stderr}");
+    assert!(
+        stderr.contains("rc.toml: key `key_value_store.x.type`: expected"),
+        "{stderr}"
+    );
 
     // An empty component (magic, version, layer) exports no handler.
     let empty = app.path().join("empty.wasm");
