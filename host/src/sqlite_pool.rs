@@ -30,7 +30,7 @@ use crate::app::runtime_config::Location;
 /// How long a statement waits for a write lock, and a lease for a
 /// connection: as long as a request may run, so that a burst of writers
 /// queues instead of failing with "database is locked".
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reader connections per file. A statement beyond this many at once waits
 /// for a reader rather than opening (and soon closing) another connection,

@@ -68,6 +68,9 @@ impl Reply {
     }
 }
 
+/// The SQLite database labels of spin.toml, one per service.
+pub const SERVICE_DATABASES: [&str; 4] = ["users", "products", "orders", "payments"];
+
 /// The channels spin.toml subscribes to: saga replies, inventory and
 /// payment commands.
 const REDIS_CHANNELS: usize = 3;
@@ -86,7 +89,7 @@ impl App {
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> App {
         let state = tempfile::tempdir().unwrap();
         let mut config = String::new();
-        for label in ["users", "products", "orders", "payments"] {
+        for label in SERVICE_DATABASES {
             let path = state.path().join(format!("{label}.db"));
             config.push_str(&format!(
                 "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
@@ -95,6 +98,15 @@ impl App {
         }
         let config_file = state.path().join("runtime-config.toml");
         std::fs::write(&config_file, config).unwrap();
+        Self::launch(state, config_file, env, args)
+    }
+
+    /// Starts the app with its stores where `runtime_config` (Spin's
+    /// runtime configuration) puts them.
+    pub fn start_with_config(runtime_config: &str, env: &[(&str, &str)], args: &[&str]) -> App {
+        let state = tempfile::tempdir().unwrap();
+        let config_file = state.path().join("runtime-config.toml");
+        std::fs::write(&config_file, runtime_config).unwrap();
         Self::launch(state, config_file, env, args)
     }
 

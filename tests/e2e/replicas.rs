@@ -1,12 +1,13 @@
 //! Two `bazaar up` processes serving one application from the same stores
-//! (the SQLite files, shared in WAL mode) and the same Redis server, as two
-//! replicas of a deployment would: requests alternate between them, orders
+//! and the same Redis server, as two replicas of a deployment would — once
+//! with the SQLite files shared in WAL mode (one machine), once with each
+//! service's database on a libSQL server (several machines): requests alternate between them, orders
 //! placed on one are read on the other, and the saga runs with both Redis
 //! triggers subscribed (each message reaches both) and both redrive
 //! schedules active. Every order must settle exactly once.
 
-use crate::common::RedisServer;
-use crate::harness::App;
+use crate::common::{RedisServer, Sqld};
+use crate::harness::{App, SERVICE_DATABASES};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -23,13 +24,76 @@ fn log_count(app: &App, file: &str, text: &str) -> usize {
 }
 
 #[tokio::test]
-async fn two_replicas_settle_every_order_exactly_once() {
+async fn two_replicas_on_shared_sqlite_files_settle_every_order_exactly_once() {
     let redis = RedisServer::start();
     let env = [("SPIN_VARIABLE_REDIS_URL", redis.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let a = App::start_with(&env);
     let b = a.replica(&env, &[]);
-    let replicas = [&a, &b];
+    let report = settle_orders_on(&a, &b).await;
+    let _ = std::fs::write(
+        crate::common::workspace_root().join("target/replicas-report.txt"),
+        format!("replicas on shared SQLite files: {report}"),
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_on_libsql_settle_every_order_exactly_once() {
+    let redis = RedisServer::start();
+    let servers: Vec<Sqld> = SERVICE_DATABASES.iter().map(|_| Sqld::start()).collect();
+    let config: String = SERVICE_DATABASES
+        .iter()
+        .zip(&servers)
+        .map(|(label, server)| {
+            format!(
+                "[sqlite_database.{label}]\ntype = \"libsql\"\nurl = \"{}\"\ntoken = \"unused\"\n",
+                server.url()
+            )
+        })
+        .collect();
+    let env = [("SPIN_VARIABLE_REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = App::start_with_config(&config, &env, &[]);
+    let b = a.replica(&env, &[]);
+    let report = settle_orders_on(&a, &b).await;
+    // Everything is on the servers: the orders database holds each order's
+    // events, read over sqld's own API.
+    let streams = servers[2]
+        .query("SELECT count(DISTINCT order_id) FROM events")
+        .await;
+    // (libSQL's HTTP API writes integers as strings.)
+    assert_eq!(streams[0][0], json!(ORDERS.to_string()), "{streams:?}");
+    let _ = std::fs::write(
+        crate::common::workspace_root().join("target/replicas-libsql-report.txt"),
+        format!("replicas on libSQL (sqld): {report}"),
+    );
+}
+
+/// Every component's stderr on both replicas, for a failure message.
+fn components_stderr(replicas: &[&App]) -> String {
+    let mut out = String::new();
+    for (name, app) in ["a", "b"].iter().zip(replicas) {
+        for component in [
+            "orders",
+            "order-saga",
+            "inventory-step",
+            "payments-step",
+            "payments",
+            "products",
+        ] {
+            let text = std::fs::read_to_string(app.host_log(&format!("{component}_stderr.txt")))
+                .unwrap_or_default();
+            if !text.is_empty() {
+                out.push_str(&format!("[{name} {component}]\n{text}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Runs the scenario on two replicas; the counts, as a line for the report.
+async fn settle_orders_on(a: &App, b: &App) -> String {
+    let replicas = [a, b];
 
     // Accounts and the catalogue written on one replica, used on the other.
     let admin = {
@@ -69,7 +133,13 @@ async fn two_replicas_settle_every_order_exactly_once() {
         let alice = alice.as_str();
         async move {
             let placed = on.send(request).await;
-            assert_eq!(placed.status, 202, "{}", placed.body);
+            assert_eq!(
+                placed.status,
+                202,
+                "{}\norders' stderr:\n{}",
+                placed.body,
+                std::fs::read_to_string(on.host_log("orders_stderr.txt")).unwrap_or_default()
+            );
             let id = placed.body["id"].as_str().unwrap().to_string();
             // Read on the other process at once: the view is written in the
             // transaction that placed the order, in the shared file.
@@ -106,10 +176,11 @@ async fn two_replicas_settle_every_order_exactly_once() {
         round += 1;
         assert!(
             Instant::now() < deadline,
-            "{} orders still pending after 120 s\n--- a:\n{}\n--- b:\n{}",
+            "{} orders still pending after 120 s\n--- a:\n{}\n--- b:\n{}\n--- components' stderr:\n{}",
             ORDERS - finals.len(),
             a.host.stderr(),
-            b.host.stderr()
+            b.host.stderr(),
+            components_stderr(&replicas)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -199,22 +270,17 @@ async fn two_replicas_settle_every_order_exactly_once() {
         ]
         .map(|file| log_count(app, file, "duplicate dropped"))
     };
-    let (dropped_a, dropped_b) = (counts(&a), counts(&b));
+    let (dropped_a, dropped_b) = (counts(a), counts(b));
     let confirmed = finals
         .values()
         .filter(|o| o["status"] == "confirmed")
         .count();
     let report = format!(
-        "replicas: {ORDERS} orders placed alternately on two bazaar processes, {confirmed} confirmed, {} declined, \
+        "{ORDERS} orders placed alternately on two bazaar processes, {confirmed} confirmed, {} declined, \
          each once; duplicates dropped (saga, inventory, payments): a {dropped_a:?}, b {dropped_b:?}",
         ORDERS - confirmed
     );
     println!("{report}");
-    // Kept where the test command prints it after the run.
-    let _ = std::fs::write(
-        crate::common::workspace_root().join("target/replicas-report.txt"),
-        &report,
-    );
     for (step, (x, y)) in ["saga", "inventory", "payments"]
         .iter()
         .zip(dropped_a.iter().zip(dropped_b.iter()))
@@ -224,4 +290,5 @@ async fn two_replicas_settle_every_order_exactly_once() {
             "{step}: each message reached both replicas: a {x}, b {y}"
         );
     }
+    report
 }

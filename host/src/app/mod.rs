@@ -24,7 +24,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::app::allowed_hosts::{AllowList, AllowedHost};
 use crate::app::manifest::{Manifest, RouteSpec};
-use crate::app::runtime_config::{KvLocation, Location, RuntimeConfig};
+use crate::app::runtime_config::{DbLocation, KvLocation, Location, RuntimeConfig};
 use crate::app::template::Template;
 use crate::app::variables::AppVariables;
 use crate::bindings::redis_trigger::RedisTriggerPre;
@@ -178,10 +178,8 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
     announce_defaults(&runtime_config, &kv_used, &sqlite_used);
     let kv_stores =
         Arc::new(KvStores::open(only(&runtime_config.key_value_stores, &kv_used)).await?);
-    let databases = Arc::new(Databases::open(only(
-        &runtime_config.sqlite_databases,
-        &sqlite_used,
-    ))?);
+    let databases =
+        Arc::new(Databases::open(only(&runtime_config.sqlite_databases, &sqlite_used)).await?);
     let redis_clients = Arc::new(RedisClients::default());
 
     let logs_dir = options.state_dir.join("logs");
@@ -353,7 +351,8 @@ fn announce_defaults(
         eprintln!("Storing default key-value data to \"{}\".", path.display());
     }
     if sqlite_used.contains("default")
-        && let Some(Location::File(path)) = config.sqlite_databases.get("default")
+        && let Some(DbLocation::Local(Location::File(path))) =
+            config.sqlite_databases.get("default")
     {
         eprintln!("Storing default SQLite data to \"{}\".", path.display());
     }

