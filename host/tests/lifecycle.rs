@@ -69,9 +69,8 @@ async fn concurrent_requests_share_instances() {
     // loaded the machine is.
     let host = app.start(&["--idle-instance-timeout", "60s"]);
     let client = reqwest::Client::new();
-    let (status, warm) = host.get("/instance").await;
-    assert_eq!(status, 200);
-    let warm = warm["instance"].as_u64().unwrap();
+    let (status, _) = host.get("/instance").await;
+    assert_eq!(status, 200, "a warm instance before the burst");
     let requests = (0..24).map(|_| common::send(client.get(host.url("/sleep/300"))));
     let mut served: std::collections::BTreeMap<u64, usize> = Default::default();
     for (status, body) in join_all(requests).await {
@@ -80,13 +79,15 @@ async fn concurrent_requests_share_instances() {
             .entry(body["instance"].as_u64().unwrap())
             .or_default() += 1;
     }
-    // The warm instance took several of the overlapping requests at once
-    // (it may take 16), and the rest needed other instances.
+    // Instances took several of the overlapping requests at once (up to 16
+    // each), and 24 at once needed more than one instance. Which instance
+    // takes how many is wasmtime's scheduling: under load the warm one may
+    // be busy when the burst arrives, so only the sharing is asserted.
     assert!(
-        served.get(&warm).is_some_and(|n| (2..=16).contains(n)),
+        served.values().all(|n| *n <= 16) && served.values().any(|n| *n >= 2),
         "{served:?}"
     );
-    assert!(served.len() >= 2, "{served:?}");
+    assert!((2..24).contains(&served.len()), "{served:?}");
 
     let host = app.start(&[
         "--max-instance-concurrent-reuse-count",

@@ -1,7 +1,7 @@
 //! Starts Bazaar for one test (own state, stores and embedded Redis) and
 //! gives the tests a small client for its API.
 
-use crate::common::{self, Host};
+use crate::common::{self, Host, Sqld};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::Command;
@@ -35,6 +35,9 @@ pub struct App {
     state: tempfile::TempDir,
     /// Where the stores are: a replica shares it.
     config_file: PathBuf,
+    /// The libSQL servers holding the databases, when the suite runs on
+    /// libSQL (`BAZAAR_E2E_SQLITE=libsql`).
+    servers: Vec<Sqld>,
 }
 
 /// A response: status, JSON body (or the text as a JSON string), headers.
@@ -86,19 +89,36 @@ impl App {
     }
 
     /// Starts the app with extra `bazaar up` flags too.
+    ///
+    /// Each service's database is a SQLite file of the test's own, or, with
+    /// `BAZAAR_E2E_SQLITE=libsql`, a database on a libSQL server of its own
+    /// (the whole suite then runs on Spin's libSQL provider).
     pub fn start_with_args(env: &[(&str, &str)], args: &[&str]) -> App {
         let state = tempfile::tempdir().unwrap();
+        let on_libsql = std::env::var("BAZAAR_E2E_SQLITE").is_ok_and(|v| v == "libsql");
+        let servers: Vec<Sqld> = if on_libsql {
+            SERVICE_DATABASES.iter().map(|_| Sqld::start()).collect()
+        } else {
+            Vec::new()
+        };
         let mut config = String::new();
-        for label in SERVICE_DATABASES {
-            let path = state.path().join(format!("{label}.db"));
-            config.push_str(&format!(
-                "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
-                path
-            ));
+        for (i, label) in SERVICE_DATABASES.iter().enumerate() {
+            match servers.get(i) {
+                Some(server) => config.push_str(&format!(
+                    "[sqlite_database.{label}]\ntype = \"libsql\"\nurl = \"{}\"\ntoken = \"unused\"\n",
+                    server.url()
+                )),
+                None => config.push_str(&format!(
+                    "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
+                    state.path().join(format!("{label}.db"))
+                )),
+            }
         }
         let config_file = state.path().join("runtime-config.toml");
         std::fs::write(&config_file, config).unwrap();
-        Self::launch(state, config_file, env, args)
+        let mut app = Self::launch(state, config_file, env, args);
+        app.servers = servers;
+        app
     }
 
     /// Starts the app with its stores where `runtime_config` (Spin's
@@ -168,6 +188,7 @@ impl App {
             client: reqwest::Client::new(),
             state,
             config_file,
+            servers: Vec::new(),
         }
     }
 
