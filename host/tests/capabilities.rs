@@ -200,11 +200,7 @@ async fn key_value_on_redis_is_shared_through_the_server() {
 fn unreachable_or_misconfigured_key_value_server_stops_start_up() {
     let app = AppDir::new(STORES);
     // A port nothing listens on: bind one, note it, release it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = app.write(
         "runtime-config.toml",
         &format!("[key_value_store.cache]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\n"),
@@ -285,14 +281,8 @@ async fn sqlite_persists_and_uses_wal() {
 
 /// One guest connection's statements, as the probe runs them.
 async fn session(host: &common::Host, statements: &[&str]) -> serde_json::Value {
-    let (status, body) = send(
-        reqwest::Client::new()
-            .post(host.url("/granted/sql-session/default"))
-            .json(&statements),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body
+    host.sql_session("/granted/sql-session/default", statements)
+        .await
 }
 
 #[tokio::test]

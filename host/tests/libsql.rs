@@ -20,14 +20,7 @@ sqlite_databases = ["default"]
 "#;
 
 async fn session(host: &common::Host, statements: &[&str]) -> serde_json::Value {
-    let (status, body) = send(
-        reqwest::Client::new()
-            .post(host.url("/sql-session/default"))
-            .json(&statements),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body
+    host.sql_session("/sql-session/default", statements).await
 }
 
 fn start(app: &AppDir, server: &Sqld) -> common::Host {
@@ -134,11 +127,7 @@ async fn sqlite_on_a_libsql_server() {
 #[test]
 fn an_unreachable_libsql_server_stops_start_up() {
     let app = AppDir::new(APP);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let config = app.write(
         "runtime-config.toml",
         &format!(

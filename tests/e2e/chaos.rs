@@ -88,13 +88,6 @@ async fn settle_cancelled(app: &App, admin: &str, ids: &[String], within: Durati
     }
 }
 
-fn log_count(app: &App, file: &str, text: &str) -> usize {
-    std::fs::read_to_string(app.host_log(file))
-        .unwrap_or_default()
-        .matches(text)
-        .count()
-}
-
 #[tokio::test]
 async fn redelivered_and_reordered_messages_change_nothing() {
     let redis = RedisServer::start();
@@ -181,9 +174,9 @@ async fn redelivered_and_reordered_messages_change_nothing() {
         "payment.refunded",
     ]);
     assert!(to_steps >= 5 && to_saga >= 5, "{kinds:?}");
-    let steps_before = log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
-        + log_count(&app, "payments-step_stdout.txt", "duplicate dropped");
-    let saga_before = log_count(&app, "order-saga_stdout.txt", "duplicate dropped");
+    let steps_before = app.log_count("inventory-step_stdout.txt", "duplicate dropped")
+        + app.log_count("payments-step_stdout.txt", "duplicate dropped");
+    let saga_before = app.log_count("order-saga_stdout.txt", "duplicate dropped");
 
     // Deliver all of it again, newest first, twice.
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -199,10 +192,10 @@ async fn redelivered_and_reordered_messages_change_nothing() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let steps = log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
-            + log_count(&app, "payments-step_stdout.txt", "duplicate dropped")
+        let steps = app.log_count("inventory-step_stdout.txt", "duplicate dropped")
+            + app.log_count("payments-step_stdout.txt", "duplicate dropped")
             - steps_before;
-        let saga = log_count(&app, "order-saga_stdout.txt", "duplicate dropped") - saga_before;
+        let saga = app.log_count("order-saga_stdout.txt", "duplicate dropped") - saga_before;
         if steps >= 2 * to_steps && saga >= 2 * to_saga {
             break;
         }
@@ -454,9 +447,9 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
             .sum()
     };
     let (redriven, published) = (total("redriven"), total("published"));
-    let duplicates = log_count(&app, "order-saga_stdout.txt", "duplicate dropped")
-        + log_count(&app, "inventory-step_stdout.txt", "duplicate dropped")
-        + log_count(&app, "payments-step_stdout.txt", "duplicate dropped");
+    let duplicates = app.log_count("order-saga_stdout.txt", "duplicate dropped")
+        + app.log_count("inventory-step_stdout.txt", "duplicate dropped")
+        + app.log_count("payments-step_stdout.txt", "duplicate dropped");
     let report = format!(
         "chaos: orders {ORDERS}, confirmed {confirmed}, cancelled {reasons:?} ({} by customers racing the saga), sagas redriven {redriven}, outbox messages swept {published}, duplicates dropped {duplicates}",
         cancelled.len()

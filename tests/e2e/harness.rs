@@ -197,6 +197,14 @@ impl App {
         self.state.path().join(".spin/logs").join(file)
     }
 
+    /// How many times `text` appears in the component log `file` so far.
+    pub fn log_count(&self, file: &str, text: &str) -> usize {
+        std::fs::read_to_string(self.host_log(file))
+            .unwrap_or_default()
+            .matches(text)
+            .count()
+    }
+
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("request reached bazaar");
         let status = response.status().as_u16();

@@ -16,13 +16,6 @@ use std::time::{Duration, Instant};
 const ORDERS: usize = 60;
 const STOCK: i64 = 500;
 
-fn log_count(app: &App, file: &str, text: &str) -> usize {
-    std::fs::read_to_string(app.host_log(file))
-        .unwrap_or_default()
-        .matches(text)
-        .count()
-}
-
 #[tokio::test]
 async fn two_replicas_on_shared_sqlite_files_settle_every_order_exactly_once() {
     let redis = RedisServer::start();
@@ -268,7 +261,7 @@ async fn settle_orders_on(a: &App, b: &App) -> String {
             "inventory-step_stdout.txt",
             "payments-step_stdout.txt",
         ]
-        .map(|file| log_count(app, file, "duplicate dropped"))
+        .map(|file| app.log_count(file, "duplicate dropped"))
     };
     let (dropped_a, dropped_b) = (counts(a), counts(b));
     let confirmed = finals

@@ -198,6 +198,19 @@ impl Host {
         send(reqwest::Client::new().get(self.url(path))).await
     }
 
+    /// Runs `statements` on one guest SQLite connection through the probe's
+    /// session route at `path`, which must answer 200; returns its replies.
+    pub async fn sql_session(&self, path: &str, statements: &[&str]) -> serde_json::Value {
+        let (status, body) = send(
+            reqwest::Client::new()
+                .post(self.url(path))
+                .json(&statements),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Stops the host with SIGTERM, as a service manager would, and waits
     /// up to 30 s for it to exit (a host that hangs fails the test).
     pub fn stop(mut self) -> std::process::ExitStatus {
@@ -275,7 +288,9 @@ fn server_pid(port: u16) -> Option<u32> {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on now: for servers we start (which
+/// bind it at once) and for addresses that must be unreachable.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{MAX_RESULT_BYTES, starts_with_one_of, value_size};
-use crate::bindings::sqlite::{Error, QueryResult, RowResult, Value};
+use super::{ResultRows, starts_with_one_of};
+use crate::bindings::sqlite::{Error, QueryResult, Value};
 use crate::sqlite_pool::BUSY_TIMEOUT;
 
 /// How long start-up waits for the server before naming it unreachable.
@@ -174,22 +174,15 @@ async fn run(
     let columns: Vec<String> = (0..count)
         .map(|i| rows.column_name(i).unwrap_or_default().to_string())
         .collect();
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
+    let mut out = ResultRows::default();
     while let Some(row) = rows.next().await.map_err(io_error)? {
         let values = (0..count)
             .map(|i| row.get_value(i).map(from_libsql))
             .collect::<libsql::Result<Vec<_>>>()
             .map_err(io_error)?;
-        bytes += values.iter().map(value_size).sum::<usize>();
-        if bytes > MAX_RESULT_BYTES {
-            return Err(Error::Io(format!(
-                "the query result is larger than {MAX_RESULT_BYTES} bytes: select fewer rows or columns"
-            )));
-        }
-        out.push(RowResult { values });
+        out.push(values)?;
     }
-    Ok(QueryResult { columns, rows: out })
+    Ok(out.finish(columns))
 }
 
 /// Whether `statement` is a query, or a change with `RETURNING`: the ones

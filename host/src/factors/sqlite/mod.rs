@@ -290,22 +290,44 @@ fn run(
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(io_error)?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
+    let mut out = ResultRows::default();
     while let Some(row) = rows.next().map_err(io_error)? {
         let values = (0..columns.len())
             .map(|i| row.get::<_, SqlValue>(i).map(from_sql))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(io_error)?;
-        bytes += values.iter().map(value_size).sum::<usize>();
-        if bytes > MAX_RESULT_BYTES {
+        out.push(values)?;
+    }
+    Ok(out.finish(columns))
+}
+
+/// The rows of a result as they are read, refused once they pass
+/// [`MAX_RESULT_BYTES`]: both backends read rows one at a time, so the cap
+/// holds before the whole result is in memory.
+#[derive(Default)]
+struct ResultRows {
+    rows: Vec<RowResult>,
+    bytes: usize,
+}
+
+impl ResultRows {
+    fn push(&mut self, values: Vec<Value>) -> Result<(), Error> {
+        self.bytes += values.iter().map(value_size).sum::<usize>();
+        if self.bytes > MAX_RESULT_BYTES {
             return Err(Error::Io(format!(
                 "the query result is larger than {MAX_RESULT_BYTES} bytes: select fewer rows or columns"
             )));
         }
-        out.push(RowResult { values });
+        self.rows.push(RowResult { values });
+        Ok(())
     }
-    Ok(QueryResult { columns, rows: out })
+
+    fn finish(self, columns: Vec<String>) -> QueryResult {
+        QueryResult {
+            columns,
+            rows: self.rows,
+        }
+    }
 }
 
 fn io_error(e: rusqlite::Error) -> Error {
