@@ -16,6 +16,7 @@ mod payments;
 mod products;
 mod read_model;
 mod replicas;
+mod resilience;
 mod saga;
 mod serial;
 mod users;

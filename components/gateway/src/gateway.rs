@@ -4,23 +4,30 @@
 
 use bazaar_api::{Method, Problem, StatusCode};
 use bazaar_auth::{ACCESS_AUDIENCE, IDENTITY_AUDIENCE, IDENTITY_HEADER, IDENTITY_TTL_SECONDS};
-use bazaar_service::{header, setting};
+use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as};
 use bazaar_trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body_util::{BodyExt, Full, Limited};
-use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{HeaderValue, Request, Response};
 use std::time::Instant;
 
 use crate::cors::{self, Cors};
+use crate::limits::{self, Rule};
 use crate::routes::{self, Routing, Service};
+use crate::upstream::{self, Call};
 
 pub type Reply = Response<Full<Bytes>>;
 
-/// Request headers a client may not set: the identity header is the
-/// gateway's word alone, and hop-by-hop headers end here.
+/// Request headers a client may not pass on: the identity header, trace
+/// context, request id, forwarded address and deadline are the gateway's
+/// word alone (it sets its own), and hop-by-hop headers end here.
 const STRIPPED: &[&str] = &[
     IDENTITY_HEADER,
+    TRACEPARENT,
+    REQUEST_ID,
+    TIMEOUT_HEADER,
+    "x-forwarded-for",
     "authorization",
     "host",
     "connection",
@@ -81,8 +88,21 @@ async fn dispatch(
     }
     match routes::route(method, path) {
         Routing::To(service) => {
+            let by_address = match (method, path) {
+                (&Method::POST, "/api/v1/auth/token") => Some(Rule::Login),
+                (&Method::POST, "/api/v1/users") => Some(Rule::SignUp),
+                _ => None,
+            };
+            if let Some(rule) = by_address {
+                limits::check(rule, &limits::client_address(&req).await?).await?;
+            }
             let identity = authenticate(&req).await?;
             ctx.user = identity.as_ref().map(|i| i.sub.clone());
+            if let Some(user) = &ctx.user
+                && !matches!(*method, Method::GET | Method::HEAD)
+            {
+                limits::check(Rule::Writes, user).await?;
+            }
             forward(req, service, identity, ctx).await
         }
         Routing::MethodNotAllowed(allowed) => Err(not_allowed(&allowed)),
@@ -144,23 +164,17 @@ async fn forward(
     identity: Option<bazaar_auth::Identity>,
     ctx: &Context,
 ) -> Result<Reply, Problem> {
-    let max_body: usize = setting("max_body_bytes")
-        .await?
-        .parse()
-        .map_err(|_| Problem::internal("the gateway is misconfigured"))?;
+    let max_body: usize = setting_as("max_body_bytes").await?;
     let base = setting(service.url_variable()).await?;
     let path_and_query = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    let mut outbound = http_request(
-        req.method().clone(),
-        &format!("{}{path_and_query}", base.trim_end_matches('/')),
-    );
+    let mut headers = HeaderMap::new();
     for (name, value) in req.headers() {
         if !STRIPPED.contains(&name.as_str()) {
-            outbound = outbound.header(name, value);
+            headers.append(name, value.clone());
         }
     }
     if let Some(identity) = identity {
@@ -171,45 +185,40 @@ async fn forward(
             bazaar_auth::now(),
             IDENTITY_TTL_SECONDS,
         );
-        outbound = outbound.header(IDENTITY_HEADER, token);
+        headers.insert(IDENTITY_HEADER, header_value(&token)?);
     }
     if let Some(client) = header(&req, "spin-client-addr") {
-        outbound = outbound.header(
+        headers.insert(
             "x-forwarded-for",
-            client
-                .rsplit_once(':')
-                .map_or(client.as_str(), |(ip, _)| ip),
+            header_value(limits::without_port(&client))?,
         );
     }
-    outbound = outbound
-        .header(REQUEST_ID, &ctx.request_id)
-        .header(TRACEPARENT, ctx.trace.to_string());
+    headers.insert(REQUEST_ID, header_value(&ctx.request_id)?);
+    headers.insert(TRACEPARENT, header_value(&ctx.trace.to_string())?);
     let declared = header(&req, "content-length").and_then(|l| l.parse::<usize>().ok());
     if declared.is_some_and(|len| len > max_body) {
         return Err(too_large(max_body));
     }
+    let method = req.method().clone();
+    let idempotent = matches!(method, Method::GET | Method::HEAD)
+        || req.headers().contains_key("idempotency-key");
     let body = Limited::new(req.into_body(), max_body)
         .collect()
         .await
         .map_err(|_| too_large(max_body))?
         .to_bytes();
-    let outbound = outbound
-        .body(Full::new(body))
-        .map_err(|e| Problem::bad_request(format!("cannot forward this request: {e}")))?;
-    let response = spin_sdk::http::send(outbound).await.map_err(|e| {
-        eprintln!("{{\"level\":\"error\",\"msg\":\"service call failed\",\"service\":\"{}\",\"error\":{:?}}}", service.name(), format!("{e:?}"));
-        Problem::new(StatusCode::BAD_GATEWAY, format!("the {} service is unavailable", service.name()))
-    })?;
-    let (parts, body) = response.into_parts();
-    let bytes = body.bytes().await.map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_GATEWAY,
-            format!("the {} service's response broke off: {e:?}", service.name()),
-        )
-    })?;
-    let mut reply = Response::new(Full::new(bytes));
-    *reply.status_mut() = parts.status;
-    for (name, value) in &parts.headers {
+    let call = Call {
+        service,
+        method,
+        url: format!("{}{path_and_query}", base.trim_end_matches('/')),
+        headers,
+        body,
+        idempotent,
+    };
+    let answer = upstream::send(&call).await?;
+    let mut reply = Response::new(Full::new(answer.body));
+    *reply.status_mut() = answer.parts.status;
+    for (name, value) in &answer.parts.headers {
         if !matches!(
             name.as_str(),
             "content-length" | "transfer-encoding" | "connection"
@@ -220,8 +229,9 @@ async fn forward(
     Ok(reply)
 }
 
-fn http_request(method: Method, url: &str) -> http::request::Builder {
-    http::Request::builder().method(method).uri(url)
+fn header_value(value: &str) -> Result<HeaderValue, Problem> {
+    HeaderValue::from_str(value)
+        .map_err(|_| Problem::bad_request(format!("cannot forward the header value {value:?}")))
 }
 
 fn too_large(max: usize) -> Problem {

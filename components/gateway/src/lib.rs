@@ -2,13 +2,19 @@
 //! `/api/v1/<service>/...` to the private services by Spin service chaining,
 //! verifies access tokens once and vouches for the caller to the services,
 //! carries request ids and W3C trace context, limits request bodies, applies
-//! CORS, and reports the health of the whole system.
+//! CORS, and reports the health of the whole system. It calls each service
+//! within a deadline, retries what is safe to retry, stops calling a failing
+//! service (circuit breaker) and rate-limits logins, sign-ups and writes,
+//! with the shared state in its key-value store.
 
+mod circuit;
 mod cors;
 mod gateway;
 mod health;
+mod limits;
 mod openapi;
 mod routes;
+mod upstream;
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;

@@ -49,11 +49,13 @@ mod tests {
     #[test]
     fn every_reference_resolves() {
         let doc: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap();
-        let schemas = doc["components"]["schemas"].as_object().unwrap();
-        let text = DOCUMENT;
-        for reference in text.split("\"#/components/schemas/").skip(1) {
-            let name = reference.split('"').next().unwrap();
-            assert!(schemas.contains_key(name), "unresolved $ref {name}");
+        for kind in ["schemas", "responses"] {
+            let defined = doc["components"][kind].as_object().unwrap();
+            let prefix = format!("\"#/components/{kind}/");
+            for reference in DOCUMENT.split(prefix.as_str()).skip(1) {
+                let name = reference.split('"').next().unwrap();
+                assert!(defined.contains_key(name), "unresolved $ref {kind}/{name}");
+            }
         }
     }
 }

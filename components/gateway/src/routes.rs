@@ -31,6 +31,16 @@ impl Service {
         }
     }
 
+    /// The variable holding the deadline of a call to the service, in ms.
+    pub fn timeout_variable(self) -> &'static str {
+        match self {
+            Service::Users => "users_timeout_ms",
+            Service::Products => "products_timeout_ms",
+            Service::Orders => "orders_timeout_ms",
+            Service::Payments => "payments_timeout_ms",
+        }
+    }
+
     /// The variable holding the service's base URL (by default
     /// `http://<name>.spin.internal`, overridable for a distributed
     /// deployment).

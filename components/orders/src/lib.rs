@@ -12,5 +12,6 @@ use spin_sdk::http_service;
 
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
-    bazaar_api::finish(api::route(req).await)
+    let deadline = bazaar_service::Deadline::of(&req);
+    bazaar_api::finish(deadline.run(api::route(req)).await)
 }

@@ -21,6 +21,9 @@ pub struct Problem {
     pub detail: String,
     /// Extra members, e.g. the invalid `fields` of a 422.
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Response headers the status calls for (`Allow` on a 405,
+    /// `Retry-After` on a 429 or 503).
+    pub headers: Vec<(header::HeaderName, String)>,
 }
 
 impl Problem {
@@ -29,6 +32,7 @@ impl Problem {
             status,
             detail: detail.into(),
             extensions: serde_json::Map::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -57,6 +61,13 @@ impl Problem {
             format!("use {allow} on this resource"),
         )
         .with("allow", allow)
+        .header(header::ALLOW, allow)
+    }
+    /// 429: the caller must wait `retry_after_seconds`.
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, detail)
+            .with("retry_after", retry_after_seconds)
+            .header(header::RETRY_AFTER, retry_after_seconds.to_string())
     }
     /// A failure of ours, not the client's; `detail` must not leak internals.
     pub fn internal(detail: impl Into<String>) -> Self {
@@ -66,6 +77,11 @@ impl Problem {
     pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
         let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
         self.extensions.insert(key.to_string(), value);
+        self
+    }
+
+    pub fn header(mut self, name: header::HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -79,11 +95,17 @@ impl Problem {
         );
         body.insert("detail".into(), self.detail.into());
         body.extend(self.extensions);
-        respond(
+        let mut response = respond(
             self.status,
             PROBLEM_JSON,
             serde_json::Value::Object(body).to_string(),
-        )
+        );
+        for (name, value) in self.headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().append(name, value);
+            }
+        }
+        response
     }
 }
 
@@ -197,6 +219,16 @@ mod tests {
         assert_eq!(body["title"], "Conflict");
         assert_eq!(body["detail"], "email already registered");
         assert_eq!(body["field"], "email");
+    }
+
+    #[test]
+    fn problems_carry_the_headers_their_status_calls_for() {
+        let response = Problem::method_not_allowed("GET, POST").into_response();
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        let response = Problem::too_many_requests("slow down", 7).into_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(body_of(response)["retry_after"], 7);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use spin_sdk::sqlite::{Connection, RowResult, Value};
 
 pub use bazaar_migrations::{Migration, migrate};
 
+mod deadline;
 mod messaging;
 mod step;
+pub use deadline::{Deadline, TIMEOUT_HEADER};
 pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, Pruned};
 pub use step::{MESSAGE_RETENTION_SECONDS, Step, run_step};
 
@@ -51,6 +53,19 @@ pub async fn setting(name: &str) -> Result<String, Problem> {
     })?;
     SETTINGS.with_borrow_mut(|known| known.insert(name.to_string(), value.clone()));
     Ok(value)
+}
+
+/// A component variable that must parse as a `T` (a number, usually); a
+/// value that does not is logged with its name and answered as a 500.
+pub async fn setting_as<T: std::str::FromStr>(name: &str) -> Result<T, Problem> {
+    let value = setting(name).await?;
+    value.trim().parse().map_err(|_| {
+        eprintln!(
+            "variable {name}: expected a {}, got {value:?}",
+            std::any::type_name::<T>()
+        );
+        Problem::internal("the service is misconfigured")
+    })
 }
 
 thread_local! {

@@ -1,0 +1,334 @@
+//! The gateway in front of a service that misbehaves on demand: deadlines,
+//! retries, the circuit breaker, rate limits, and the headers only the
+//! gateway may set.
+//!
+//! The misbehaving service is a real HTTP server in this test process,
+//! reached through the gateway's `products_url` variable exactly as a
+//! products service deployed elsewhere would be.
+
+use crate::harness::App;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the upstream answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Ok,
+    /// Answers this status every time.
+    Fail(u16),
+    /// Answers this status to the next `n` requests, then 200.
+    FailNext(u32, u16),
+    /// Answers after this long.
+    Slow(Duration),
+}
+
+/// A request the upstream received: method, and each header's values.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+struct Upstream {
+    url: String,
+    behaviour: Arc<Mutex<Behaviour>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            behaviour: Arc::new(Mutex::new(Behaviour::Ok)),
+            seen: Arc::default(),
+        };
+        let state = upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, hyper::Error>(state.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    async fn answer(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        self.seen.lock().unwrap().push(Seen {
+            method: req.method().to_string(),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect(),
+        });
+        let (status, pause) = {
+            let mut behaviour = self.behaviour.lock().unwrap();
+            match *behaviour {
+                Behaviour::Ok => (200, None),
+                Behaviour::Fail(status) => (status, None),
+                Behaviour::FailNext(n, status) => {
+                    *behaviour = if n > 1 {
+                        Behaviour::FailNext(n - 1, status)
+                    } else {
+                        Behaviour::Ok
+                    };
+                    (status, None)
+                }
+                Behaviour::Slow(pause) => (200, Some(pause)),
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                json!({ "upstream": status }).to_string(),
+            )))
+            .unwrap()
+    }
+
+    fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().unwrap() = behaviour;
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+/// The app with its products service replaced by `upstream`.
+fn app_in_front_of(upstream: &Upstream, env: &[(&str, &str)]) -> App {
+    let mut all = vec![("SPIN_VARIABLE_PRODUCTS_URL", upstream.url.as_str())];
+    all.extend_from_slice(env);
+    App::start_with(&all)
+}
+
+#[tokio::test]
+async fn a_slow_service_gets_504_at_its_deadline_and_learns_its_budget() {
+    let upstream = Upstream::start().await;
+    let app = app_in_front_of(&upstream, &[("SPIN_VARIABLE_PRODUCTS_TIMEOUT_MS", "400")]);
+    upstream.set(Behaviour::Slow(Duration::from_secs(60)));
+    let started = Instant::now();
+    let reply = app.get("/api/v1/products", None).await;
+    reply.assert_problem(504);
+    assert_eq!(reply.body["service"], "products", "{}", reply.body);
+    assert!(
+        reply.body["detail"].as_str().unwrap().contains("400 ms"),
+        "{}",
+        reply.body
+    );
+    // Answered at the deadline, not when the upstream would have answered.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "a time-out is not retried");
+    let budget: u64 = seen[0].values("x-timeout-ms")[0].parse().unwrap();
+    assert!(budget > 0 && budget <= 400, "{budget}");
+}
+
+#[tokio::test]
+async fn only_idempotent_requests_are_retried() {
+    let upstream = Upstream::start().await;
+    let app = app_in_front_of(&upstream, &[("SPIN_VARIABLE_BREAKER_MIN_CALLS", "1000")]);
+
+    upstream.set(Behaviour::FailNext(1, 503));
+    let reply = app.get("/api/v1/products", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(upstream.count(), 2, "one failure, one retry");
+
+    upstream.set(Behaviour::Fail(503));
+    let reply = app
+        .post("/api/v1/products", None, json!({ "sku": "A" }))
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body["upstream"], 503, "the service's own answer");
+    assert_eq!(
+        upstream.count(),
+        3,
+        "a POST without Idempotency-Key is sent once"
+    );
+
+    let reply = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/products", None)
+                .header("idempotency-key", "k-1")
+                .json(&json!({ "sku": "A" })),
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let keyed: Vec<_> = upstream.seen()[3..].to_vec();
+    assert_eq!(keyed.len(), 3, "retried retry_max (2) times");
+    assert!(
+        keyed
+            .iter()
+            .all(|s| s.method == "POST" && s.values("idempotency-key") == ["k-1"])
+    );
+
+    // A 500 is not a transient failure: not retried.
+    upstream.set(Behaviour::Fail(500));
+    app.get("/api/v1/products", None).await;
+    assert_eq!(upstream.count(), 7);
+}
+
+#[tokio::test]
+async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
+    let upstream = Upstream::start().await;
+    let app = app_in_front_of(
+        &upstream,
+        &[
+            ("SPIN_VARIABLE_BREAKER_MIN_CALLS", "4"),
+            ("SPIN_VARIABLE_BREAKER_OPEN_SECONDS", "1"),
+            ("SPIN_VARIABLE_RETRY_MAX", "0"),
+        ],
+    );
+    upstream.set(Behaviour::Fail(500));
+    for _ in 0..4 {
+        assert_eq!(app.get("/api/v1/products", None).await.status, 500);
+    }
+    assert_eq!(upstream.count(), 4);
+
+    // Open: refused without calling the service, with a time to come back.
+    let reply = app.get("/api/v1/products/p-1", None).await;
+    reply.assert_problem(503);
+    assert_eq!(reply.body["service"], "products");
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open")
+    );
+    let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=1).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        upstream.count(),
+        4,
+        "an open circuit does not call the service"
+    );
+    // Another service is not affected.
+    app.get("/api/v1/users/me", None).await.assert_problem(401);
+
+    // The service recovers; after the open period one probe closes the circuit.
+    upstream.set(Behaviour::Ok);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = app.get("/api/v1/products", None).await;
+        if reply.status == 200 {
+            break;
+        }
+        reply.assert_problem(503);
+        assert!(reply.header("retry-after").is_some());
+        assert!(Instant::now() < deadline, "the circuit never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(upstream.count(), 5, "exactly one probe");
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/v1/products", None).await.status, 200);
+    }
+    assert_eq!(upstream.count(), 8);
+    let log = std::fs::read_to_string(app.host_log("gateway_stdout.txt")).unwrap();
+    assert!(log.contains("circuit opened"), "{log}");
+    assert!(log.contains("circuit closed"), "{log}");
+}
+
+#[tokio::test]
+async fn logins_sign_ups_and_writes_are_rate_limited() {
+    let app = App::start_with(&[
+        ("SPIN_VARIABLE_RATE_LIMIT_LOGIN_PER_MINUTE", "3"),
+        ("SPIN_VARIABLE_RATE_LIMIT_SIGNUP_PER_MINUTE", "2"),
+        ("SPIN_VARIABLE_RATE_LIMIT_WRITES_PER_MINUTE", "2"),
+    ]);
+    assert_eq!(app.register("a@bazaar.test", "A").await.status, 201);
+    assert_eq!(app.register("b@bazaar.test", "B").await.status, 201);
+    let reply = app.register("c@bazaar.test", "C").await;
+    reply.assert_problem(429);
+    let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+
+    let a = app.login("a@bazaar.test").await;
+    let b = app.login("b@bazaar.test").await;
+    let wrong = json!({ "email": "a@bazaar.test", "password": "wrong password" });
+    app.post("/api/v1/auth/token", None, wrong.clone())
+        .await
+        .assert_problem(401);
+    let reply = app.post("/api/v1/auth/token", None, wrong).await;
+    reply.assert_problem(429);
+    assert!(reply.header("retry-after").is_some());
+
+    // Writes count per user: A's limit is not B's.
+    for _ in 0..2 {
+        let reply = app.post("/api/v1/orders", Some(&a), json!({})).await;
+        assert_eq!(reply.status, 422, "{}", reply.body);
+    }
+    app.post("/api/v1/orders", Some(&a), json!({}))
+        .await
+        .assert_problem(429);
+    assert_eq!(
+        app.post("/api/v1/orders", Some(&b), json!({})).await.status,
+        422
+    );
+    // Reads are not limited.
+    assert_eq!(app.get("/api/v1/orders", Some(&a)).await.status, 200);
+}
+
+#[tokio::test]
+async fn the_gateway_sets_trace_request_id_and_forwarding_headers_itself() {
+    let upstream = Upstream::start().await;
+    let app = app_in_front_of(&upstream, &[]);
+    let client_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let reply = app
+        .send(
+            app.request(reqwest::Method::GET, "/api/v1/products", None)
+                .header("traceparent", client_trace)
+                .header("x-request-id", "client-id-7")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-timeout-ms", "999999999"),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = &upstream.seen()[0];
+    let trace = seen.values("traceparent");
+    assert_eq!(trace.len(), 1, "{seen:?}");
+    assert!(
+        trace[0].starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "same trace"
+    );
+    assert_ne!(trace[0], client_trace, "the gateway's own span");
+    assert_eq!(seen.values("x-request-id"), ["client-id-7"]);
+    assert_eq!(seen.values("x-forwarded-for"), ["127.0.0.1"]);
+    let budget = seen.values("x-timeout-ms");
+    assert_eq!(budget.len(), 1);
+    assert!(budget[0].parse::<u64>().unwrap() <= 5000, "{budget:?}");
+}
