@@ -8,6 +8,7 @@ mod component;
 mod factors;
 mod redis_broker;
 mod sqlite_pool;
+mod telemetry;
 mod triggers;
 
 use anyhow::{Context, Result};
@@ -104,6 +105,10 @@ struct UpArgs {
     /// `http://<component>.spin.internal/<path>@<interval>` (repeatable).
     #[arg(long, value_name = "URL@INTERVAL", value_parser = triggers::schedule::Schedule::parse)]
     schedule: Vec<triggers::schedule::Schedule>,
+    /// Serve Prometheus metrics at `http://<address>/metrics` (off unless
+    /// given; e.g. 127.0.0.1:9464). See docs/operations.md for the series.
+    #[arg(long, value_name = "ADDRESS")]
+    metrics_listen: Option<SocketAddr>,
     /// Write `/tmp/perf-<pid>.map`, so that `perf report` names the guests'
     /// compiled functions instead of showing bare addresses.
     #[arg(long)]
@@ -246,6 +251,9 @@ async fn up(args: UpArgs) -> Result<()> {
             .map(|(n, _, w)| (n.to_string(), w.to_string()))
             .collect(),
     };
+    if let Some(addr) = args.metrics_listen {
+        telemetry::metrics::serve(addr)?;
+    }
     let engine = app::engine(&options)?;
     let app = app::load(&manifest, &options, &engine).await?;
     let listener = match &app.http {

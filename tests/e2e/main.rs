@@ -11,6 +11,7 @@ mod common;
 mod chaos;
 mod gateway;
 mod harness;
+mod metrics;
 mod orders;
 mod payments;
 mod products;

@@ -24,6 +24,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::app::allowed_hosts::AllowList;
 use crate::factors::Capabilities;
+use crate::telemetry::metrics;
 
 const CHAINING_SUFFIX: &str = ".spin.internal";
 
@@ -123,7 +124,7 @@ fn done() -> IoFuture {
 impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
-        mut request: Request<WasiBody>,
+        request: Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_done: IoFuture,
     ) -> SendFuture {
@@ -139,6 +140,31 @@ impl WasiHttpHooks for OutboundHttp {
         if !self.grants().allowed.allows(&scheme, &host, uri.port_u16()) {
             return self.deny(&destination);
         }
+        let send = self.send_allowed(request, options, &scheme, &host);
+        if !metrics::enabled() {
+            return send;
+        }
+        let component = Arc::clone(&self.component);
+        Box::new(async move {
+            let started = std::time::Instant::now();
+            let result = Box::into_pin(send).await;
+            let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
+            metrics::outbound_http(&component, &destination, status, started.elapsed());
+            result
+        })
+    }
+}
+
+impl OutboundHttp {
+    /// Sends a request the allow-list admits: by chaining, on the pool, or
+    /// on a connection of its own.
+    fn send_allowed(
+        &self,
+        mut request: Request<WasiBody>,
+        options: Option<RequestOptions>,
+        scheme: &str,
+        host: &str,
+    ) -> SendFuture {
         if let Some(target) = host.strip_suffix(CHAINING_SUFFIX) {
             let target = target.to_string();
             let chaining = self.chaining();

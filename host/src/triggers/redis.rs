@@ -17,7 +17,7 @@
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -28,6 +28,7 @@ use crate::bindings::redis_trigger::{self as bindings, RedisTriggerPre};
 use crate::component::ComponentRuntime;
 use crate::factors::InstanceState;
 use crate::factors::outbound_redis::{RedisClients, is_embedded, redact};
+use crate::telemetry::metrics::{self, InstanceEnd, MessageOutcome};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -37,6 +38,35 @@ pub struct RedisHandler {
     pub runtime: Arc<ComponentRuntime>,
     pub pre: RedisTriggerPre<InstanceState>,
     idle: Mutex<Vec<Warm>>,
+    /// Envelope ids recently handed to the component, to count
+    /// redeliveries (only while metrics are on).
+    recent: Mutex<RecentIds>,
+}
+
+/// The last [`RECENT_IDS`] message ids a component was given.
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    known: HashSet<String>,
+}
+
+const RECENT_IDS: usize = 4096;
+
+impl RecentIds {
+    /// Remembers `id`; false if it was already known.
+    fn first_time(&mut self, id: &str) -> bool {
+        if self.known.contains(id) {
+            return false;
+        }
+        if self.order.len() == RECENT_IDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.known.remove(&oldest);
+        }
+        self.order.push_back(id.to_string());
+        self.known.insert(id.to_string());
+        true
+    }
 }
 
 /// An instance between messages.
@@ -53,6 +83,7 @@ impl RedisHandler {
             runtime,
             pre,
             idle: Mutex::new(Vec::new()),
+            recent: Mutex::default(),
         }
     }
 
@@ -62,10 +93,14 @@ impl RedisHandler {
         let runtime = &self.runtime;
         let limits = &runtime.limits;
         let mut warm = match self.take_idle() {
-            Some(warm) => warm,
+            Some(warm) => {
+                metrics::instance_reused(&runtime.id, "redis");
+                warm
+            }
             None => {
                 let mut store = runtime.new_store(self.pre.engine());
                 let guest = Arc::new(self.pre.instantiate_async(&mut store).await?);
+                metrics::instance_created(&runtime.id, "redis");
                 Warm {
                     store,
                     guest,
@@ -82,14 +117,22 @@ impl RedisHandler {
                 .await
         });
         let outcome = match tokio::time::timeout(limits.request_timeout, call).await {
-            Err(_) => anyhow::bail!("deadline of {:?} exceeded", limits.request_timeout),
-            Ok(Err(trap)) | Ok(Ok(Err(trap))) => return Err(anyhow::Error::from(trap)),
+            Err(_) => {
+                metrics::instance_ended(&runtime.id, "redis", InstanceEnd::Deadline);
+                anyhow::bail!("deadline of {:?} exceeded", limits.request_timeout)
+            }
+            Ok(Err(trap)) | Ok(Ok(Err(trap))) => {
+                metrics::instance_ended(&runtime.id, "redis", InstanceEnd::Trap);
+                return Err(anyhow::Error::from(trap));
+            }
             Ok(Ok(Ok(outcome))) => outcome.map_err(|e| format!("{e:?}")),
         };
         warm.served += 1;
         if warm.served < limits.max_requests_per_instance {
             warm.idle_since = Instant::now();
             self.lock_idle().push(warm);
+        } else {
+            metrics::instance_ended(&runtime.id, "redis", InstanceEnd::Retired);
         }
         Ok(outcome)
     }
@@ -99,7 +142,13 @@ impl RedisHandler {
     fn take_idle(&self) -> Option<Warm> {
         let timeout = self.runtime.limits.idle_instance_timeout;
         let mut idle = self.lock_idle();
-        idle.retain(|warm| warm.idle_since.elapsed() < timeout);
+        idle.retain(|warm| {
+            let keep = warm.idle_since.elapsed() < timeout;
+            if !keep {
+                metrics::instance_ended(&self.runtime.id, "redis", InstanceEnd::Retired);
+            }
+            keep
+        });
         idle.pop()
     }
 
@@ -256,15 +305,32 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
         let message_id = message_id.clone();
         tokio::spawn(async move {
             let component = handler.runtime.id.clone();
-            match handler.handle(payload).await {
-                Ok(Ok(())) => tracing::debug!(%component, channel, ?message_id, "message handled"),
+            if metrics::enabled()
+                && let Some(id) = &message_id
+                && !handler
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .first_time(id)
+            {
+                metrics::redis_redelivery(&component, &channel);
+            }
+            let started = Instant::now();
+            let outcome = match handler.handle(payload).await {
+                Ok(Ok(())) => {
+                    tracing::debug!(%component, channel, ?message_id, "message handled");
+                    MessageOutcome::Handled
+                }
                 Ok(Err(error)) => {
-                    tracing::error!(%component, channel, ?message_id, "handler returned an error: {error}")
+                    tracing::error!(%component, channel, ?message_id, "handler returned an error: {error}");
+                    MessageOutcome::Failed
                 }
                 Err(error) => {
-                    tracing::error!(%component, channel, ?message_id, "handler failed: {error:#}")
+                    tracing::error!(%component, channel, ?message_id, "handler failed: {error:#}");
+                    MessageOutcome::Failed
                 }
-            }
+            };
+            metrics::redis_message(&component, &channel, outcome, started.elapsed());
             drop(permit);
         });
     }
@@ -316,6 +382,18 @@ pub fn resolve_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redeliveries_are_told_from_first_deliveries_within_a_bounded_memory() {
+        let mut recent = RecentIds::default();
+        assert!(recent.first_time("a"));
+        assert!(!recent.first_time("a"));
+        for i in 0..RECENT_IDS {
+            assert!(recent.first_time(&i.to_string()));
+        }
+        assert_eq!(recent.known.len(), RECENT_IDS);
+        assert!(recent.first_time("a"), "forgotten once out of the window");
+    }
 
     #[test]
     fn message_ids_come_from_json() {

@@ -12,11 +12,13 @@ mod sqlite;
 use anyhow::Context as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
 use crate::app::runtime_config::KvLocation;
 use crate::bindings::key_value::{self, Error};
 use crate::factors::outbound_redis::redact;
+use crate::telemetry::metrics;
 use redis::RedisKv;
 use sqlite::SqliteKv;
 
@@ -174,7 +176,16 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend.get(label, key).await)
+        let started = Instant::now();
+        let result = backend.get(label.clone(), key).await;
+        metrics::store_operation(
+            "key_value",
+            &label,
+            "get",
+            result.is_ok(),
+            started.elapsed(),
+        );
+        Ok(result)
     }
 
     async fn set(
@@ -184,7 +195,16 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend.set(label, key, value).await)
+        let started = Instant::now();
+        let result = backend.set(label.clone(), key, value).await;
+        metrics::store_operation(
+            "key_value",
+            &label,
+            "set",
+            result.is_ok(),
+            started.elapsed(),
+        );
+        Ok(result)
     }
 
     async fn delete(
@@ -193,7 +213,16 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend.delete(label, key).await)
+        let started = Instant::now();
+        let result = backend.delete(label.clone(), key).await;
+        metrics::store_operation(
+            "key_value",
+            &label,
+            "delete",
+            result.is_ok(),
+            started.elapsed(),
+        );
+        Ok(result)
     }
 
     async fn exists(
@@ -202,7 +231,16 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let (label, backend) = handle_of(accessor, &store)?;
-        Ok(backend.exists(label, key).await)
+        let started = Instant::now();
+        let result = backend.exists(label.clone(), key).await;
+        metrics::store_operation(
+            "key_value",
+            &label,
+            "exists",
+            result.is_ok(),
+            started.elapsed(),
+        );
+        Ok(result)
     }
 
     async fn get_keys(
@@ -210,7 +248,15 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         store: Resource<StoreHandle>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
         let (label, backend) = handle_of(accessor, &store)?;
-        let keys = backend.keys(label).await;
+        let started = Instant::now();
+        let keys = backend.keys(label.clone()).await;
+        metrics::store_operation(
+            "key_value",
+            &label,
+            "get_keys",
+            keys.is_ok(),
+            started.elapsed(),
+        );
         let (keys, outcome) = match keys {
             Ok(keys) => (keys, Ok(())),
             Err(e) => (Vec::new(), Err(e)),

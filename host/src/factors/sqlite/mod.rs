@@ -80,7 +80,9 @@ pub struct SqliteGrants {
 }
 
 /// The guest's connection resource.
+#[derive(Clone)]
 pub struct ConnectionHandle {
+    label: Arc<str>,
     database: Arc<Database>,
     session: Arc<tokio::sync::Mutex<Session>>,
 }
@@ -130,26 +132,43 @@ impl SqliteView<'_> {
             return Ok(Err(Error::NoSuchDatabase));
         };
         let handle = ConnectionHandle {
+            label: label.into(),
             database,
             session: Arc::default(),
         };
         Ok(Ok(self.table.push(handle)?))
     }
 
-    fn handle(
-        &self,
-        r: &Resource<ConnectionHandle>,
-    ) -> wasmtime::Result<(Arc<Database>, Arc<tokio::sync::Mutex<Session>>)> {
-        let handle = self.table.get(r)?;
-        Ok((Arc::clone(&handle.database), Arc::clone(&handle.session)))
+    fn handle(&self, r: &Resource<ConnectionHandle>) -> wasmtime::Result<ConnectionHandle> {
+        Ok(self.table.get(r)?.clone())
     }
+}
+
+/// Runs one statement of a session, and counts it (see [`crate::metrics`]).
+async fn execute(
+    label: &str,
+    database: Arc<Database>,
+    session: &tokio::sync::Mutex<Session>,
+    statement: String,
+    params: Vec<Value>,
+) -> Result<QueryResult, Error> {
+    let started = std::time::Instant::now();
+    let result = run_statement(database, session, statement, params).await;
+    crate::telemetry::metrics::store_operation(
+        "sqlite",
+        label,
+        "execute",
+        result.is_ok(),
+        started.elapsed(),
+    );
+    result
 }
 
 /// Runs one statement of a session: on its open transaction, else on a
 /// reader if the statement only reads, else with other autocommit writes
 /// (group commit) if it is a plain data change, else on the writer, which
 /// the session keeps if the statement opened a transaction.
-async fn execute(
+async fn run_statement(
     database: Arc<Database>,
     session: &tokio::sync::Mutex<Session>,
     statement: String,
@@ -383,20 +402,24 @@ impl sqlite::HostConnection for SqliteView<'_> {
         statement: String,
         parameters: Vec<Value>,
     ) -> wasmtime::Result<Result<QueryResult, Error>> {
-        let (database, session) = self.handle(&conn)?;
+        let conn = self.handle(&conn)?;
         Ok(futures::executor::block_on(execute(
-            database, &session, statement, parameters,
+            &conn.label,
+            conn.database,
+            &conn.session,
+            statement,
+            parameters,
         )))
     }
 
     fn last_insert_rowid(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<i64> {
-        let (_, session) = self.handle(&conn)?;
-        Ok(futures::executor::block_on(session.lock()).last_insert_rowid)
+        let conn = self.handle(&conn)?;
+        Ok(futures::executor::block_on(conn.session.lock()).last_insert_rowid)
     }
 
     fn changes(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<u64> {
-        let (_, session) = self.handle(&conn)?;
-        Ok(futures::executor::block_on(session.lock()).changes)
+        let conn = self.handle(&conn)?;
+        Ok(futures::executor::block_on(conn.session.lock()).changes)
     }
 
     fn drop(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
@@ -428,12 +451,19 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
             Error,
         >,
     > {
-        let (database, session) = accessor.with(|mut access| access.get().handle(&conn))?;
-        let QueryResult { columns, rows } =
-            match execute(database, &session, statement, parameters).await {
-                Ok(result) => result,
-                Err(e) => return Ok(Err(e)),
-            };
+        let conn = accessor.with(|mut access| access.get().handle(&conn))?;
+        let QueryResult { columns, rows } = match execute(
+            &conn.label,
+            conn.database,
+            &conn.session,
+            statement,
+            parameters,
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(e) => return Ok(Err(e)),
+        };
         accessor.with(|mut access| {
             let rows = StreamReader::new(&mut access, rows)?;
             let done = FutureReader::new(&mut access, async { Ok::<_, wasmtime::Error>(Ok(())) })?;
@@ -445,15 +475,15 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
         accessor: &Accessor<T, Self>,
         conn: Resource<ConnectionHandle>,
     ) -> wasmtime::Result<i64> {
-        let (_, session) = accessor.with(|mut access| access.get().handle(&conn))?;
-        Ok(session.lock().await.last_insert_rowid)
+        let conn = accessor.with(|mut access| access.get().handle(&conn))?;
+        Ok(conn.session.lock().await.last_insert_rowid)
     }
 
     async fn changes_async(
         accessor: &Accessor<T, Self>,
         conn: Resource<ConnectionHandle>,
     ) -> wasmtime::Result<u64> {
-        let (_, session) = accessor.with(|mut access| access.get().handle(&conn))?;
-        Ok(session.lock().await.changes)
+        let conn = accessor.with(|mut access| access.get().handle(&conn))?;
+        Ok(conn.session.lock().await.changes)
     }
 }

@@ -22,6 +22,7 @@ use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
 use crate::factors::outbound_http::ServiceChaining;
+use crate::telemetry::metrics;
 use crate::triggers::http::pool::ComponentPool;
 use crate::triggers::http::router::{RouteMatch, Router};
 
@@ -94,7 +95,7 @@ impl HttpApp {
             path_info: &path_info,
         };
         set_spin_headers(&mut req, &matched, &client.to_string());
-        self.dispatch(component, req).await
+        self.dispatch(component, route.raw(), req).await
     }
 
     /// Serves a request another component sent to `http://<target>.spin.internal`.
@@ -118,10 +119,29 @@ impl HttpApp {
             path_info: &path_info,
         };
         set_spin_headers(&mut req, &matched, CHAINED_CLIENT);
-        Ok(self.dispatch(target, req).await)
+        Ok(self.dispatch(target, "private", req).await)
     }
 
-    async fn dispatch(&self, component: &str, req: Request<WasiBody>) -> Response<WasiBody> {
+    /// Runs `req` on `component`, reached by `route` (its trigger route, or
+    /// `private` when chained), and counts it.
+    async fn dispatch(
+        &self,
+        component: &str,
+        route: &str,
+        req: Request<WasiBody>,
+    ) -> Response<WasiBody> {
+        let started = std::time::Instant::now();
+        let response = self.run(component, req).await;
+        metrics::http_request(
+            component,
+            route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        response
+    }
+
+    async fn run(&self, component: &str, req: Request<WasiBody>) -> Response<WasiBody> {
         let Some(handler) = self.handlers.get(component) else {
             return empty(StatusCode::NOT_FOUND);
         };

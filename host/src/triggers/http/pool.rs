@@ -8,18 +8,21 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime::StoreContextMut;
 use wasmtime::component::GuestTaskId;
 use wasmtime_wasi_http::handler::{
-    HandlerState, Instance, Proxy, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+    ExpirationError, HandlerState, Instance, Proxy, ShouldAccept, WorkerExpiration, WorkerState,
+    WorkerStatus,
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::component::{ComponentRuntime, Limits};
 use crate::factors::InstanceState;
+use crate::telemetry::metrics::{self, InstanceEnd};
 
 /// Plugs a component into `ProxyHandler`: how to make a new instance.
 pub struct ComponentPool {
@@ -38,6 +41,7 @@ impl HandlerState for ComponentPool {
         let service = self.pre.instantiate_async(&mut store).await?;
         let instance = runtime.next_instance();
         tracing::debug!(component = %runtime.id, instance, "instantiated");
+        metrics::instance_created(&runtime.id, "http");
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),
@@ -49,6 +53,7 @@ impl HandlerState for ComponentPool {
             state: Worker {
                 runtime: Arc::clone(runtime),
                 instance,
+                served: AtomicU64::new(0),
             },
         })
     }
@@ -91,6 +96,8 @@ impl WorkerExpiration for Expiration {
 pub struct Worker {
     runtime: Arc<ComponentRuntime>,
     instance: u64,
+    /// Requests started on this instance, to tell reuse from first use.
+    served: AtomicU64,
 }
 
 impl WorkerState for Worker {
@@ -115,10 +122,20 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
         tracing::trace!(component = %self.runtime.id, instance = self.instance, request, "request start");
+        if self.served.fetch_add(1, Ordering::Relaxed) > 0 {
+            metrics::instance_reused(&self.runtime.id, "http");
+        }
         Box::pin(tokio::time::sleep(self.runtime.limits.request_timeout))
     }
 
     fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
+        let end = match &result {
+            Ok(()) => InstanceEnd::Retired,
+            Err(error) if error.downcast_ref::<ExpirationError>().is_some() => {
+                InstanceEnd::Deadline
+            }
+            Err(_) => InstanceEnd::Trap,
+        };
         if let Err(error) = result {
             tracing::error!(
                 component = %self.runtime.id,
@@ -126,6 +143,7 @@ impl WorkerState for Worker {
                 "instance discarded after a failure: {error:?}"
             );
         }
+        metrics::instance_ended(&self.runtime.id, "http", end);
         drop(store);
     }
 }

@@ -1,0 +1,3 @@
+//! What the host tells operators about itself: Prometheus metrics.
+
+pub mod metrics;
