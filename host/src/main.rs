@@ -165,13 +165,19 @@ const DEV_DEFAULTS: &[(&str, &str, &str)] = &[
 const REDIS_VARIABLE: &str = "redis_url";
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+    // Readable lines on a terminal; JSON lines (one object, fields at the
+    // top level) anywhere else, for files and log shippers.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "bazaar=info,warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        logs.init();
+    } else {
+        logs.json().flatten_event(true).init();
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

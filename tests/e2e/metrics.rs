@@ -10,7 +10,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A Prometheus server (Debian's `prometheus`, which tests/run installs)
-/// scraping `target` every second.
+/// scraping every second: the host's `--metrics-listen` address (job
+/// `bazaar`) and the gateway's `GET /metrics` (job `app`).
 struct Prometheus {
     child: Child,
     port: u16,
@@ -18,7 +19,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: &str) -> Prometheus {
+    fn start(host_target: &str, app_target: &str, app_token: &str) -> Prometheus {
         let binary = std::env::var_os("BAZAAR_TEST_PROMETHEUS")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
@@ -32,7 +33,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: bazaar\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: bazaar\n    static_configs:\n      - targets: ['{host_target}']\n  - job_name: app\n    authorization:\n      credentials: '{app_token}'\n    static_configs:\n      - targets: ['{app_target}']\n"
             ),
         )
         .unwrap();
@@ -111,7 +112,10 @@ fn value_of(sample: &Value) -> f64 {
 #[tokio::test]
 async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
     let listen = format!("127.0.0.1:{}", free_port());
-    let app = App::start_with_args(&[], &["--metrics-listen", &listen]);
+    let app = App::start_with_args(
+        &[("SPIN_VARIABLE_METRICS_TOKEN", "scrape-secret")],
+        &["--metrics-listen", &listen],
+    );
     let admin = app.admin().await;
     let lamp = app.product(&admin, "LAMP", 1500, 5).await["id"]
         .as_str()
@@ -127,10 +131,12 @@ async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
         .await
         .assert_problem(404);
 
-    let prometheus = Prometheus::start(&listen);
+    let app_target = app.host.base.trim_start_matches("http://").to_string();
+    let prometheus = Prometheus::start(&listen, &app_target, "scrape-secret");
     prometheus
         .wait_for("up{job=\"bazaar\"}", |v| v == 1.0)
         .await;
+    prometheus.wait_for("up{job=\"app\"}", |v| v == 1.0).await;
     // Requests by component, route and status class, with durations.
     prometheus
         .wait_for(
@@ -197,4 +203,53 @@ async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
             |v| v >= 1.0,
         )
         .await;
+    // The application's own series, from the gateway.
+    prometheus
+        .wait_for("bazaar_app_metrics_up{service=\"orders\"}", |v| v == 1.0)
+        .await;
+    for service in ["users", "products", "orders", "payments"] {
+        prometheus
+            .wait_for(
+                &format!("bazaar_circuit_state{{service=\"{service}\"}}"),
+                |v| v == 0.0,
+            )
+            .await;
+    }
+    for settled in [
+        "bazaar_sagas_open",
+        "bazaar_sagas_overdue",
+        "bazaar_sagas_parked",
+    ] {
+        prometheus.wait_for(settled, |v| v == 0.0).await;
+    }
+    prometheus
+        .wait_for("bazaar_outbox_unpublished{service=\"orders\"}", |v| {
+            v == 0.0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn the_application_metrics_route_is_off_without_a_token_and_guarded_with_one() {
+    let app = App::start();
+    app.get("/metrics", None).await.assert_problem(404);
+
+    let app = App::start_with(&[("SPIN_VARIABLE_METRICS_TOKEN", "scrape-secret")]);
+    app.get("/metrics", None).await.assert_problem(401);
+    app.get("/metrics", Some("wrong")).await.assert_problem(401);
+    let reply = app.get("/metrics", Some("scrape-secret")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = reply.body.as_str().unwrap();
+    assert!(
+        text.contains("bazaar_circuit_state{service=\"payments\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("bazaar_sagas_parked 0"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }

@@ -83,7 +83,10 @@ async fn dispatch(
     match (method, path) {
         (&Method::GET, "/health") => return Ok(to_reply(crate::health::check(ctx).await)),
         (&Method::GET, "/api/v1/openapi.json") => return Ok(to_reply(crate::openapi::document())),
-        (_, "/health" | "/api/v1/openapi.json") => return Err(not_allowed(&[Method::GET])),
+        (&Method::GET, "/metrics") => return crate::app_metrics::scrape(&req, ctx).await,
+        (_, "/health" | "/api/v1/openapi.json" | "/metrics") => {
+            return Err(not_allowed(&[Method::GET]));
+        }
         _ => {}
     }
     match routes::route(method, path) {

@@ -7,6 +7,7 @@
 //! service (circuit breaker) and rate-limits logins, sign-ups and writes,
 //! with the shared state in its key-value store.
 
+mod app_metrics;
 mod circuit;
 mod cors;
 mod gateway;

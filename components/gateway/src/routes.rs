@@ -95,6 +95,7 @@ pub const ROUTES: &[(Method, &str, Service)] = &[
 pub const OWN_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/health"),
     (Method::GET, "/api/v1/openapi.json"),
+    (Method::GET, "/metrics"),
 ];
 
 #[derive(Debug, PartialEq, Eq)]

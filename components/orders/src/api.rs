@@ -23,6 +23,10 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::GET, ["api", "v1", "orders", id, "events"]) => events(&req, id).await,
         (Method::POST, ["api", "v1", "orders", id, "cancel"]) => cancel(&req, id).await,
         (Method::POST, ["internal", "saga", "redrive"]) => redrive(&req).await,
+        (Method::GET, ["internal", "metrics"]) => {
+            let gauges = OrderStore::open().await?.gauges(&now_rfc3339()).await?;
+            Ok(json(StatusCode::OK, &gauges))
+        }
         (Method::POST, ["api", "v1", "admin", "saga", "redrive"]) => admin_redrive(&req).await,
         (Method::GET, ["api", "v1", "admin", "sagas"]) => parked_sagas(&req).await,
         (Method::POST, ["api", "v1", "admin", "sagas", id, "restart"]) => {

@@ -180,6 +180,16 @@ pub struct ParkedSaga {
     pub last_error: String,
 }
 
+/// How many sagas are open, parked and overdue, and outbox messages
+/// unpublished, now.
+#[derive(Debug, serde::Serialize)]
+pub struct SagaGauges {
+    pub sagas_open: i64,
+    pub sagas_parked: i64,
+    pub sagas_overdue: i64,
+    pub outbox_unpublished: i64,
+}
+
 pub struct OrderStore(Database);
 
 fn text(value: &str) -> Value {
@@ -597,6 +607,29 @@ impl OrderStore {
         )
         .await?;
         Ok(Redriven::Resent(outbox))
+    }
+
+    /// The saga numbers an operator watches (docs/operations.md).
+    pub async fn gauges(&self, now: &str) -> Result<SagaGauges, Problem> {
+        let rows = self
+            .rows(
+                "SELECT count(*), count(parked_at),
+                        coalesce(sum(parked_at IS NULL AND next_attempt_at <= ?), 0)
+                 FROM sagas WHERE settled = 0",
+                vec![text(now)],
+            )
+            .await?;
+        let get = |i| {
+            rows.first()
+                .and_then(|r| r.get::<i64>(i))
+                .unwrap_or_default()
+        };
+        Ok(SagaGauges {
+            sagas_open: get(0),
+            sagas_parked: get(1),
+            sagas_overdue: get(2),
+            outbox_unpublished: self.0.unpublished().await?,
+        })
     }
 
     /// Parked sagas, longest parked first.

@@ -232,6 +232,20 @@ impl Database {
     /// Deletes published outbox rows and consumed message ids older than
     /// `before`, one bounded batch of each. A consumed id must outlive any
     /// redelivery of its message; the retention is days, redelivery seconds.
+    /// Outbox messages committed but not yet published.
+    pub async fn unpublished(&self) -> Result<i64, Problem> {
+        let rows = self
+            .rows(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+                vec![],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get::<i64>(0))
+            .unwrap_or_default())
+    }
+
     pub async fn prune(&self, before: &str) -> Result<Pruned, Problem> {
         self.rows(
             "DELETE FROM outbox WHERE id IN
