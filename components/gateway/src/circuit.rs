@@ -1,9 +1,13 @@
 //! Each service's circuit breaker, kept in the gateway's key-value store so
 //! that every instance and every replica of the gateway sees one state.
 //!
-//! The store is read once per call; it is written only when the state
-//! changes (a failure, a window's count, opening, probing, closing), so a
-//! healthy service costs one read. Two gateways updating one window at the
+//! The store is written only when the state changes (a failure, a window's
+//! count, opening, probing, closing), and read once per call — except that
+//! an instance that has just read "closed" trusts it for [`CLOSED_FRESH`]:
+//! a healthy service then costs no store access at all on an instance that
+//! serves many requests (bazaar's and Spin's instance reuse), and a circuit
+//! opened elsewhere is seen at most that much later. Any failure reads the
+//! store again before recording. Two gateways updating one window at the
 //! same moment can lose a count: a breaker needs a trend, not an exact sum.
 //! If the store itself fails, calls go through (fail open) and the failure
 //! is logged: a broken breaker must not take the API down with it.
@@ -12,12 +16,25 @@ use bazaar_api::Problem;
 use bazaar_gateway_resilience::{Breaker, BreakerPolicy};
 use bazaar_service::setting_as;
 use spin_sdk::key_value::Store;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::routes::Service;
 
+/// How long an instance trusts a "closed" it read.
+const CLOSED_FRESH: Duration = Duration::from_millis(250);
+
+thread_local! {
+    /// When this instance last read each service's circuit as closed.
+    static SEEN_CLOSED: RefCell<BTreeMap<&'static str, Instant>> =
+        const { RefCell::new(BTreeMap::new()) };
+}
+
 pub struct Circuit {
     service: Service,
-    store: Option<Store>,
+    /// Opened on first use; `Some(None)` if opening failed.
+    store: Option<Option<Store>>,
     pub policy: BreakerPolicy,
     pub state: Breaker,
 }
@@ -33,50 +50,84 @@ impl Circuit {
             retry_floor: setting_as("retry_budget_floor").await?,
             retry_ratio: setting_as("retry_budget_ratio").await?,
         };
-        let store = match Store::open_default().await {
-            Ok(store) => Some(store),
-            Err(e) => {
-                log_store_error(service, "open", &e);
-                None
-            }
-        };
         let mut circuit = Circuit {
             service,
-            store,
+            store: None,
             policy,
             state: Breaker::Closed,
         };
-        circuit.reload().await;
+        let fresh = SEEN_CLOSED.with_borrow(|seen| {
+            seen.get(service.name())
+                .is_some_and(|at| at.elapsed() < CLOSED_FRESH)
+        });
+        if !fresh {
+            circuit.reload().await;
+        }
         Ok(circuit)
+    }
+
+    async fn store(&mut self) -> Option<&Store> {
+        if self.store.is_none() {
+            self.store = Some(match Store::open_default().await {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    log_store_error(self.service, "open", &e);
+                    None
+                }
+            });
+        }
+        self.store.as_ref().and_then(Option::as_ref)
     }
 
     /// Reads the state again: before recording an outcome, so a call that
     /// took seconds does not write over what others recorded meanwhile.
     pub async fn reload(&mut self) {
-        let Some(store) = &self.store else { return };
-        self.state = match store.get(self.key()).await {
+        let (service, key) = (self.service, self.key());
+        let Some(store) = self.store().await else {
+            return;
+        };
+        let state = match store.get(key).await {
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Ok(None) => Breaker::Closed,
             Err(e) => {
-                log_store_error(self.service, "read", &e);
+                log_store_error(service, "read", &e);
                 Breaker::Closed
             }
         };
+        self.state = state;
+        remember(service, &state);
     }
 
     pub async fn save(&mut self, next: Breaker) {
         let previous = std::mem::replace(&mut self.state, next);
-        log_transition(self.service, &previous, &next);
-        let Some(store) = &self.store else { return };
+        let (service, key) = (self.service, self.key());
+        log_transition(service, &previous, &next);
+        remember(service, &next);
+        let Some(store) = self.store().await else {
+            return;
+        };
         let bytes = serde_json::to_vec(&next).unwrap_or_default();
-        if let Err(e) = store.set(self.key(), bytes).await {
-            log_store_error(self.service, "write", &e);
+        if let Err(e) = store.set(key, bytes).await {
+            log_store_error(service, "write", &e);
         }
     }
 
     fn key(&self) -> String {
         format!("breaker/{}", self.service.name())
     }
+}
+
+/// Notes when `service` was last seen closed; any other state is never
+/// trusted without reading.
+fn remember(service: Service, state: &Breaker) {
+    SEEN_CLOSED.with_borrow_mut(|seen| match state {
+        Breaker::Closed => {
+            seen.insert(service.name(), Instant::now());
+        }
+        _ => {
+            seen.remove(service.name());
+        }
+    });
 }
 
 fn log_transition(service: Service, from: &Breaker, to: &Breaker) {
