@@ -122,6 +122,43 @@ async fn status_with_host(host: &common::Host, header: &str) -> String {
     response.lines().next().unwrap_or_default().to_string()
 }
 
+/// A component that answers before reading the request body (a 404 here,
+/// the gateway's 413) must not make the server reset a client that is still
+/// sending: most clients write the whole body, then read the response.
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_still_sending_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    let address = host
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = vec![b'x'; 4 * 1024 * 1024];
+    let head = format!(
+        "POST /api/no-such-operation HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(&body)
+        .await
+        .expect("the server keeps reading the body it did not need");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .expect("the response, not a reset");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(
+        response.contains("probe has no POST"),
+        "the component's own answer: {response}"
+    );
+}
+
 /// A `Host` header that is not an authority would move the path or query
 /// the component sees (`x/admin` + `/public` = `/admin/public`): 400.
 #[tokio::test]

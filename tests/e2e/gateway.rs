@@ -44,7 +44,11 @@ async fn unknown_paths_and_methods() {
         .await;
     reply.assert_problem(405);
     assert_eq!(reply.body["allow"], "GET, POST");
-    assert_eq!(reply.header("allow"), Some("GET, POST"), "RFC 9110: 405 carries Allow");
+    assert_eq!(
+        reply.header("allow"),
+        Some("GET, POST"),
+        "RFC 9110: 405 carries Allow"
+    );
     app.post("/health", None, json!({}))
         .await
         .assert_problem(405);

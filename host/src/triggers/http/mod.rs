@@ -286,6 +286,73 @@ fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
     response
 }
 
+/// The most of an unread request body the server reads and discards after
+/// answering, and for how long.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A request body that, if the component answers without reading all of
+/// it (a 413, a 404, an early error), is read to its end and discarded in
+/// the background, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+///
+/// Otherwise hyper closes the connection with the client's bytes still
+/// unread, the kernel answers them with a reset, and a client still
+/// sending (most do: they write the whole body before reading) gets a
+/// broken pipe instead of the response (a "lingering close", as nginx and
+/// Apache do it).
+struct DrainOnDrop(Option<hyper::body::Incoming>);
+
+impl hyper::body::Body for DrainOnDrop {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.as_ref().map_or_else(
+            || hyper::body::SizeHint::with_exact(0),
+            hyper::body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut body) = self.0.take() else {
+            return;
+        };
+        if hyper::body::Body::is_end_stream(&body) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut read = 0;
+                while read < DRAIN_BYTES
+                    && let Some(Ok(frame)) = body.frame().await
+                {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then lets in-flight
 /// requests finish.
 pub async fn serve(
@@ -312,8 +379,11 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let app = Arc::clone(&app);
             async move {
-                let req =
-                    req.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+                let req = req.map(|body| {
+                    DrainOnDrop(Some(body))
+                        .map_err(wasmtime_wasi_http::Error::from)
+                        .boxed_unsync()
+                });
                 Ok::<_, std::convert::Infallible>(app.handle(req, client).await)
             }
         });
