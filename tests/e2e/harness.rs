@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 pub const ADMIN_EMAIL: &str = "admin@bazaar.test";
 pub const PASSWORD: &str = "correct horse battery";
-pub const JWT_SECRET: &str = "e2e-jwt-secret";
-pub const IDENTITY_SECRET: &str = "e2e-identity-secret";
+pub const JWT_SECRET: &str = "e2e-jwt-secret-of-at-least-32-bytes";
+pub const IDENTITY_SECRET: &str = "e2e-identity-secret-of-at-least-32-bytes";
 
 /// Builds the application's components once per test binary.
 fn built_manifest() -> PathBuf {

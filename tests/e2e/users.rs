@@ -127,8 +127,9 @@ async fn me_needs_a_valid_unexpired_token() {
         roles: vec!["customer".into()],
     };
     let now = bazaar_auth::now();
+    let keys = |secret| bazaar_auth::Keys::new("jwt_secret", secret, "").unwrap();
     let expired = bazaar_auth::issue(
-        JWT_SECRET,
+        &keys(JWT_SECRET),
         bazaar_auth::ACCESS_AUDIENCE,
         &identity,
         now - 7200,
@@ -138,7 +139,7 @@ async fn me_needs_a_valid_unexpired_token() {
         .await
         .assert_problem(401);
     let forged = bazaar_auth::issue(
-        "guessed-secret",
+        &keys("a-guessed-secret-of-thirty-two-bytes"),
         bazaar_auth::ACCESS_AUDIENCE,
         &identity,
         now,
@@ -161,7 +162,7 @@ async fn clients_cannot_pose_as_the_gateway() {
     };
     // Even a correctly signed identity token is stripped at the gateway.
     let smuggled = bazaar_auth::issue(
-        IDENTITY_SECRET,
+        &bazaar_auth::Keys::new("identity_token_secret", IDENTITY_SECRET, "").unwrap(),
         bazaar_auth::IDENTITY_AUDIENCE,
         &identity,
         bazaar_auth::now(),
@@ -181,4 +182,57 @@ async fn admins_are_named_by_the_admin_emails_variable() {
     let app = App::start();
     let reply = app.register(ADMIN_EMAIL, "Root").await;
     assert_eq!(reply.body["roles"], json!(["customer", "admin"]));
+}
+
+/// Rotating `jwt_secret`: a replica started with a new secret and the old
+/// one as `jwt_secret_previous` accepts tokens signed before the rotation
+/// and signs new ones with the new secret; once the old secret is dropped,
+/// its tokens are refused. A secret under 32 bytes is refused outright.
+#[tokio::test]
+async fn access_token_secrets_rotate_and_must_be_long() {
+    const NEW_SECRET: &str = "the-new-jwt-secret-of-at-least-32-bytes";
+    let before = App::start();
+    let old_token = before.user("rotor@shop.test").await;
+
+    let rotating = before.replica(
+        &[
+            ("SPIN_VARIABLE_JWT_SECRET", NEW_SECRET),
+            ("SPIN_VARIABLE_JWT_SECRET_PREVIOUS", JWT_SECRET),
+        ],
+        &[],
+    );
+    let me = rotating.get("/api/v1/users/me", Some(&old_token)).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    let new_token = rotating.login("rotor@shop.test").await;
+
+    let after = before.replica(&[("SPIN_VARIABLE_JWT_SECRET", NEW_SECRET)], &[]);
+    assert_eq!(
+        after.get("/api/v1/users/me", Some(&new_token)).await.status,
+        200
+    );
+    after
+        .get("/api/v1/users/me", Some(&old_token))
+        .await
+        .assert_problem(401);
+
+    let short = App::start_with(&[("SPIN_VARIABLE_JWT_SECRET", "only-20-bytes-secret")]);
+    assert_eq!(short.register("x@shop.test", "X").await.status, 201);
+    let reply = short
+        .post(
+            "/api/v1/auth/token",
+            None,
+            json!({ "email": "x@shop.test", "password": PASSWORD }),
+        )
+        .await;
+    reply.assert_problem(500);
+    assert_eq!(reply.body["detail"], "the service is misconfigured");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(short.host_log("users_stderr.txt")).unwrap_or_default();
+        if log.contains("variable jwt_secret: the secret is 20 bytes; at least 32 are required") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

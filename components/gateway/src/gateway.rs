@@ -4,7 +4,7 @@
 
 use bazaar_api::{Method, Problem, StatusCode};
 use bazaar_auth::{ACCESS_AUDIENCE, IDENTITY_AUDIENCE, IDENTITY_HEADER, IDENTITY_TTL_SECONDS};
-use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as};
+use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as, signing_keys, verifying_keys};
 use bazaar_trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -156,7 +156,7 @@ async fn authenticate(req: &Request) -> Result<Option<bazaar_auth::Identity>, Pr
     let token = bazaar_auth::bearer(&authorization).ok_or_else(|| {
         Problem::unauthorized("the Authorization header must be `Bearer <access token>`")
     })?;
-    bazaar_auth::verify(&setting("jwt_secret").await?, ACCESS_AUDIENCE, token)
+    bazaar_auth::verify(&verifying_keys("jwt_secret").await?, ACCESS_AUDIENCE, token)
         .map(Some)
         .map_err(|e| Problem::unauthorized(format!("invalid or expired access token ({e})")))
 }
@@ -182,7 +182,7 @@ async fn forward(
     }
     if let Some(identity) = identity {
         let token = bazaar_auth::issue(
-            &setting("identity_token_secret").await?,
+            &signing_keys("identity_token_secret").await?,
             IDENTITY_AUDIENCE,
             &identity,
             bazaar_auth::now(),

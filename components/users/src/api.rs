@@ -89,7 +89,7 @@ async fn token(req: Request) -> ApiResult {
         .parse::<u64>()
         .map_err(|_| Problem::internal("access_token_ttl_seconds is not a number of seconds"))?;
     let token = bazaar_auth::issue(
-        &setting("jwt_secret").await?,
+        &bazaar_service::signing_keys("jwt_secret").await?,
         ACCESS_AUDIENCE,
         &identity,
         bazaar_auth::now(),

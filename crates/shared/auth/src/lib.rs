@@ -10,10 +10,71 @@
 //!   misconfigured deployment, a forged header) carries no identity at all.
 //!
 //! The two use different secrets and audiences, so neither can stand in for
-//! the other.
+//! the other. Each secret can be rotated: tokens name their key (`kid`, a
+//! fingerprint of the secret), and a previous secret keeps verifying the
+//! tokens it signed until they expire, while only the current one signs.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The shortest secret accepted: an HS256 key must be at least as long as
+/// the hash's output (RFC 7518, section 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// One signing secret and its key id.
+#[derive(Clone)]
+struct Key {
+    id: String,
+    secret: Vec<u8>,
+}
+
+impl Key {
+    fn new(variable: &str, secret: &str) -> Result<Key, String> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "variable {variable}: the secret is {} bytes; at least {MIN_SECRET_BYTES} are required",
+                secret.len()
+            ));
+        }
+        // A fingerprint, not the secret: 8 bytes of its SHA-256.
+        let digest = Sha256::digest(secret.as_bytes());
+        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Key {
+            id,
+            secret: secret.as_bytes().to_vec(),
+        })
+    }
+}
+
+/// The keys of one kind of token: `current` signs and verifies;
+/// `previous`, during a rotation, only verifies.
+#[derive(Clone)]
+pub struct Keys {
+    current: Key,
+    previous: Option<Key>,
+}
+
+impl Keys {
+    /// `variable` names the setting in errors; an empty `previous` means
+    /// no rotation is under way.
+    pub fn new(variable: &str, current: &str, previous: &str) -> Result<Keys, String> {
+        Ok(Keys {
+            current: Key::new(variable, current)?,
+            previous: if previous.is_empty() {
+                None
+            } else {
+                Some(Key::new(&format!("{variable}_previous"), previous)?)
+            },
+        })
+    }
+
+    fn by_id(&self, id: &str) -> Option<&Key> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|key| key.id == id)
+    }
+}
 
 pub const ISSUER: &str = "bazaar";
 /// Audience of tokens clients present to the gateway.
@@ -70,10 +131,10 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-/// Signs `identity` for `audience`, valid for `ttl_seconds` from `now`
-/// (seconds since the Unix epoch).
+/// Signs `identity` with the current key for `audience`, valid for
+/// `ttl_seconds` from `now` (seconds since the Unix epoch).
 pub fn issue(
-    secret: &str,
+    keys: &Keys,
     audience: &str,
     identity: &Identity,
     now: u64,
@@ -86,30 +147,38 @@ pub fn issue(
         iat: now,
         exp: now + ttl_seconds,
     };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(keys.current.id.clone());
     jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &header,
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(&keys.current.secret),
     )
     .expect("HS256 signing of serialisable claims cannot fail")
 }
 
-/// Checks signature, issuer, audience and expiry (against the clock).
-pub fn verify(secret: &str, audience: &str, token: &str) -> Result<Identity, TokenError> {
+/// Checks signature (with the key the token names), issuer, audience and
+/// expiry (against the clock).
+pub fn verify(keys: &Keys, audience: &str, token: &str) -> Result<Identity, TokenError> {
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let key = header
+        .kid
+        .as_deref()
+        .and_then(|id| keys.by_id(id))
+        .ok_or_else(|| {
+            TokenError::Invalid("signed with a key this service does not have".into())
+        })?;
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_audience(&[audience]);
     validation.set_issuer(&[ISSUER]);
     validation.leeway = 0;
-    jsonwebtoken::decode::<Claims>(
-        token,
-        &DecodingKey::from_secret(secret.as_bytes()),
-        &validation,
-    )
-    .map(|data| data.claims.identity)
-    .map_err(|e| match e.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-        _ => TokenError::Invalid(e.to_string()),
-    })
+    jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key.secret), &validation)
+        .map(|data| data.claims.identity)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(e.to_string()),
+        })
 }
 
 /// The token in an `Authorization: Bearer <token>` header value.
@@ -141,32 +210,65 @@ mod tests {
         }
     }
 
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+    const OTHER: &str = "another-secret-of-at-least-32-bytes!";
+
+    fn keys(current: &str, previous: &str) -> Keys {
+        Keys::new("jwt_secret", current, previous).unwrap()
+    }
+
     #[test]
     fn a_token_round_trips() {
-        let token = issue("s3cret", ACCESS_AUDIENCE, &alice(), now(), 60);
-        assert_eq!(verify("s3cret", ACCESS_AUDIENCE, &token), Ok(alice()));
+        let token = issue(&keys(SECRET, ""), ACCESS_AUDIENCE, &alice(), now(), 60);
+        assert_eq!(
+            verify(&keys(SECRET, ""), ACCESS_AUDIENCE, &token),
+            Ok(alice())
+        );
     }
 
     #[test]
     fn wrong_secret_audience_or_expiry_is_refused() {
-        let token = issue("s3cret", ACCESS_AUDIENCE, &alice(), now(), 60);
+        let k = keys(SECRET, "");
+        let token = issue(&k, ACCESS_AUDIENCE, &alice(), now(), 60);
         assert!(matches!(
-            verify("other", ACCESS_AUDIENCE, &token),
+            verify(&keys(OTHER, ""), ACCESS_AUDIENCE, &token),
             Err(TokenError::Invalid(_))
         ));
         assert!(matches!(
-            verify("s3cret", IDENTITY_AUDIENCE, &token),
+            verify(&k, IDENTITY_AUDIENCE, &token),
             Err(TokenError::Invalid(_))
         ));
-        let old = issue("s3cret", ACCESS_AUDIENCE, &alice(), now() - 120, 60);
+        let old = issue(&k, ACCESS_AUDIENCE, &alice(), now() - 120, 60);
+        assert_eq!(verify(&k, ACCESS_AUDIENCE, &old), Err(TokenError::Expired));
+        assert!(matches!(
+            verify(&k, ACCESS_AUDIENCE, "not.a.jwt"),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_rotated_secret_verifies_its_tokens_until_it_is_dropped() {
+        let before = issue(&keys(OTHER, ""), ACCESS_AUDIENCE, &alice(), now(), 60);
+        let rotating = keys(SECRET, OTHER);
+        assert_eq!(verify(&rotating, ACCESS_AUDIENCE, &before), Ok(alice()));
+        let after = issue(&rotating, ACCESS_AUDIENCE, &alice(), now(), 60);
         assert_eq!(
-            verify("s3cret", ACCESS_AUDIENCE, &old),
-            Err(TokenError::Expired)
+            verify(&keys(SECRET, ""), ACCESS_AUDIENCE, &after),
+            Ok(alice()),
+            "the current key signs"
         );
         assert!(matches!(
-            verify("s3cret", ACCESS_AUDIENCE, "not.a.jwt"),
+            verify(&keys(SECRET, ""), ACCESS_AUDIENCE, &before),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn short_secrets_are_refused_naming_the_variable() {
+        let e = Keys::new("jwt_secret", "too short", "").err().unwrap();
+        assert!(e.contains("jwt_secret") && e.contains("32"), "{e}");
+        let e = Keys::new("jwt_secret", SECRET, "short").err().unwrap();
+        assert!(e.contains("jwt_secret_previous"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! and `bazaar-auth`, where they are tested natively.
 
 use bazaar_api::{Problem, parse_json};
-use bazaar_auth::{IDENTITY_AUDIENCE, IDENTITY_HEADER, Identity};
+use bazaar_auth::{IDENTITY_AUDIENCE, IDENTITY_HEADER, Identity, Keys};
 use serde::de::DeserializeOwned;
 use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
@@ -74,13 +74,33 @@ thread_local! {
         const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
 }
 
+/// The key that signs tokens of the kind `variable` holds the secret of.
+/// A secret under 32 bytes is the operator's mistake: logged, and 500.
+pub async fn signing_keys(variable: &str) -> Result<Keys, Problem> {
+    keys(variable, "").await
+}
+
+/// The keys that verify tokens of the kind `variable` holds the secret of:
+/// the current one, and `<variable>_previous` during a rotation.
+pub async fn verifying_keys(variable: &str) -> Result<Keys, Problem> {
+    let previous = setting(&format!("{variable}_previous")).await?;
+    keys(variable, &previous).await
+}
+
+async fn keys(variable: &str, previous: &str) -> Result<Keys, Problem> {
+    Keys::new(variable, &setting(variable).await?, previous).map_err(|e| {
+        eprintln!("{e}");
+        Problem::internal("the service is misconfigured")
+    })
+}
+
 /// The caller, as the gateway vouches for it in the identity header.
 pub async fn caller(req: &Request) -> Result<Identity, Problem> {
     let token = header(req, IDENTITY_HEADER).ok_or_else(|| {
         Problem::unauthorized("authentication required: send a Bearer access token")
     })?;
     bazaar_auth::verify(
-        &setting("identity_token_secret").await?,
+        &verifying_keys("identity_token_secret").await?,
         IDENTITY_AUDIENCE,
         &token,
     )
