@@ -66,16 +66,8 @@ async fn request_ids_are_kept_or_made() {
     assert_eq!(reply.header("x-request-id"), Some("client-id-1"));
     let reply = app.get("/api/v1/products", None).await;
     assert_eq!(reply.header("x-request-id").map(str::len), Some(32));
-    // The log writer may trail the response: wait for the line, boundedly.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let log = std::fs::read_to_string(app.host_log("gateway_stdout.txt")).unwrap_or_default();
-        if log.contains("\"request_id\":\"client-id-1\"") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_for_log("gateway_stdout.txt", "\"request_id\":\"client-id-1\"")
+        .await;
 }
 
 #[tokio::test]

@@ -197,6 +197,23 @@ impl App {
         self.state.path().join(".spin/logs").join(file)
     }
 
+    /// Waits (up to 10 s: the log writer may trail the response) until the
+    /// component log `file` contains `text`.
+    pub async fn wait_for_log(&self, file: &str, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(self.host_log(file)).unwrap_or_default();
+            if log.contains(text) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{file} never said {text:?}:\n{log}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// How many times `text` appears in the component log `file` so far.
     pub fn log_count(&self, file: &str, text: &str) -> usize {
         std::fs::read_to_string(self.host_log(file))

@@ -258,9 +258,10 @@ async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
         assert_eq!(app.get("/api/v1/products", None).await.status, 200);
     }
     assert_eq!(upstream.count(), 8);
-    let log = std::fs::read_to_string(app.host_log("gateway_stdout.txt")).unwrap();
-    assert!(log.contains("circuit opened"), "{log}");
-    assert!(log.contains("circuit closed"), "{log}");
+    app.wait_for_log("gateway_stdout.txt", "circuit opened")
+        .await;
+    app.wait_for_log("gateway_stdout.txt", "circuit closed")
+        .await;
 }
 
 #[tokio::test]

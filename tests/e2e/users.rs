@@ -226,13 +226,10 @@ async fn access_token_secrets_rotate_and_must_be_long() {
         .await;
     reply.assert_problem(500);
     assert_eq!(reply.body["detail"], "the service is misconfigured");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let log = std::fs::read_to_string(short.host_log("users_stderr.txt")).unwrap_or_default();
-        if log.contains("variable jwt_secret: the secret is 20 bytes; at least 32 are required") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    short
+        .wait_for_log(
+            "users_stderr.txt",
+            "variable jwt_secret: the secret is 20 bytes; at least 32 are required",
+        )
+        .await;
 }
