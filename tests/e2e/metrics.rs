@@ -204,9 +204,20 @@ async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
         )
         .await;
     // The application's own series, from the gateway.
-    prometheus
-        .wait_for("bazaar_app_metrics_up{service=\"orders\"}", |v| v == 1.0)
-        .await;
+    for service in ["orders", "products", "payments"] {
+        prometheus
+            .wait_for(
+                &format!("bazaar_app_metrics_up{{service=\"{service}\"}}"),
+                |v| v == 1.0,
+            )
+            .await;
+        prometheus
+            .wait_for(
+                &format!("bazaar_outbox_unpublished{{service=\"{service}\"}}"),
+                |v| v == 0.0,
+            )
+            .await;
+    }
     for service in ["users", "products", "orders", "payments"] {
         prometheus
             .wait_for(
@@ -222,11 +233,6 @@ async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
     ] {
         prometheus.wait_for(settled, |v| v == 0.0).await;
     }
-    prometheus
-        .wait_for("bazaar_outbox_unpublished{service=\"orders\"}", |v| {
-            v == 0.0
-        })
-        .await;
 }
 
 #[tokio::test]

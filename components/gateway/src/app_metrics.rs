@@ -1,6 +1,6 @@
 //! `GET /metrics`: what only the application knows, in Prometheus' text
-//! format — each service's circuit, and the order saga's backlog, parked
-//! sagas and unpublished outbox messages. A route of the gateway component,
+//! format — each service's circuit, the order saga's backlog and parked
+//! sagas, and each service's unpublished outbox messages. A route of the gateway component,
 //! so it works on Spin as on `bazaar up`; the host's own metrics are
 //! separate (`bazaar up --metrics-listen`).
 //!
@@ -71,10 +71,24 @@ pub async fn scrape(req: &Request, ctx: &Context) -> Result<Reply, Problem> {
         "1 if the service answered the gateway's request for its numbers",
         up.clone(),
     );
-    let orders = ask(Service::Orders, ctx).await;
-    up.get_or_create(&service_label(Service::Orders))
-        .set(i64::from(orders.is_some()));
-    if let Some(numbers) = orders {
+    let outbox = Family::<Labels, Gauge>::default();
+    registry.register(
+        "bazaar_outbox_unpublished",
+        "Messages committed but not yet published to Redis",
+        outbox.clone(),
+    );
+    let asked = [Service::Orders, Service::Products, Service::Payments];
+    let answers = futures::future::join_all(asked.map(|service| ask(service, ctx))).await;
+    for (service, numbers) in asked.into_iter().zip(answers) {
+        up.get_or_create(&service_label(service))
+            .set(i64::from(numbers.is_some()));
+        let Some(numbers) = numbers else { continue };
+        outbox
+            .get_or_create(&service_label(service))
+            .set(numbers["outbox_unpublished"].as_i64().unwrap_or_default());
+        if service != Service::Orders {
+            continue;
+        }
         for (name, help, key) in [
             (
                 "bazaar_sagas_open",
@@ -96,15 +110,6 @@ pub async fn scrape(req: &Request, ctx: &Context) -> Result<Reply, Problem> {
             gauge.set(numbers[key].as_i64().unwrap_or_default());
             registry.register(name, help, gauge);
         }
-        let outbox = Family::<Labels, Gauge>::default();
-        registry.register(
-            "bazaar_outbox_unpublished",
-            "Messages committed but not yet published to Redis",
-            outbox.clone(),
-        );
-        outbox
-            .get_or_create(&service_label(Service::Orders))
-            .set(numbers["outbox_unpublished"].as_i64().unwrap_or_default());
     }
 
     let mut text = String::new();

@@ -12,6 +12,7 @@ pub async fn route(req: Request) -> ApiResult {
     match (method, bazaar_api::segments(&path).as_slice()) {
         (Method::GET, ["health"]) => health().await,
         (Method::GET, ["api", "v1", "payments"]) => list(&req).await,
+        (Method::GET, ["internal", "metrics"]) => Store::open().await?.db().outbox_metrics().await,
         (_, ["api", "v1", "payments"]) => Err(Problem::method_not_allowed("GET")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
     }

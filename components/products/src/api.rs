@@ -18,6 +18,7 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::POST, ["api", "v1", "products"]) => create(req).await,
         (Method::GET, ["api", "v1", "products", id]) => get(id).await,
         (Method::POST, ["internal", "products", "lookup"]) => lookup(req).await,
+        (Method::GET, ["internal", "metrics"]) => Store::open().await?.db().outbox_metrics().await,
         (Method::PATCH, ["api", "v1", "products", id]) => update(id, req).await,
         (Method::PUT, ["api", "v1", "products", id, "stock"]) => set_stock(id, req).await,
         (_, ["api", "v1", "products"]) => Err(Problem::method_not_allowed("GET, POST")),

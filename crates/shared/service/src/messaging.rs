@@ -232,6 +232,16 @@ impl Database {
     /// Deletes published outbox rows and consumed message ids older than
     /// `before`, one bounded batch of each. A consumed id must outlive any
     /// redelivery of its message; the retention is days, redelivery seconds.
+    /// `GET /internal/metrics` of a service whose only number for operators
+    /// is its outbox: the gateway's `GET /metrics` asks it.
+    pub async fn outbox_metrics(&self) -> bazaar_api::ApiResult {
+        let unpublished = self.unpublished().await?;
+        Ok(bazaar_api::json(
+            StatusCode::OK,
+            &serde_json::json!({ "outbox_unpublished": unpublished }),
+        ))
+    }
+
     /// Outbox messages committed but not yet published.
     pub async fn unpublished(&self) -> Result<i64, Problem> {
         let rows = self
