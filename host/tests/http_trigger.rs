@@ -108,12 +108,9 @@ async fn spin_headers_describe_the_match() {
 /// such a `Host`).
 async fn status_with_host(host: &common::Host, header: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = host
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host.socket_address())
+        .await
+        .unwrap();
     let request =
         format!("GET /api/headers HTTP/1.1\r\nHost: {header}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -130,12 +127,9 @@ async fn an_early_answer_reaches_a_client_still_sending_its_body() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = AppDir::new(ROUTES);
     let host = app.start(&[]);
-    let address = host
-        .url("")
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host.socket_address())
+        .await
+        .unwrap();
     let body = vec![b'x'; 4 * 1024 * 1024];
     let head = format!(
         "POST /api/no-such-operation HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -145,10 +145,7 @@ async fn ask(service: Service, ctx: &Context) -> Option<serde_json::Value> {
         let bytes = response.into_body().bytes().await.ok()?;
         serde_json::from_slice(&bytes).ok()
     };
-    let timer = spin_sdk::time::sleep(ASK_TIMEOUT);
-    futures::pin_mut!(exchange, timer);
-    match futures::future::select(exchange, timer).await {
-        futures::future::Either::Left((numbers, _)) => numbers,
-        futures::future::Either::Right(_) => None,
-    }
+    bazaar_service::within(ASK_TIMEOUT, exchange)
+        .await
+        .flatten()
 }

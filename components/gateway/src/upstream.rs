@@ -170,12 +170,10 @@ async fn attempt(call: &Call, remaining: Duration) -> Outcome {
             .map_err(|e| format!("the response broke off: {e:?}"))?;
         Ok::<_, String>(Answer { parts, body })
     };
-    let timer = spin_sdk::time::sleep(remaining);
-    futures::pin_mut!(exchange, timer);
-    match futures::future::select(exchange, timer).await {
-        futures::future::Either::Left((Ok(answer), _)) => Outcome::Answered(answer),
-        futures::future::Either::Left((Err(error), _)) => Outcome::Unreachable(error),
-        futures::future::Either::Right(_) => Outcome::TimedOut,
+    match bazaar_service::within(remaining, exchange).await {
+        Some(Ok(answer)) => Outcome::Answered(answer),
+        Some(Err(error)) => Outcome::Unreachable(error),
+        None => Outcome::TimedOut,
     }
 }
 

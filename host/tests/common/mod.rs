@@ -175,6 +175,15 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
+    /// `host:port` of the HTTP listener, for tests that write requests by
+    /// hand on a raw socket.
+    pub fn socket_address(&self) -> String {
+        self.base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("bazaar's status").is_none()

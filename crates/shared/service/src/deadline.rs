@@ -28,14 +28,24 @@ impl Deadline {
         let Some(budget) = self.0 else {
             return handler.await;
         };
-        let timer = spin_sdk::time::sleep(Duration::from_millis(budget));
-        futures::pin_mut!(handler, timer);
-        match futures::future::select(handler, timer).await {
-            futures::future::Either::Left((result, _)) => result,
-            futures::future::Either::Right(_) => Err(Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("the request was not answered within the caller's {budget} ms"),
-            )),
-        }
+        within(Duration::from_millis(budget), handler)
+            .await
+            .unwrap_or_else(|| {
+                Err(Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the request was not answered within the caller's {budget} ms"),
+                ))
+            })
+    }
+}
+
+/// `work`'s output if it finishes within `limit`, else `None` (and `work`
+/// is dropped, which cancels what it was waiting for).
+pub async fn within<T>(limit: Duration, work: impl Future<Output = T>) -> Option<T> {
+    let timer = spin_sdk::time::sleep(limit);
+    futures::pin_mut!(work, timer);
+    match futures::future::select(work, timer).await {
+        futures::future::Either::Left((output, _)) => Some(output),
+        futures::future::Either::Right(_) => None,
     }
 }

@@ -15,7 +15,7 @@ pub use bazaar_migrations::{Migration, migrate};
 mod deadline;
 mod messaging;
 mod step;
-pub use deadline::{Deadline, TIMEOUT_HEADER};
+pub use deadline::{Deadline, TIMEOUT_HEADER, within};
 pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, Pruned};
 pub use step::{MESSAGE_RETENTION_SECONDS, Step, run_step};
 
