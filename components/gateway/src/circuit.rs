@@ -29,6 +29,10 @@ thread_local! {
     /// When this instance last read each service's circuit as closed.
     static SEEN_CLOSED: RefCell<BTreeMap<&'static str, Instant>> =
         const { RefCell::new(BTreeMap::new()) };
+    /// Each service's policy, read from the variables once per instance
+    /// (variables do not change while an application runs).
+    static POLICIES: RefCell<BTreeMap<&'static str, BreakerPolicy>> =
+        const { RefCell::new(BTreeMap::new()) };
 }
 
 pub struct Circuit {
@@ -41,14 +45,21 @@ pub struct Circuit {
 
 impl Circuit {
     pub async fn load(service: Service) -> Result<Circuit, Problem> {
-        let policy = BreakerPolicy {
-            window_ms: setting_as::<u64>("breaker_window_seconds").await? * 1000,
-            min_calls: setting_as("breaker_min_calls").await?,
-            failure_ratio: setting_as("breaker_failure_ratio").await?,
-            open_ms: setting_as::<u64>("breaker_open_seconds").await? * 1000,
-            probe_ms: setting_as(service.timeout_variable()).await?,
-            retry_floor: setting_as("retry_budget_floor").await?,
-            retry_ratio: setting_as("retry_budget_ratio").await?,
+        let policy = match POLICIES.with_borrow(|known| known.get(service.name()).copied()) {
+            Some(policy) => policy,
+            None => {
+                let policy = BreakerPolicy {
+                    window_ms: setting_as::<u64>("breaker_window_seconds").await? * 1000,
+                    min_calls: setting_as("breaker_min_calls").await?,
+                    failure_ratio: setting_as("breaker_failure_ratio").await?,
+                    open_ms: setting_as::<u64>("breaker_open_seconds").await? * 1000,
+                    probe_ms: setting_as(service.timeout_variable()).await?,
+                    retry_floor: setting_as("retry_budget_floor").await?,
+                    retry_ratio: setting_as("retry_budget_ratio").await?,
+                };
+                POLICIES.with_borrow_mut(|known| known.insert(service.name(), policy));
+                policy
+            }
         };
         let mut circuit = Circuit {
             service,

@@ -9,6 +9,7 @@
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -110,13 +111,13 @@ fn class(status: u16) -> &'static str {
 
 /// A request a component answered; `route` is its trigger route as
 /// spin.toml writes it (`private` for service chaining).
-pub fn http_request(component: &str, route: &str, status: u16, elapsed: Duration) {
+pub fn http_request(component: &Arc<str>, route: &Arc<str>, status: u16, elapsed: Duration) {
     if !enabled() {
         return;
     }
-    metrics::counter!("bazaar_http_requests_total", "component" => component.to_string(), "route" => route.to_string(), "status_class" => class(status))
+    metrics::counter!("bazaar_http_requests_total", "component" => Arc::clone(component), "route" => Arc::clone(route), "status_class" => class(status))
         .increment(1);
-    metrics::histogram!("bazaar_http_request_duration_seconds", "component" => component.to_string(), "route" => route.to_string())
+    metrics::histogram!("bazaar_http_request_duration_seconds", "component" => Arc::clone(component), "route" => Arc::clone(route))
         .record(elapsed.as_secs_f64());
 }
 
@@ -131,29 +132,29 @@ pub enum InstanceEnd {
     Deadline,
 }
 
-pub fn instance_created(component: &str, trigger: &'static str) {
+pub fn instance_created(component: &Arc<str>, trigger: &'static str) {
     if enabled() {
-        metrics::counter!("bazaar_instances_created_total", "component" => component.to_string(), "trigger" => trigger)
+        metrics::counter!("bazaar_instances_created_total", "component" => Arc::clone(component), "trigger" => trigger)
             .increment(1);
     }
 }
 
 /// A request or message served by an instance that had served before.
-pub fn instance_reused(component: &str, trigger: &'static str) {
+pub fn instance_reused(component: &Arc<str>, trigger: &'static str) {
     if enabled() {
-        metrics::counter!("bazaar_instances_reused_total", "component" => component.to_string(), "trigger" => trigger)
+        metrics::counter!("bazaar_instances_reused_total", "component" => Arc::clone(component), "trigger" => trigger)
             .increment(1);
     }
 }
 
-pub fn instance_ended(component: &str, trigger: &'static str, end: InstanceEnd) {
+pub fn instance_ended(component: &Arc<str>, trigger: &'static str, end: InstanceEnd) {
     if enabled() {
         let reason = match end {
             InstanceEnd::Retired => "retired",
             InstanceEnd::Trap => "trap",
             InstanceEnd::Deadline => "deadline",
         };
-        metrics::counter!("bazaar_instances_ended_total", "component" => component.to_string(), "trigger" => trigger, "reason" => reason)
+        metrics::counter!("bazaar_instances_ended_total", "component" => Arc::clone(component), "trigger" => trigger, "reason" => reason)
             .increment(1);
     }
 }
@@ -166,7 +167,12 @@ pub enum MessageOutcome {
     Failed,
 }
 
-pub fn redis_message(component: &str, channel: &str, outcome: MessageOutcome, elapsed: Duration) {
+pub fn redis_message(
+    component: &Arc<str>,
+    channel: &Arc<str>,
+    outcome: MessageOutcome,
+    elapsed: Duration,
+) {
     if !enabled() {
         return;
     }
@@ -174,17 +180,17 @@ pub fn redis_message(component: &str, channel: &str, outcome: MessageOutcome, el
         MessageOutcome::Handled => "handled",
         MessageOutcome::Failed => "failed",
     };
-    metrics::counter!("bazaar_redis_messages_total", "component" => component.to_string(), "channel" => channel.to_string(), "outcome" => outcome)
+    metrics::counter!("bazaar_redis_messages_total", "component" => Arc::clone(component), "channel" => Arc::clone(channel), "outcome" => outcome)
         .increment(1);
-    metrics::histogram!("bazaar_redis_message_duration_seconds", "component" => component.to_string(), "channel" => channel.to_string())
+    metrics::histogram!("bazaar_redis_message_duration_seconds", "component" => Arc::clone(component), "channel" => Arc::clone(channel))
         .record(elapsed.as_secs_f64());
 }
 
 /// A message whose envelope id this process already handed to the
 /// component: a redelivery, which the (idempotent) guest drops.
-pub fn redis_redelivery(component: &str, channel: &str) {
+pub fn redis_redelivery(component: &Arc<str>, channel: &Arc<str>) {
     if enabled() {
-        metrics::counter!("bazaar_redis_redeliveries_total", "component" => component.to_string(), "channel" => channel.to_string())
+        metrics::counter!("bazaar_redis_redeliveries_total", "component" => Arc::clone(component), "channel" => Arc::clone(channel))
             .increment(1);
     }
 }
@@ -193,7 +199,7 @@ pub fn redis_redelivery(component: &str, channel: &str) {
 /// store's label, `op` the interface function.
 pub fn store_operation(
     kind: &'static str,
-    label: &str,
+    label: &Arc<str>,
     op: &'static str,
     ok: bool,
     elapsed: Duration,
@@ -202,22 +208,27 @@ pub fn store_operation(
         return;
     }
     let outcome = if ok { "ok" } else { "error" };
-    metrics::counter!("bazaar_store_operations_total", "kind" => kind, "label" => label.to_string(), "op" => op, "outcome" => outcome)
+    metrics::counter!("bazaar_store_operations_total", "kind" => kind, "label" => Arc::clone(label), "op" => op, "outcome" => outcome)
         .increment(1);
-    metrics::histogram!("bazaar_store_operation_duration_seconds", "kind" => kind, "label" => label.to_string(), "op" => op)
+    metrics::histogram!("bazaar_store_operation_duration_seconds", "kind" => kind, "label" => Arc::clone(label), "op" => op)
         .record(elapsed.as_secs_f64());
 }
 
 /// An outbound HTTP request: `destination` is `scheme://host[:port]`
 /// (bounded by the components' `allowed_outbound_hosts`); `status` is
 /// `None` when no response came.
-pub fn outbound_http(component: &str, destination: &str, status: Option<u16>, elapsed: Duration) {
+pub fn outbound_http(
+    component: &Arc<str>,
+    destination: &str,
+    status: Option<u16>,
+    elapsed: Duration,
+) {
     if !enabled() {
         return;
     }
     let status = status.map_or("error", class);
-    metrics::counter!("bazaar_outbound_http_requests_total", "component" => component.to_string(), "destination" => destination.to_string(), "status_class" => status)
+    metrics::counter!("bazaar_outbound_http_requests_total", "component" => Arc::clone(component), "destination" => destination.to_owned(), "status_class" => status)
         .increment(1);
-    metrics::histogram!("bazaar_outbound_http_request_duration_seconds", "component" => component.to_string(), "destination" => destination.to_string())
+    metrics::histogram!("bazaar_outbound_http_request_duration_seconds", "component" => Arc::clone(component), "destination" => destination.to_owned())
         .record(elapsed.as_secs_f64());
 }

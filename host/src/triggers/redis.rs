@@ -160,7 +160,7 @@ impl RedisHandler {
 /// One (server, channel) subscription and the components it feeds.
 pub struct Subscription {
     pub address: String,
-    pub channel: String,
+    pub channel: Arc<str>,
     pub handlers: Vec<Arc<RedisHandler>>,
 }
 
@@ -174,7 +174,7 @@ pub fn subscriptions(triggers: Vec<(String, String, Arc<RedisHandler>)>) -> Vec<
         .into_iter()
         .map(|((address, channel), handlers)| Subscription {
             address,
-            channel,
+            channel: channel.into(),
             handlers,
         })
         .collect()
@@ -263,7 +263,7 @@ impl Feed {
 
 async fn subscribe_forever(sub: Subscription, clients: Arc<RedisClients>, limit: Arc<Semaphore>) {
     let server = redact(&sub.address);
-    let channel = sub.channel.as_str();
+    let channel = &*sub.channel;
     let mut backoff = BACKOFF_START;
     let mut connected_before = false;
     loop {
@@ -318,15 +318,15 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
             let started = Instant::now();
             let outcome = match handler.handle(payload).await {
                 Ok(Ok(())) => {
-                    tracing::debug!(%component, channel, ?message_id, "message handled");
+                    tracing::debug!(%component, %channel, ?message_id, "message handled");
                     MessageOutcome::Handled
                 }
                 Ok(Err(error)) => {
-                    tracing::error!(%component, channel, ?message_id, "handler returned an error: {error}");
+                    tracing::error!(%component, %channel, ?message_id, "handler returned an error: {error}");
                     MessageOutcome::Failed
                 }
                 Err(error) => {
-                    tracing::error!(%component, channel, ?message_id, "handler failed: {error:#}");
+                    tracing::error!(%component, %channel, ?message_id, "handler failed: {error:#}");
                     MessageOutcome::Failed
                 }
             };

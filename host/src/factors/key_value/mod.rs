@@ -36,35 +36,35 @@ impl KvBackend {
         })
     }
 
-    async fn get(&self, label: String, key: String) -> Result<Option<Vec<u8>>, Error> {
+    async fn get(&self, label: Arc<str>, key: String) -> Result<Option<Vec<u8>>, Error> {
         match self {
             KvBackend::Sqlite(s) => s.get(label, key).await,
             KvBackend::Redis(r) => r.get(key).await,
         }
     }
 
-    async fn set(&self, label: String, key: String, value: Vec<u8>) -> Result<(), Error> {
+    async fn set(&self, label: Arc<str>, key: String, value: Vec<u8>) -> Result<(), Error> {
         match self {
             KvBackend::Sqlite(s) => s.set(label, key, value).await,
             KvBackend::Redis(r) => r.set(key, value).await,
         }
     }
 
-    async fn delete(&self, label: String, key: String) -> Result<(), Error> {
+    async fn delete(&self, label: Arc<str>, key: String) -> Result<(), Error> {
         match self {
             KvBackend::Sqlite(s) => s.delete(label, key).await,
             KvBackend::Redis(r) => r.delete(key).await,
         }
     }
 
-    async fn exists(&self, label: String, key: String) -> Result<bool, Error> {
+    async fn exists(&self, label: Arc<str>, key: String) -> Result<bool, Error> {
         match self {
             KvBackend::Sqlite(s) => s.exists(label, key).await,
             KvBackend::Redis(r) => r.exists(key).await,
         }
     }
 
-    async fn keys(&self, label: String) -> Result<Vec<String>, Error> {
+    async fn keys(&self, label: Arc<str>) -> Result<Vec<String>, Error> {
         match self {
             KvBackend::Sqlite(s) => s.keys(label).await,
             KvBackend::Redis(r) => r.keys().await,
@@ -115,7 +115,7 @@ pub struct KvGrants {
 
 /// The guest's handle: a label and its backend.
 pub struct StoreHandle {
-    label: String,
+    label: Arc<str>,
     backend: Arc<KvBackend>,
 }
 
@@ -131,14 +131,31 @@ pub struct KvView<'a> {
     pub table: &'a mut ResourceTable,
 }
 
-fn handle_of<T>(
+/// Runs one operation on the backend of `store`, counted (and timed) as
+/// `operation` on its label.
+async fn operate<T, R, F>(
     accessor: &Accessor<T, KeyValue>,
     store: &Resource<StoreHandle>,
-) -> wasmtime::Result<(String, Arc<KvBackend>)> {
-    accessor.with(|mut access| {
+    operation: &'static str,
+    work: impl FnOnce(Arc<str>, Arc<KvBackend>) -> F,
+) -> wasmtime::Result<Result<R, Error>>
+where
+    F: Future<Output = Result<R, Error>>,
+{
+    let (label, backend) = accessor.with(|mut access| {
         let handle = access.get().table.get(store)?;
-        Ok((handle.label.clone(), Arc::clone(&handle.backend)))
-    })
+        Ok::<_, wasmtime::Error>((Arc::clone(&handle.label), Arc::clone(&handle.backend)))
+    })?;
+    let started = Instant::now();
+    let result = work(Arc::clone(&label), backend).await;
+    metrics::store_operation(
+        "key_value",
+        &label,
+        operation,
+        result.is_ok(),
+        started.elapsed(),
+    );
+    Ok(result)
 }
 
 impl key_value::Host for KvView<'_> {}
@@ -165,7 +182,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
             let Some(backend) = view.grants.stores.backends.get(&label).map(Arc::clone) else {
                 return Ok(Err(Error::NoSuchStore));
             };
-            let handle = view.table.push(StoreHandle { label, backend })?;
+            let handle = view.table.push(StoreHandle {
+                label: label.into(),
+                backend,
+            })?;
             Ok(Ok(handle))
         })
     }
@@ -175,17 +195,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         store: Resource<StoreHandle>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let (label, backend) = handle_of(accessor, &store)?;
-        let started = Instant::now();
-        let result = backend.get(label.clone(), key).await;
-        metrics::store_operation(
-            "key_value",
-            &label,
-            "get",
-            result.is_ok(),
-            started.elapsed(),
-        );
-        Ok(result)
+        operate(accessor, &store, "get", |label, backend| async move {
+            backend.get(label, key).await
+        })
+        .await
     }
 
     async fn set(
@@ -194,17 +207,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let (label, backend) = handle_of(accessor, &store)?;
-        let started = Instant::now();
-        let result = backend.set(label.clone(), key, value).await;
-        metrics::store_operation(
-            "key_value",
-            &label,
-            "set",
-            result.is_ok(),
-            started.elapsed(),
-        );
-        Ok(result)
+        operate(accessor, &store, "set", |label, backend| async move {
+            backend.set(label, key, value).await
+        })
+        .await
     }
 
     async fn delete(
@@ -212,17 +218,10 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         store: Resource<StoreHandle>,
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let (label, backend) = handle_of(accessor, &store)?;
-        let started = Instant::now();
-        let result = backend.delete(label.clone(), key).await;
-        metrics::store_operation(
-            "key_value",
-            &label,
-            "delete",
-            result.is_ok(),
-            started.elapsed(),
-        );
-        Ok(result)
+        operate(accessor, &store, "delete", |label, backend| async move {
+            backend.delete(label, key).await
+        })
+        .await
     }
 
     async fn exists(
@@ -230,33 +229,20 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
         store: Resource<StoreHandle>,
         key: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        let (label, backend) = handle_of(accessor, &store)?;
-        let started = Instant::now();
-        let result = backend.exists(label.clone(), key).await;
-        metrics::store_operation(
-            "key_value",
-            &label,
-            "exists",
-            result.is_ok(),
-            started.elapsed(),
-        );
-        Ok(result)
+        operate(accessor, &store, "exists", |label, backend| async move {
+            backend.exists(label, key).await
+        })
+        .await
     }
 
     async fn get_keys(
         accessor: &Accessor<T, Self>,
         store: Resource<StoreHandle>,
     ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), Error>>)> {
-        let (label, backend) = handle_of(accessor, &store)?;
-        let started = Instant::now();
-        let keys = backend.keys(label.clone()).await;
-        metrics::store_operation(
-            "key_value",
-            &label,
-            "get_keys",
-            keys.is_ok(),
-            started.elapsed(),
-        );
+        let keys = operate(accessor, &store, "get_keys", |label, backend| async move {
+            backend.keys(label).await
+        })
+        .await?;
         let (keys, outcome) = match keys {
             Ok(keys) => (keys, Ok(())),
             Err(e) => (Vec::new(), Err(e)),

@@ -50,51 +50,51 @@ impl SqliteKv {
         on_blocking_thread(move || f(&writer)).await.map_err(other)
     }
 
-    pub async fn get(&self, label: String, key: String) -> Result<Option<Vec<u8>>, Error> {
+    pub async fn get(&self, label: Arc<str>, key: String) -> Result<Option<Vec<u8>>, Error> {
         self.read(move |c| {
             c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
-                .query_row((&label, &key), |row| row.get(0))
+                .query_row((&*label, &key), |row| row.get(0))
                 .optional()
         })
         .await
     }
 
-    pub async fn set(&self, label: String, key: String, value: Vec<u8>) -> Result<(), Error> {
+    pub async fn set(&self, label: Arc<str>, key: String, value: Vec<u8>) -> Result<(), Error> {
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
             )?
-            .execute((&label, &key, &value))
+            .execute((&*label, &key, &value))
             .map(drop)
         })
         .await
     }
 
-    pub async fn delete(&self, label: String, key: String) -> Result<(), Error> {
+    pub async fn delete(&self, label: Arc<str>, key: String) -> Result<(), Error> {
         self.write(move |c| {
             c.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?
-                .execute((&label, &key))
+                .execute((&*label, &key))
                 .map(drop)
         })
         .await
     }
 
-    pub async fn exists(&self, label: String, key: String) -> Result<bool, Error> {
+    pub async fn exists(&self, label: Arc<str>, key: String) -> Result<bool, Error> {
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
             )?
-            .query_row((&label, &key), |row| row.get(0))
+            .query_row((&*label, &key), |row| row.get(0))
         })
         .await
     }
 
-    pub async fn keys(&self, label: String) -> Result<Vec<String>, Error> {
+    pub async fn keys(&self, label: Arc<str>) -> Result<Vec<String>, Error> {
         self.read(move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key")?;
-            stmt.query_map([&label], |row| row.get::<_, String>(0))?
+            stmt.query_map([&*label], |row| row.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()
         })
         .await

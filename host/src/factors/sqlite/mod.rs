@@ -146,7 +146,7 @@ impl SqliteView<'_> {
 
 /// Runs one statement of a session, and counts it (see [`crate::metrics`]).
 async fn execute(
-    label: &str,
+    label: &Arc<str>,
     database: Arc<Database>,
     session: &tokio::sync::Mutex<Session>,
     statement: String,

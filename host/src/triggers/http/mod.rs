@@ -16,8 +16,8 @@ use hyper_util::server::conn::auto;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
@@ -28,6 +28,9 @@ use crate::triggers::http::router::{RouteMatch, Router};
 
 /// Paths Spin reserves for the runtime itself.
 const WELL_KNOWN: &str = "/.well-known/spin/";
+
+/// The route label of requests reached by service chaining.
+static PRIVATE_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| "private".into());
 
 /// Where a chained request reports coming from, as in Spin.
 const CHAINED_CLIENT: &str = "0.0.0.0:0";
@@ -119,7 +122,7 @@ impl HttpApp {
             path_info: &path_info,
         };
         set_spin_headers(&mut req, &matched, CHAINED_CLIENT);
-        Ok(self.dispatch(target, "private", req).await)
+        Ok(self.dispatch(target, &PRIVATE_ROUTE, req).await)
     }
 
     /// Runs `req` on `component`, reached by `route` (its trigger route, or
@@ -127,13 +130,16 @@ impl HttpApp {
     async fn dispatch(
         &self,
         component: &str,
-        route: &str,
+        route: &Arc<str>,
         req: Request<WasiBody>,
     ) -> Response<WasiBody> {
+        let Some(handler) = self.handlers.get(component) else {
+            return empty(StatusCode::NOT_FOUND);
+        };
         let started = std::time::Instant::now();
-        let response = self.run(component, req).await;
+        let response = self.run(handler, req).await;
         metrics::http_request(
-            component,
+            &handler.state().runtime.id,
             route,
             response.status().as_u16(),
             started.elapsed(),
@@ -141,10 +147,12 @@ impl HttpApp {
         response
     }
 
-    async fn run(&self, component: &str, req: Request<WasiBody>) -> Response<WasiBody> {
-        let Some(handler) = self.handlers.get(component) else {
-            return empty(StatusCode::NOT_FOUND);
-        };
+    async fn run(
+        &self,
+        handler: &ProxyHandler<ComponentPool>,
+        req: Request<WasiBody>,
+    ) -> Response<WasiBody> {
+        let component = &*handler.state().runtime.id;
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
         let method = req.method().clone();
         let uri = req.uri().clone();

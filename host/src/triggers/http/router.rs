@@ -7,6 +7,7 @@
 //! triggers with the same route text: the last one wins, as in Spin.
 
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
@@ -17,7 +18,7 @@ enum Segment {
 /// One route as written in the manifest, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    raw: String,
+    raw: Arc<str>,
     segments: Vec<Segment>,
     wildcard: bool,
 }
@@ -37,14 +38,14 @@ impl Route {
             })
             .collect();
         Route {
-            raw: raw.to_string(),
+            raw: raw.into(),
             segments,
             wildcard,
         }
     }
 
     /// The route as written, e.g. `/api/...` (`spin-raw-component-route`).
-    pub fn raw(&self) -> &str {
+    pub fn raw(&self) -> &Arc<str> {
         &self.raw
     }
 
@@ -53,7 +54,7 @@ impl Route {
         self.raw
             .strip_suffix("/...")
             .or_else(|| self.raw.strip_suffix("/*"))
-            .unwrap_or(&self.raw)
+            .unwrap_or(&*self.raw)
     }
 
     /// Matches `path`, returning the captured params and the path info.
