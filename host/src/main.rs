@@ -109,6 +109,12 @@ struct UpArgs {
     /// given; e.g. 127.0.0.1:9464). See docs/operations.md for the series.
     #[arg(long, value_name = "ADDRESS")]
     metrics_listen: Option<SocketAddr>,
+    /// Export OpenTelemetry traces over OTLP/HTTP to this collector (its
+    /// base address, e.g. http://127.0.0.1:4318; off unless given). While
+    /// tracing, each instance serves one request at a time, so that every
+    /// span it makes knows its request. See docs/operations.md.
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Write `/tmp/perf-<pid>.map`, so that `perf report` names the guests'
     /// compiled functions instead of showing bare addresses.
     #[arg(long)]
@@ -191,9 +197,19 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build::build_all(&Manifest::load(&args.manifest)?),
         Command::Up(args) => {
+            // The exporter has its own thread and blocking HTTP client: it
+            // is made before the async runtime and flushed after it.
+            let traces = args
+                .otlp_endpoint
+                .as_deref()
+                .map(telemetry::traces::export)
+                .transpose()?;
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(up(*args))
+            let result = runtime.block_on(up(*args));
+            drop(runtime);
+            drop(traces);
+            result
         }
     }
 }
@@ -234,7 +250,11 @@ async fn up(args: UpArgs) -> Result<()> {
         follow,
         limits: Limits {
             max_requests_per_instance: args.max_instance_reuse_count.max(1),
-            max_concurrent_per_instance: args.max_instance_concurrent_reuse_count.max(1),
+            max_concurrent_per_instance: if telemetry::traces::enabled() {
+                1
+            } else {
+                args.max_instance_concurrent_reuse_count.max(1)
+            },
             idle_instance_timeout: args.idle_instance_timeout,
             request_timeout: args.request_timeout,
             memory_bytes: args.memory_limit_mib.saturating_mul(1024 * 1024),

@@ -20,4 +20,5 @@ mod replicas;
 mod resilience;
 mod saga;
 mod serial;
+mod traces;
 mod users;

@@ -98,7 +98,7 @@ async fn place(req: Request) -> ApiResult {
         now: &now,
         consumes: None,
         causation_id: request_id,
-        traceparent: child(traceparent),
+        traceparent: continued(traceparent),
         idempotency: idempotency_key.as_deref().map(|key| IdempotencyKey {
             key,
             fingerprint: &fingerprint,
@@ -221,7 +221,7 @@ async fn cancel(req: &Request, order_id: &str) -> ApiResult {
         now: &now,
         consumes: None,
         causation_id: header(req, bazaar_trace::REQUEST_ID),
-        traceparent: child(header(req, TRACEPARENT)),
+        traceparent: continued(header(req, TRACEPARENT)),
         idempotency: None,
         reply_timeout: reply_timeout().await?,
     };
@@ -257,11 +257,15 @@ async fn cancel(req: &Request, order_id: &str) -> ApiResult {
     }
 }
 
-/// A new hop in the caller's trace, if it sent one.
-fn child(traceparent: Option<String>) -> Option<String> {
+/// The caller's trace context, if it sent a valid one, for the messages
+/// this request causes. It is passed on unchanged: the span it names (the
+/// host's client span for the call, when the host traces) is one a tracing
+/// backend receives, so the saga's spans hang under it in the same trace;
+/// a span id made up here would be a parent no backend ever sees.
+fn continued(traceparent: Option<String>) -> Option<String> {
     traceparent
         .and_then(|t| TraceContext::parse(&t))
-        .map(|t| t.child().to_string())
+        .map(|t| t.to_string())
 }
 
 /// A positive whole number from the query, or `default`.

@@ -60,12 +60,14 @@ impl ComponentRuntime {
 
     pub fn new_store(&self, engine: &Engine) -> Store<InstanceState> {
         let state = InstanceState {
+            trace: None,
             table: ResourceTable::new(),
             wasi: wasi::wasi_ctx(&self.logs, &self.environment),
             http: WasiHttpCtx::new(),
             outbound: OutboundHttp {
                 component: Arc::clone(&self.id),
                 capabilities: Arc::clone(&self.capabilities),
+                trace: None,
             },
             capabilities: Arc::clone(&self.capabilities),
             limits: MemoryLimit::new(Arc::clone(&self.id), self.limits.memory_bytes),

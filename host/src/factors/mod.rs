@@ -36,12 +36,23 @@ pub struct Capabilities {
 }
 
 pub struct InstanceState {
+    /// The span of the request or message the instance is serving, when
+    /// traced (one at a time then), for the spans of its host calls.
+    pub trace: Option<opentelemetry::Context>,
     pub table: ResourceTable,
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub outbound: OutboundHttp,
     pub capabilities: Arc<Capabilities>,
     pub limits: MemoryLimit,
+}
+
+impl InstanceState {
+    /// Starts serving a request or message traced by `span` (or untraced).
+    pub fn enter(&mut self, span: Option<opentelemetry::Context>) {
+        self.outbound.trace.clone_from(&span);
+        self.trace = span;
+    }
 }
 
 impl WasiView for InstanceState {
@@ -67,6 +78,7 @@ fn kv_view(state: &mut InstanceState) -> KvView<'_> {
     KvView {
         grants: &state.capabilities.key_value,
         table: &mut state.table,
+        trace: state.trace.as_ref(),
     }
 }
 
@@ -74,6 +86,7 @@ fn sqlite_view(state: &mut InstanceState) -> SqliteView<'_> {
     SqliteView {
         grants: &state.capabilities.sqlite,
         table: &mut state.table,
+        trace: state.trace.as_ref(),
     }
 }
 
@@ -81,6 +94,7 @@ fn redis_view(state: &mut InstanceState) -> RedisView<'_> {
     RedisView {
         grants: &state.capabilities.redis,
         table: &mut state.table,
+        trace: state.trace.as_ref(),
     }
 }
 

@@ -25,6 +25,9 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 use crate::app::allowed_hosts::AllowList;
 use crate::factors::Capabilities;
 use crate::telemetry::metrics;
+use crate::telemetry::traces::{self, Span};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 const CHAINING_SUFFIX: &str = ".spin.internal";
 
@@ -89,6 +92,8 @@ pub struct HttpGrants {
 pub struct OutboundHttp {
     pub component: Arc<str>,
     pub capabilities: Arc<Capabilities>,
+    /// The span of the request or message being served, when traced.
+    pub trace: Option<opentelemetry::Context>,
 }
 
 impl OutboundHttp {
@@ -124,7 +129,7 @@ fn done() -> IoFuture {
 impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
-        request: Request<WasiBody>,
+        mut request: Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_done: IoFuture,
     ) -> SendFuture {
@@ -140,8 +145,12 @@ impl WasiHttpHooks for OutboundHttp {
         if !self.grants().allowed.allows(&scheme, &host, uri.port_u16()) {
             return self.deny(&destination);
         }
+        let span = self.client_span(&request, &host);
+        if let Some(span) = &span {
+            traces::inject(span.context(), request.headers_mut());
+        }
         let send = self.send_allowed(request, options, &scheme, &host);
-        if !metrics::enabled() {
+        if !metrics::enabled() && span.is_none() {
             return send;
         }
         let component = Arc::clone(&self.component);
@@ -150,8 +159,41 @@ impl WasiHttpHooks for OutboundHttp {
             let result = Box::into_pin(send).await;
             let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
             metrics::outbound_http(&component, &destination, status, started.elapsed());
+            if let (Some(span), Some(status)) = (&span, status) {
+                span.set(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status),
+                ));
+            }
+            traces::finish(span, &result.as_ref().map(drop).map_err(|e| e.to_string()));
             result
         })
+    }
+}
+
+impl OutboundHttp {
+    /// Spin's client span for an outbound request (`otel.name` the method),
+    /// when the instance is serving a traced request.
+    fn client_span(&self, request: &Request<WasiBody>, host: &str) -> Option<Span> {
+        Span::child(
+            self.trace.as_ref(),
+            request.method().as_str().to_string(),
+            SpanKind::Client,
+            || {
+                let uri = request.uri();
+                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                    Some("https") => 443,
+                    _ => 80,
+                });
+                vec![
+                    KeyValue::new("http.request.method", request.method().as_str().to_string()),
+                    KeyValue::new("url.full", uri.to_string()),
+                    KeyValue::new("server.address", host.to_string()),
+                    KeyValue::new("server.port", i64::from(port)),
+                    KeyValue::new("spin.component_id", Arc::clone(&self.component)),
+                ]
+            },
+        )
     }
 }
 

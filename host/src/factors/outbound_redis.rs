@@ -15,6 +15,9 @@ use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 use crate::app::allowed_hosts::AllowList;
 use crate::bindings::redis::{self as spin_redis, Error, RedisParameter, RedisResult};
 use crate::redis_broker::{CommandError, EMBEDDED_HOST, EmbeddedBroker};
+use crate::telemetry::traces::{self, Span};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// The application's Redis connections.
 #[derive(Default)]
@@ -123,6 +126,7 @@ impl HasData for Redis {
 pub struct RedisView<'a> {
     pub grants: &'a RedisGrants,
     pub table: &'a mut ResourceTable,
+    pub trace: Option<&'a opentelemetry::Context>,
 }
 
 fn connection<T>(
@@ -234,10 +238,25 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let conn = connection(accessor, &conn)?;
-        Ok(conn
+        let trace = accessor.with(|mut access| access.get().trace.cloned());
+        let span = Span::child(
+            trace.as_ref(),
+            format!("PUBLISH {channel}"),
+            SpanKind::Client,
+            || {
+                vec![
+                    KeyValue::new("db.system.name", "redis"),
+                    KeyValue::new("messaging.system", "redis"),
+                    KeyValue::new("messaging.destination.name", channel.clone()),
+                ]
+            },
+        );
+        let result = conn
             .query("PUBLISH", vec![channel.into_bytes(), payload])
             .await
-            .map(drop))
+            .map(drop);
+        traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));
+        Ok(result)
     }
 
     async fn get(

@@ -1,3 +1,5 @@
-//! What the host tells operators about itself: Prometheus metrics.
+//! What the host tells operators about itself: Prometheus metrics and
+//! OpenTelemetry traces.
 
 pub mod metrics;
+pub mod traces;

@@ -29,6 +29,9 @@ use crate::component::ComponentRuntime;
 use crate::factors::InstanceState;
 use crate::factors::outbound_redis::{RedisClients, is_embedded, redact};
 use crate::telemetry::metrics::{self, InstanceEnd, MessageOutcome};
+use crate::telemetry::traces::{self, Span};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -89,7 +92,11 @@ impl RedisHandler {
 
     /// Runs the guest on one message, in a warm instance if one is idle,
     /// within the request deadline. `Ok(Err(_))` is the guest's own error.
-    async fn handle(&self, payload: Vec<u8>) -> Result<Result<(), String>> {
+    async fn handle(
+        &self,
+        payload: Vec<u8>,
+        trace: Option<opentelemetry::Context>,
+    ) -> Result<Result<(), String>> {
         let runtime = &self.runtime;
         let limits = &runtime.limits;
         let mut warm = match self.take_idle() {
@@ -109,6 +116,7 @@ impl RedisHandler {
                 }
             }
         };
+        warm.store.data_mut().enter(trace);
         let guest = Arc::clone(&warm.guest);
         let call = warm.store.run_concurrent(async move |accessor| {
             guest
@@ -294,7 +302,8 @@ async fn subscribe_forever(sub: Subscription, clients: Arc<RedisClients>, limit:
 /// Hands one message to every subscribed component, each in its own task,
 /// waiting only for a free handler slot.
 async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) {
-    let message_id = message_id(&payload);
+    let envelope = Envelope::of(&payload);
+    let message_id = envelope.id();
     for handler in &sub.handlers {
         let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
             return;
@@ -303,6 +312,7 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
         let payload = payload.clone();
         let channel = sub.channel.clone();
         let message_id = message_id.clone();
+        let span = receive_span(&channel, &handler.runtime.id, &envelope);
         tokio::spawn(async move {
             let component = handler.runtime.id.clone();
             if metrics::enabled()
@@ -316,7 +326,17 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
                 metrics::redis_redelivery(&component, &channel);
             }
             let started = Instant::now();
-            let outcome = match handler.handle(payload).await {
+            let trace = span.as_ref().map(|s| s.context().clone());
+            let result = handler.handle(payload, trace).await;
+            if let Some(span) = span {
+                match &result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => span.fail(error),
+                    Err(error) => span.fail(format!("{error:#}")),
+                }
+                span.end();
+            }
+            let outcome = match result {
                 Ok(Ok(())) => {
                     tracing::debug!(%component, %channel, ?message_id, "message handled");
                     MessageOutcome::Handled
@@ -336,13 +356,55 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
     }
 }
 
-/// The `id` of a JSON message, for logs.
-fn message_id(payload: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    match value.get("id")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+/// What the host reads of a JSON message envelope (docs/messages.md): its
+/// `id`, for logs and redelivery counts, and its `traceparent`, the parent
+/// of the handler's span. Anything else, or no JSON at all, is the guest's
+/// business.
+#[derive(Default, serde::Deserialize)]
+struct Envelope {
+    id: Option<serde_json::Value>,
+    /// Any JSON value, so that an odd one costs the trace, not the id.
+    traceparent: Option<serde_json::Value>,
+}
+
+impl Envelope {
+    fn of(payload: &[u8]) -> Envelope {
+        serde_json::from_slice(payload).unwrap_or_default()
     }
+
+    fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_ref()?.as_str()
+    }
+
+    fn id(&self) -> Option<String> {
+        match self.id.as_ref()? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// Spin's consumer span for a message a component handles.
+fn receive_span(channel: &str, component: &Arc<str>, envelope: &Envelope) -> Option<Span> {
+    if !traces::enabled() {
+        return None;
+    }
+    let parent = traces::parent_from(envelope.traceparent());
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "redis"),
+        KeyValue::new("messaging.operation", "receive"),
+        KeyValue::new("messaging.destination.name", channel.to_string()),
+        KeyValue::new("spin.component_id", Arc::clone(component)),
+    ];
+    if let Some(id) = envelope.id() {
+        attributes.push(KeyValue::new("messaging.message.id", id));
+    }
+    Span::start(
+        format!("{channel} receive"),
+        SpanKind::Consumer,
+        Some(&parent),
+        attributes,
+    )
 }
 
 /// Resolves the manifest's `[[trigger.redis]]` entries to addresses and
@@ -396,9 +458,18 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_come_from_json() {
-        assert_eq!(message_id(br#"{"id":"m-1","x":1}"#).as_deref(), Some("m-1"));
-        assert_eq!(message_id(br#"{"id":7}"#).as_deref(), Some("7"));
-        assert_eq!(message_id(b"\x00binary"), None);
+    fn ids_and_trace_context_come_from_a_json_envelope() {
+        let envelope = Envelope::of(br#"{"id":"m-1","x":{"y":[1]},"traceparent":"00-ab-cd-01"}"#);
+        assert_eq!(envelope.id().as_deref(), Some("m-1"));
+        assert_eq!(envelope.traceparent(), Some("00-ab-cd-01"));
+        assert_eq!(Envelope::of(br#"{"id":7}"#).id().as_deref(), Some("7"));
+        let binary = Envelope::of(b"\x00binary");
+        assert_eq!((binary.id(), binary.traceparent()), (None, None));
+        // A traceparent of the wrong type is no traceparent, not a lost id.
+        let odd = Envelope::of(br#"{"id":"m-2","traceparent":5}"#);
+        assert_eq!(
+            (odd.id().as_deref(), odd.traceparent()),
+            (Some("m-2"), None)
+        );
     }
 }

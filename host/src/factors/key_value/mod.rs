@@ -19,6 +19,8 @@ use crate::app::runtime_config::KvLocation;
 use crate::bindings::key_value::{self, Error};
 use crate::factors::outbound_redis::redact;
 use crate::telemetry::metrics;
+use crate::telemetry::traces::{self, Span};
+use opentelemetry::trace::SpanKind;
 use redis::RedisKv;
 use sqlite::SqliteKv;
 
@@ -129,10 +131,12 @@ impl HasData for KeyValue {
 pub struct KvView<'a> {
     pub grants: &'a KvGrants,
     pub table: &'a mut ResourceTable,
+    pub trace: Option<&'a opentelemetry::Context>,
 }
 
 /// Runs one operation on the backend of `store`, counted (and timed) as
-/// `operation` on its label.
+/// `operation` on its label, in a span named as Spin names it
+/// (`spin_key_value.<operation>`) when traced.
 async fn operate<T, R, F>(
     accessor: &Accessor<T, KeyValue>,
     store: &Resource<StoreHandle>,
@@ -142,12 +146,29 @@ async fn operate<T, R, F>(
 where
     F: Future<Output = Result<R, Error>>,
 {
-    let (label, backend) = accessor.with(|mut access| {
-        let handle = access.get().table.get(store)?;
-        Ok::<_, wasmtime::Error>((Arc::clone(&handle.label), Arc::clone(&handle.backend)))
+    let (label, backend, trace) = accessor.with(|mut access| {
+        let view = access.get();
+        let handle = view.table.get(store)?;
+        Ok::<_, wasmtime::Error>((
+            Arc::clone(&handle.label),
+            Arc::clone(&handle.backend),
+            view.trace.cloned(),
+        ))
     })?;
+    let span = Span::child(
+        trace.as_ref(),
+        format!("spin_key_value.{operation}"),
+        SpanKind::Client,
+        || {
+            vec![opentelemetry::KeyValue::new(
+                "spin.key_value.store",
+                Arc::clone(&label),
+            )]
+        },
+    );
     let started = Instant::now();
     let result = work(Arc::clone(&label), backend).await;
+    traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));
     metrics::store_operation(
         "key_value",
         &label,

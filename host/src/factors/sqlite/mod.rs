@@ -18,7 +18,10 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 use crate::app::runtime_config::DbLocation;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
 use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
+use crate::telemetry::traces::{self, Span};
 use libsql::{LibsqlDatabase, RemoteSession};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 mod group_commit;
 mod libsql;
@@ -119,6 +122,7 @@ impl HasData for Sqlite {
 pub struct SqliteView<'a> {
     pub grants: &'a SqliteGrants,
     pub table: &'a mut ResourceTable,
+    pub trace: Option<&'a opentelemetry::Context>,
 }
 
 impl SqliteView<'_> {
@@ -144,16 +148,41 @@ impl SqliteView<'_> {
     }
 }
 
-/// Runs one statement of a session, and counts it (see [`crate::metrics`]).
+fn one_line(statement: &str) -> String {
+    statement.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs one statement of a session, and counts it (see [`crate::metrics`]);
+/// when traced, in a span named by the statement, as Spin names it.
 async fn execute(
-    label: &Arc<str>,
-    database: Arc<Database>,
-    session: &tokio::sync::Mutex<Session>,
+    conn: ConnectionHandle,
+    trace: Option<&opentelemetry::Context>,
     statement: String,
     params: Vec<Value>,
 ) -> Result<QueryResult, Error> {
+    let ConnectionHandle {
+        label,
+        database,
+        session,
+    } = conn;
+    let label = &label;
+    // Named by the statement, as Spin names it, on one line.
+    let span = Span::child(trace, one_line(&statement), SpanKind::Client, || {
+        vec![
+            KeyValue::new("db.system.name", "sqlite"),
+            KeyValue::new("db.namespace", Arc::clone(label)),
+            KeyValue::new(
+                "sqlite.backend",
+                match *database {
+                    Database::Local(_) => "local",
+                    Database::Remote(_) => "libsql",
+                },
+            ),
+        ]
+    });
     let started = std::time::Instant::now();
-    let result = run_statement(database, session, statement, params).await;
+    let result = run_statement(database, &session, statement, params).await;
+    traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));
     crate::telemetry::metrics::store_operation(
         "sqlite",
         label,
@@ -404,11 +433,7 @@ impl sqlite::HostConnection for SqliteView<'_> {
     ) -> wasmtime::Result<Result<QueryResult, Error>> {
         let conn = self.handle(&conn)?;
         Ok(futures::executor::block_on(execute(
-            &conn.label,
-            conn.database,
-            &conn.session,
-            statement,
-            parameters,
+            conn, self.trace, statement, parameters,
         )))
     }
 
@@ -451,19 +476,15 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
             Error,
         >,
     > {
-        let conn = accessor.with(|mut access| access.get().handle(&conn))?;
-        let QueryResult { columns, rows } = match execute(
-            &conn.label,
-            conn.database,
-            &conn.session,
-            statement,
-            parameters,
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(e) => return Ok(Err(e)),
-        };
+        let (conn, trace) = accessor.with(|mut access| {
+            let view = access.get();
+            Ok::<_, wasmtime::Error>((view.handle(&conn)?, view.trace.cloned()))
+        })?;
+        let QueryResult { columns, rows } =
+            match execute(conn, trace.as_ref(), statement, parameters).await {
+                Ok(result) => result,
+                Err(e) => return Ok(Err(e)),
+            };
         accessor.with(|mut access| {
             let rows = StreamReader::new(&mut access, rows)?;
             let done = FutureReader::new(&mut access, async { Ok::<_, wasmtime::Error>(Ok(())) })?;

@@ -23,8 +23,12 @@ use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
 use crate::factors::outbound_http::ServiceChaining;
 use crate::telemetry::metrics;
+use crate::telemetry::traces::{self, Span};
+use crate::triggers::http::pool::Call;
 use crate::triggers::http::pool::ComponentPool;
 use crate::triggers::http::router::{RouteMatch, Router};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 
 /// Paths Spin reserves for the runtime itself.
 const WELL_KNOWN: &str = "/.well-known/spin/";
@@ -98,7 +102,8 @@ impl HttpApp {
             path_info: &path_info,
         };
         set_spin_headers(&mut req, &matched, &client.to_string());
-        self.dispatch(component, route.raw(), req).await
+        self.dispatch(component, route.raw(), route.raw(), Some(client), req)
+            .await
     }
 
     /// Serves a request another component sent to `http://<target>.spin.internal`.
@@ -122,28 +127,45 @@ impl HttpApp {
             path_info: &path_info,
         };
         set_spin_headers(&mut req, &matched, CHAINED_CLIENT);
-        Ok(self.dispatch(target, &PRIVATE_ROUTE, req).await)
+        Ok(self
+            .dispatch(target, &PRIVATE_ROUTE, matched.raw_route, None, req)
+            .await)
     }
 
     /// Runs `req` on `component`, reached by `route` (its trigger route, or
-    /// `private` when chained), and counts it.
+    /// `private` when chained, which Spin calls `/...`), counts it and
+    /// traces it.
     async fn dispatch(
         &self,
         component: &str,
         route: &Arc<str>,
+        spin_route: &str,
+        client: Option<SocketAddr>,
         req: Request<WasiBody>,
     ) -> Response<WasiBody> {
         let Some(handler) = self.handlers.get(component) else {
             return empty(StatusCode::NOT_FOUND);
         };
+        let id = &handler.state().runtime.id;
+        let span = traces::enabled()
+            .then(|| server_span(&req, id, spin_route, client))
+            .flatten();
         let started = std::time::Instant::now();
-        let response = self.run(handler, req).await;
-        metrics::http_request(
-            &handler.state().runtime.id,
-            route,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+        let response = self
+            .run(handler, req, span.as_ref().map(|s| s.context().clone()))
+            .await;
+        let status = response.status().as_u16();
+        metrics::http_request(id, route, status, started.elapsed());
+        if let Some(span) = span {
+            span.set(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if status >= 500 {
+                span.fail(status);
+            }
+            span.end();
+        }
         response
     }
 
@@ -151,9 +173,13 @@ impl HttpApp {
         &self,
         handler: &ProxyHandler<ComponentPool>,
         req: Request<WasiBody>,
+        trace: Option<opentelemetry::Context>,
     ) -> Response<WasiBody> {
         let component = &*handler.state().runtime.id;
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let request = Call {
+            id: self.next_request.fetch_add(1, Ordering::Relaxed),
+            trace,
+        };
         let method = req.method().clone();
         let uri = req.uri().clone();
         let started = std::time::Instant::now();
@@ -204,6 +230,45 @@ impl ServiceChaining for HttpApp {
     {
         Box::pin(async move { HttpApp::chain(&self, &target, request).await })
     }
+}
+
+/// Spin's server span for a request a component serves, under the
+/// caller's `traceparent`: `otel.name` is the method and route.
+fn server_span(
+    req: &Request<WasiBody>,
+    component: &Arc<str>,
+    route: &str,
+    client: Option<SocketAddr>,
+) -> Option<Span> {
+    let parent = traces::parent_from(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let uri = req.uri();
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_string()),
+        KeyValue::new("url.path", uri.path().to_string()),
+        KeyValue::new("url.scheme", uri.scheme_str().unwrap_or("http").to_string()),
+        KeyValue::new("http.route", route.to_string()),
+        KeyValue::new("spin.component_id", Arc::clone(component)),
+    ];
+    if let Some(query) = uri.query() {
+        attributes.push(KeyValue::new("url.query", query.to_string()));
+    }
+    if let Some(client) = client {
+        attributes.push(KeyValue::new(
+            "network.peer.address",
+            client.ip().to_string(),
+        ));
+        attributes.push(KeyValue::new("network.peer.port", i64::from(client.port())));
+    }
+    Span::start(
+        format!("{} {route}", req.method()),
+        SpanKind::Server,
+        Some(&parent),
+        attributes,
+    )
 }
 
 /// Spin hands components an absolute URI built from the `Host` header. The

@@ -93,6 +93,12 @@ impl WorkerExpiration for Expiration {
     }
 }
 
+/// One request handed to an instance: a number for logs, and its span.
+pub struct Call {
+    pub id: u64,
+    pub trace: Option<opentelemetry::Context>,
+}
+
 pub struct Worker {
     runtime: Arc<ComponentRuntime>,
     instance: u64,
@@ -102,7 +108,7 @@ pub struct Worker {
 
 impl WorkerState for Worker {
     type StoreData = InstanceState;
-    type RequestData = u64;
+    type RequestData = Call;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         let limits = &self.runtime.limits;
@@ -117,11 +123,13 @@ impl WorkerState for Worker {
 
     fn on_request_start(
         &self,
-        _store: StoreContextMut<'_, InstanceState>,
-        request: u64,
+        mut store: StoreContextMut<'_, InstanceState>,
+        request: Call,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
-        tracing::trace!(component = %self.runtime.id, instance = self.instance, request, "request start");
+        tracing::trace!(component = %self.runtime.id, instance = self.instance, request = request.id, "request start");
+        // Traced instances serve one request at a time (see `--otlp-endpoint`).
+        store.data_mut().enter(request.trace);
         if self.served.fetch_add(1, Ordering::Relaxed) > 0 {
             metrics::instance_reused(&self.runtime.id, "http");
         }
