@@ -123,6 +123,11 @@ pub fn inject(span: &Context, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(span, &mut Headers(headers));
 }
 
+/// The trace id of `span`, as log lines write it (32 hex digits).
+pub fn trace_id(span: &Context) -> String {
+    span.span().span_context().trace_id().to_string()
+}
+
 /// A span in progress; ended by [`Span::end`] or when dropped.
 pub struct Span(Context);
 

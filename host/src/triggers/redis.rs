@@ -327,6 +327,8 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
             }
             let started = Instant::now();
             let trace = span.as_ref().map(|s| s.context().clone());
+            let trace_id = trace.as_ref().map(traces::trace_id);
+            let trace_id = trace_id.as_deref();
             let result = handler.handle(payload, trace).await;
             if let Some(span) = span {
                 match &result {
@@ -338,15 +340,15 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
             }
             let outcome = match result {
                 Ok(Ok(())) => {
-                    tracing::debug!(%component, %channel, ?message_id, "message handled");
+                    tracing::debug!(%component, %channel, ?message_id, trace_id, "message handled");
                     MessageOutcome::Handled
                 }
                 Ok(Err(error)) => {
-                    tracing::error!(%component, %channel, ?message_id, "handler returned an error: {error}");
+                    tracing::error!(%component, %channel, ?message_id, trace_id, "handler returned an error: {error}");
                     MessageOutcome::Failed
                 }
                 Err(error) => {
-                    tracing::error!(%component, %channel, ?message_id, "handler failed: {error:#}");
+                    tracing::error!(%component, %channel, ?message_id, trace_id, "handler failed: {error:#}");
                     MessageOutcome::Failed
                 }
             };

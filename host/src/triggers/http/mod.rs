@@ -176,6 +176,8 @@ impl HttpApp {
         trace: Option<opentelemetry::Context>,
     ) -> Response<WasiBody> {
         let component = &*handler.state().runtime.id;
+        let trace_id = trace.as_ref().map(traces::trace_id);
+        let trace_id = trace_id.as_deref();
         let request = Call {
             id: self.next_request.fetch_add(1, Ordering::Relaxed),
             trace,
@@ -186,7 +188,7 @@ impl HttpApp {
         let timeout = handler.state().runtime.limits.request_timeout;
         match handler.handle(request, req).await {
             Ok(response) => {
-                tracing::debug!(component, %method, %uri, status = response.status().as_u16(), "handled");
+                tracing::debug!(component, %method, %uri, trace_id, status = response.status().as_u16(), "handled");
                 response
             }
             // The instance may be retired by its own expiry before the
@@ -196,13 +198,13 @@ impl HttpApp {
                     || started.elapsed() >= timeout =>
             {
                 tracing::error!(
-                    component, %method, %uri, ?timeout,
+                    component, %method, %uri, trace_id, ?timeout,
                     "request deadline exceeded; the instance was discarded"
                 );
                 empty(StatusCode::GATEWAY_TIMEOUT)
             }
             Err(error) => {
-                tracing::error!(component, %method, %uri, "error processing request: {error:?}");
+                tracing::error!(component, %method, %uri, trace_id, "error processing request: {error:?}");
                 empty(StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
