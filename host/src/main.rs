@@ -144,7 +144,7 @@ fn parse_env(arg: &str) -> Result<(String, String), String> {
 /// Scheduled calls `bazaar up` makes unless told otherwise, when the
 /// application has the component they target: Bazaar's saga redrive, which
 /// real Spin deployments run from a CronJob.
-const DEV_SCHEDULES: &[&str] = &["http://orders.spin.internal/internal/saga/redrive@2s"];
+const DEV_SCHEDULES: &[&str] = &["http://gateway.spin.internal/internal/saga/redrive@2s"];
 
 /// Values `bazaar up` gives an application's variables when nothing
 /// configures them, so that the app runs with one command on a fresh

@@ -115,3 +115,55 @@ async fn cors_follows_the_allowed_origins() {
         Some("https://shop.test")
     );
 }
+
+/// #9 item 12: redrive is for administrators and for the application
+/// itself. A caller that reaches orders' internal route without the
+/// gateway's identity (here an in-process schedule aimed at orders itself)
+/// gets 401 and redrives nothing; clients get 404 from the gateway's
+/// internal route; the schedule of `bazaar up`, which posts to the
+/// gateway's route in-process, gets through on the gateway's account.
+#[tokio::test]
+async fn internal_redrive_is_the_applications_own() {
+    let direct = App::start_with_args(
+        &[],
+        &[
+            "--schedule",
+            "http://orders.spin.internal/internal/saga/redrive@100ms",
+        ],
+    );
+    let refused = direct.host.wait_for_stderr(
+        "scheduled call failed",
+        3,
+        std::time::Duration::from_secs(10),
+    );
+    assert!(refused.contains("\"status\":401"), "{refused}");
+    assert_eq!(
+        direct.log_count("orders_stdout.txt", "\"msg\":\"saga redrive\""),
+        0,
+        "orders redrove for a caller without an identity"
+    );
+    drop(direct);
+
+    let app = App::start();
+    let admin = app.admin().await;
+    for token in [None, Some(admin.as_str())] {
+        app.post("/internal/saga/redrive", token, json!({}))
+            .await
+            .assert_problem(404);
+    }
+    let customer = app.user("carol@internal.test").await;
+    app.post("/api/v1/admin/saga/redrive", Some(&customer), json!({}))
+        .await
+        .assert_problem(403);
+    let scheduled = app.log_count("orders_stdout.txt", "\"msg\":\"saga redrive\"");
+    app.wait_for_log_count(
+        "orders_stdout.txt",
+        "\"msg\":\"saga redrive\"",
+        scheduled + 1,
+    )
+    .await;
+    let reply = app
+        .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}

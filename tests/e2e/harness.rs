@@ -121,6 +121,36 @@ impl App {
         app
     }
 
+    /// Starts the app with each service's database a SQLite file in its
+    /// state directory, whatever `BAZAAR_E2E_SQLITE` says, for tests that
+    /// read the files themselves ([`App::database`]); `env` as for
+    /// [`App::start_with`].
+    pub fn start_on_files(env: &[(&str, &str)]) -> App {
+        let state = tempfile::tempdir().unwrap();
+        let config: String = SERVICE_DATABASES
+            .iter()
+            .map(|label| {
+                format!(
+                    "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
+                    state.path().join(format!("{label}.db"))
+                )
+            })
+            .collect();
+        let config_file = state.path().join("runtime-config.toml");
+        std::fs::write(&config_file, config).unwrap();
+        Self::launch(state, config_file, env, &[])
+    }
+
+    /// A read-only connection to a service's database file (see
+    /// [`App::start_on_files`]).
+    pub fn database(&self, label: &str) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.state.path().join(format!("{label}.db")),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("the service's database file")
+    }
+
     /// Starts the app with its stores where `runtime_config` (Spin's
     /// runtime configuration) puts them.
     pub fn start_with_config(runtime_config: &str, env: &[(&str, &str)], args: &[&str]) -> App {
@@ -200,15 +230,19 @@ impl App {
     /// Waits (up to 10 s: the log writer may trail the response) until the
     /// component log `file` contains `text`.
     pub async fn wait_for_log(&self, file: &str, text: &str) {
+        self.wait_for_log_count(file, text, 1).await;
+    }
+
+    /// Waits (up to 10 s) until `text` appears at least `count` times in
+    /// the component log `file`.
+    pub async fn wait_for_log_count(&self, file: &str, text: &str, count: usize) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let log = std::fs::read_to_string(self.host_log(file)).unwrap_or_default();
-            if log.contains(text) {
-                return;
-            }
+        while self.log_count(file, text) < count {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{file} never said {text:?}:\n{log}"
+                "{file} said {text:?} {} times, not {count}:\n{}",
+                self.log_count(file, text),
+                std::fs::read_to_string(self.host_log(file)).unwrap_or_default()
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

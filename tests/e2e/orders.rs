@@ -318,3 +318,80 @@ async fn the_read_model_lists_my_orders_newest_first() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// #9 item 14: the card token reaches the payment step in the charge
+/// command and is kept nowhere else: not in the event store (so not in
+/// the announcements or the events API), not in the read model, not with
+/// the idempotency key; the saga holds it only until it settles.
+#[tokio::test]
+async fn card_tokens_stay_out_of_events_views_and_keys() {
+    let app = App::start_on_files(&[]);
+    let admin = app.admin().await;
+    let lamp = app.product(&admin, "LAMP", 900, 5).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alice = app.user("alice@cards.test").await;
+    let body = json!({ "items": [{ "product_id": lamp, "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let placed = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))
+                .header("idempotency-key", "card-test-1")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(placed.status, 202, "{}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_string();
+    crate::saga::wait_for(&app, &alice, &id, "confirmed").await;
+    // A retry with the same key and body is still recognised.
+    let again = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))
+                .header("idempotency-key", "card-test-1")
+                .json(&body),
+        )
+        .await;
+    assert_eq!((again.status, &again.body["id"]), (202, &placed.body["id"]));
+
+    let orders = app.database("orders");
+    let count = |sql: &str| -> i64 {
+        orders
+            .query_row(sql, [], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    // The token did travel, in the one message that needs it.
+    assert_eq!(
+        count("SELECT count(*) FROM outbox WHERE payload LIKE '%\"card_token\":\"tok_ok\"%'"),
+        1,
+        "exactly one charge command carries the token"
+    );
+    for (place, sql) in [
+        (
+            "events",
+            "SELECT count(*) FROM events WHERE data LIKE '%tok_ok%'",
+        ),
+        (
+            "views",
+            "SELECT count(*) FROM order_views WHERE view LIKE '%tok_ok%'",
+        ),
+        (
+            "idempotency keys",
+            "SELECT count(*) FROM idempotency_keys WHERE fingerprint LIKE '%tok_ok%'",
+        ),
+        (
+            "settled sagas",
+            "SELECT count(*) FROM sagas WHERE card_token IS NOT NULL",
+        ),
+        (
+            "announcements",
+            "SELECT count(*) FROM outbox WHERE channel = 'bazaar.orders.events' AND payload LIKE '%tok_ok%'",
+        ),
+    ] {
+        assert_eq!(count(sql), 0, "the card token is kept in {place}");
+    }
+    assert_eq!(
+        count("SELECT count(*) FROM events"),
+        4,
+        "placed, reserved, charged, confirmed"
+    );
+}

@@ -333,3 +333,58 @@ async fn the_gateway_sets_trace_request_id_and_forwarding_headers_itself() {
     assert_eq!(budget.len(), 1);
     assert!(budget[0].parse::<u64>().unwrap() <= 5000, "{budget:?}");
 }
+
+/// #9 item 11: the identity token the gateway sends is good for this one
+/// call only: this service, this method, this path and query, 15 s.
+#[tokio::test]
+async fn identity_tokens_are_bound_to_the_service_method_and_path() {
+    use bazaar_auth::{Hop, Keys, verify_identity};
+    let upstream = Upstream::start().await;
+    let app = app_in_front_of(&upstream, &[]);
+    let alice = app.user("alice@hop.test").await;
+    let path = "/api/v1/products?limit=3";
+    let reply = app.get(path, Some(&alice)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = upstream.seen().pop().expect("the upstream was called");
+    let tokens = seen.values("x-bazaar-identity");
+    assert_eq!(tokens.len(), 1, "{seen:?}");
+    let keys = Keys::new("identity_token_secret", crate::harness::IDENTITY_SECRET, "").unwrap();
+    let hop = Hop {
+        service: "products",
+        method: "GET",
+        path,
+    };
+    let identity = verify_identity(&keys, &hop, tokens[0]).expect("good for this very call");
+    assert_eq!(identity.email, "alice@hop.test");
+    for other in [
+        Hop {
+            service: "orders",
+            ..hop
+        },
+        Hop {
+            method: "POST",
+            ..hop
+        },
+        Hop {
+            path: "/api/v1/products?limit=4",
+            ..hop
+        },
+    ] {
+        assert!(
+            verify_identity(&keys, &other, tokens[0]).is_err(),
+            "replayable as {other:?}"
+        );
+    }
+    // The claims' lifetime, read without trusting them.
+    let payload = tokens[0].split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        15,
+        "{claims}"
+    );
+}

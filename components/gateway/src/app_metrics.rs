@@ -23,7 +23,7 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 use crate::circuit::Circuit;
-use crate::gateway::{Context, Reply};
+use crate::gateway::{Context, Reply, identity_token};
 use crate::routes::Service;
 
 type Labels = Vec<(String, String)>;
@@ -128,11 +128,16 @@ fn service_label(service: Service) -> Labels {
     vec![("service".to_string(), service.name().to_string())]
 }
 
-/// A service's `GET /internal/metrics` (JSON), or `None` if it did not
-/// answer in time.
+/// A service's `GET /internal/metrics` (JSON), asked on the gateway's own
+/// account, or `None` if it did not answer in time.
 async fn ask(service: Service, ctx: &Context) -> Option<serde_json::Value> {
+    const PATH: &str = "/internal/metrics";
     let base = setting(service.url_variable()).await.ok()?;
-    let request = Request::get(format!("{}/internal/metrics", base.trim_end_matches('/')))
+    let token = identity_token(service, "GET", PATH, &bazaar_auth::Identity::gateway())
+        .await
+        .ok()?;
+    let request = Request::get(format!("{}{PATH}", base.trim_end_matches('/')))
+        .header(bazaar_auth::IDENTITY_HEADER, token)
         .header(bazaar_trace::REQUEST_ID, &ctx.request_id)
         .header(bazaar_trace::TRACEPARENT, ctx.trace.child().to_string())
         .body(EmptyBody::new())

@@ -3,7 +3,7 @@
 //! trace context, and one structured log line.
 
 use bazaar_api::{Method, Problem, StatusCode};
-use bazaar_auth::{ACCESS_AUDIENCE, IDENTITY_AUDIENCE, IDENTITY_HEADER, IDENTITY_TTL_SECONDS};
+use bazaar_auth::{ACCESS_AUDIENCE, Hop, IDENTITY_HEADER, Identity};
 use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as, signing_keys, verifying_keys};
 use bazaar_trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 use bytes::Bytes;
@@ -87,6 +87,12 @@ async fn dispatch(
         (_, "/health" | "/api/v1/openapi.json" | "/metrics") => {
             return Err(not_allowed(&[Method::GET]));
         }
+        // The redrive schedule (`bazaar up`'s, in-process): only another
+        // component of this application may ask, and the gateway asks
+        // orders on its own account. To anyone else the route is absent.
+        (&Method::POST, "/internal/saga/redrive") if chained(&req) => {
+            return forward(req, Service::Orders, Some(Identity::gateway()), ctx).await;
+        }
         _ => {}
     }
     match routes::route(method, path) {
@@ -161,6 +167,34 @@ async fn authenticate(req: &Request) -> Result<Option<bazaar_auth::Identity>, Pr
         .map_err(|e| Problem::unauthorized(format!("invalid or expired access token ({e})")))
 }
 
+/// Whether the request came from another component of this application by
+/// service chaining: the host says so with the client address it sets,
+/// which no client can forge (Spin's `spin-*` headers are the host's).
+fn chained(req: &Request) -> bool {
+    header(req, "spin-client-addr").as_deref() == Some("0.0.0.0:0")
+}
+
+/// An identity token for `identity`, good only for this call: `method` on
+/// `path_and_query` of `service`.
+pub async fn identity_token(
+    service: Service,
+    method: &str,
+    path_and_query: &str,
+    identity: &Identity,
+) -> Result<String, Problem> {
+    let hop = Hop {
+        service: service.name(),
+        method,
+        path: path_and_query,
+    };
+    Ok(bazaar_auth::issue_identity(
+        &signing_keys("identity_token_secret").await?,
+        &hop,
+        identity,
+        bazaar_auth::now(),
+    ))
+}
+
 async fn forward(
     req: Request,
     service: Service,
@@ -181,13 +215,8 @@ async fn forward(
         }
     }
     if let Some(identity) = identity {
-        let token = bazaar_auth::issue(
-            &signing_keys("identity_token_secret").await?,
-            IDENTITY_AUDIENCE,
-            &identity,
-            bazaar_auth::now(),
-            IDENTITY_TTL_SECONDS,
-        );
+        let token =
+            identity_token(service, req.method().as_str(), &path_and_query, &identity).await?;
         headers.insert(IDENTITY_HEADER, header_value(&token)?);
     }
     if let Some(client) = header(&req, "spin-client-addr") {

@@ -6,11 +6,14 @@ use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent, saga}
 use bazaar_order_store::{
     AppendError, Cause, IdempotencyKey, OrderStore, OutboxMessage, Redriven, reply_timeout,
 };
-use bazaar_service::{caller, header, json_body, now_rfc3339, seconds_ago_rfc3339, setting};
+use bazaar_service::{admin, caller, header, json_body, now_rfc3339, seconds_ago_rfc3339, setting};
 use bazaar_trace::{TRACEPARENT, TraceContext};
 use spin_sdk::http::Request;
 
 use crate::catalogue;
+
+/// This service's name: the audience of the identity tokens it accepts.
+const SERVICE: &str = "orders";
 
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();
@@ -22,8 +25,9 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::GET, ["api", "v1", "orders", id]) => get(&req, id).await,
         (Method::GET, ["api", "v1", "orders", id, "events"]) => events(&req, id).await,
         (Method::POST, ["api", "v1", "orders", id, "cancel"]) => cancel(&req, id).await,
-        (Method::POST, ["internal", "saga", "redrive"]) => redrive(&req).await,
+        (Method::POST, ["internal", "saga", "redrive"]) => admin_redrive(&req).await,
         (Method::GET, ["internal", "metrics"]) => {
+            admin(&req, SERVICE, "read the metrics").await?;
             let gauges = OrderStore::open().await?.gauges(&now_rfc3339()).await?;
             Ok(json(StatusCode::OK, &gauges))
         }
@@ -62,7 +66,7 @@ fn accepted(order: &Order) -> ApiResult {
 }
 
 async fn place(req: Request) -> ApiResult {
-    let identity = caller(&req).await?;
+    let identity = caller(&req, SERVICE).await?;
     let idempotency_key = header(&req, "idempotency-key");
     let traceparent = header(&req, TRACEPARENT);
     let request_id = header(&req, bazaar_trace::REQUEST_ID);
@@ -92,7 +96,6 @@ async fn place(req: Request) -> ApiResult {
         total_cents: priced.total_cents,
         currency: priced.currency,
         items: priced.items,
-        card_token: new.payment.card_token.trim().to_string(),
     });
     let cause = Cause {
         now: &now,
@@ -103,6 +106,7 @@ async fn place(req: Request) -> ApiResult {
             key,
             fingerprint: &fingerprint,
         }),
+        card_token: Some(new.payment.card_token.trim()),
         reply_timeout: reply_timeout().await?,
     };
     let recorded = store
@@ -146,7 +150,10 @@ async fn replay(
     else {
         return Ok(None);
     };
-    if first_fingerprint != fingerprint {
+    // Keys from before fingerprints were digests hold the request without
+    // its card token: they are trusted by key alone.
+    let legacy = first_fingerprint.starts_with('{');
+    if first_fingerprint != fingerprint && !legacy {
         return Err(Problem::conflict(
             "this Idempotency-Key was already used for a different order",
         ));
@@ -192,20 +199,20 @@ async fn visible(
 }
 
 async fn get(req: &Request, order_id: &str) -> ApiResult {
-    let identity = caller(req).await?;
+    let identity = caller(req, SERVICE).await?;
     let (order, _) = visible(&OrderStore::open().await?, &identity, order_id).await?;
     Ok(json(StatusCode::OK, &order.to_api()))
 }
 
 async fn events(req: &Request, order_id: &str) -> ApiResult {
-    let identity = caller(req).await?;
+    let identity = caller(req, SERVICE).await?;
     let (_, events) = visible(&OrderStore::open().await?, &identity, order_id).await?;
     let events: Vec<serde_json::Value> = events.iter().map(StoredEvent::to_api).collect();
     Ok(json(StatusCode::OK, &events))
 }
 
 async fn list(req: &Request) -> ApiResult {
-    let identity = caller(req).await?;
+    let identity = caller(req, SERVICE).await?;
     let orders = OrderStore::open()
         .await?
         .views_for_user(&identity.sub)
@@ -214,7 +221,7 @@ async fn list(req: &Request) -> ApiResult {
 }
 
 async fn cancel(req: &Request, order_id: &str) -> ApiResult {
-    let identity = caller(req).await?;
+    let identity = caller(req, SERVICE).await?;
     let store = OrderStore::open().await?;
     let now = now_rfc3339();
     let cause = Cause {
@@ -223,6 +230,7 @@ async fn cancel(req: &Request, order_id: &str) -> ApiResult {
         causation_id: header(req, bazaar_trace::REQUEST_ID),
         traceparent: continued(header(req, TRACEPARENT)),
         idempotency: None,
+        card_token: None,
         reply_timeout: reply_timeout().await?,
     };
     let recorded = store
@@ -354,24 +362,14 @@ async fn redrive(req: &Request) -> ApiResult {
     Ok(json(StatusCode::OK, &outcome))
 }
 
-async fn require_admin(req: &Request, what: &str) -> Result<(), Problem> {
-    if caller(req).await?.is_admin() {
-        Ok(())
-    } else {
-        Err(Problem::forbidden(format!(
-            "only administrators may {what}"
-        )))
-    }
-}
-
 async fn admin_redrive(req: &Request) -> ApiResult {
-    require_admin(req, "redrive sagas").await?;
+    admin(req, SERVICE, "redrive sagas").await?;
     redrive(req).await
 }
 
 /// Parked sagas: those that ran out of redrive attempts, with why.
 async fn parked_sagas(req: &Request) -> ApiResult {
-    require_admin(req, "see parked sagas").await?;
+    admin(req, SERVICE, "see parked sagas").await?;
     match query_param(req.uri().query(), "state").as_deref() {
         Some("parked") => {}
         _ => {
@@ -387,7 +385,7 @@ async fn parked_sagas(req: &Request) -> ApiResult {
 
 /// Restarts a parked saga: attempts start again and it is due now.
 async fn restart_saga(req: &Request, order_id: &str) -> ApiResult {
-    require_admin(req, "restart sagas").await?;
+    admin(req, SERVICE, "restart sagas").await?;
     let store = OrderStore::open().await?;
     if !store.restart(order_id, &now_rfc3339()).await? {
         return Err(Problem::conflict(format!(
@@ -403,7 +401,7 @@ async fn restart_saga(req: &Request, order_id: &str) -> ApiResult {
 /// Rebuilds every order's view from the event store, in batches on the
 /// following redrive runs (after a change to the view's shape).
 async fn rebuild_views(req: &Request) -> ApiResult {
-    require_admin(req, "rebuild the read model").await?;
+    admin(req, SERVICE, "rebuild the read model").await?;
     let marked = OrderStore::open().await?.mark_views_stale().await?;
     Ok(json(
         StatusCode::ACCEPTED,

@@ -1,10 +1,13 @@
 //! The payments service's HTTP routes (reached from the gateway only).
 
 use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
-use bazaar_service::caller;
+use bazaar_service::{admin, caller};
 use spin_sdk::http::Request;
 
 use bazaar_payment_store::Store;
+
+/// This service's name: the audience of the identity tokens it accepts.
+const SERVICE: &str = "payments";
 
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();
@@ -12,7 +15,10 @@ pub async fn route(req: Request) -> ApiResult {
     match (method, bazaar_api::segments(&path).as_slice()) {
         (Method::GET, ["health"]) => health().await,
         (Method::GET, ["api", "v1", "payments"]) => list(&req).await,
-        (Method::GET, ["internal", "metrics"]) => Store::open().await?.db().outbox_metrics().await,
+        (Method::GET, ["internal", "metrics"]) => {
+            admin(&req, SERVICE, "read the metrics").await?;
+            Store::open().await?.db().outbox_metrics().await
+        }
         (_, ["api", "v1", "payments"]) => Err(Problem::method_not_allowed("GET")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
     }
@@ -26,7 +32,7 @@ async fn health() -> ApiResult {
 /// An order's payments, for its owner or an administrator. Another user's
 /// order answers 404, as an unknown one would.
 async fn list(req: &Request) -> ApiResult {
-    let identity = caller(req).await?;
+    let identity = caller(req, SERVICE).await?;
     let order_id = query_param(req.uri().query(), "order_id")
         .filter(|id| !id.is_empty())
         .ok_or_else(|| Problem::bad_request("the `order_id` query parameter is required"))?;

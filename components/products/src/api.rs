@@ -2,12 +2,14 @@
 //! the orders service for prices).
 
 use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
-use bazaar_auth::Identity;
-use bazaar_service::{caller, json_body, now_rfc3339};
+use bazaar_service::{admin, json_body, now_rfc3339};
 use spin_sdk::http::Request;
 
 use crate::domain::{self, NewProduct, ProductPatch, StockLevel};
 use bazaar_product_store::Store;
+
+/// This service's name: the audience of the identity tokens it accepts.
+const SERVICE: &str = "products";
 
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();
@@ -18,24 +20,16 @@ pub async fn route(req: Request) -> ApiResult {
         (Method::POST, ["api", "v1", "products"]) => create(req).await,
         (Method::GET, ["api", "v1", "products", id]) => get(id).await,
         (Method::POST, ["internal", "products", "lookup"]) => lookup(req).await,
-        (Method::GET, ["internal", "metrics"]) => Store::open().await?.db().outbox_metrics().await,
+        (Method::GET, ["internal", "metrics"]) => {
+            admin(&req, SERVICE, "read the metrics").await?;
+            Store::open().await?.db().outbox_metrics().await
+        }
         (Method::PATCH, ["api", "v1", "products", id]) => update(id, req).await,
         (Method::PUT, ["api", "v1", "products", id, "stock"]) => set_stock(id, req).await,
         (_, ["api", "v1", "products"]) => Err(Problem::method_not_allowed("GET, POST")),
         (_, ["api", "v1", "products", _]) => Err(Problem::method_not_allowed("GET, PATCH")),
         (_, ["api", "v1", "products", _, "stock"]) => Err(Problem::method_not_allowed("PUT")),
         _ => Err(Problem::not_found(format!("no route for {path}"))),
-    }
-}
-
-async fn admin(req: &Request) -> Result<Identity, Problem> {
-    let identity = caller(req).await?;
-    if identity.is_admin() {
-        Ok(identity)
-    } else {
-        Err(Problem::forbidden(
-            "only administrators may change the catalogue",
-        ))
     }
 }
 
@@ -95,7 +89,7 @@ async fn get(id: &str) -> ApiResult {
 }
 
 async fn create(req: Request) -> ApiResult {
-    admin(&req).await?;
+    admin(&req, SERVICE, "change the catalogue").await?;
     let product = json_body::<NewProduct>(req).await?.validate()?;
     if !Store::open()
         .await?
@@ -111,7 +105,7 @@ async fn create(req: Request) -> ApiResult {
 }
 
 async fn update(id: &str, req: Request) -> ApiResult {
-    admin(&req).await?;
+    admin(&req, SERVICE, "change the catalogue").await?;
     let patch: ProductPatch = json_body(req).await?;
     let store = Store::open().await?;
     let current = store
@@ -124,7 +118,7 @@ async fn update(id: &str, req: Request) -> ApiResult {
 }
 
 async fn set_stock(id: &str, req: Request) -> ApiResult {
-    admin(&req).await?;
+    admin(&req, SERVICE, "change the catalogue").await?;
     let available = json_body::<StockLevel>(req).await?.validate()?;
     let store = Store::open().await?;
     if !store.set_stock(id, available, &now_rfc3339()).await? {

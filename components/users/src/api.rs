@@ -2,13 +2,15 @@
 
 use bazaar_api::{ApiResult, Method, Problem, StatusCode, json};
 use bazaar_auth::{ACCESS_AUDIENCE, Identity};
-use bazaar_service::{caller, json_body, now_rfc3339, setting};
+use bazaar_service::{caller, json_body, now_rfc3339, setting, setting_as};
 use serde::{Deserialize, Serialize};
 use spin_sdk::http::Request;
-use std::sync::OnceLock;
 
 use crate::domain::{self, Registration, User};
 use crate::store::{Store, StoredUser};
+
+/// This service's name: the audience of the identity tokens it accepts.
+const SERVICE: &str = "users";
 
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();
@@ -38,7 +40,7 @@ async fn register(req: Request) -> ApiResult {
         id: uuid::Uuid::now_v7().to_string(),
         email: valid.email,
         name: valid.name,
-        password_hash: domain::hash_password(&valid.password)?,
+        password_hash: domain::hash_password(&valid.password, hash_cost().await?)?,
         created_at: now_rfc3339(),
     };
     let store = Store::open().await?;
@@ -64,20 +66,28 @@ struct AccessToken {
 }
 
 /// Exchanges credentials for an access token. A wrong password and an
-/// unknown email get the same answer, after the same work.
+/// unknown email get the same answer, after the same work: one Argon2id
+/// computation at the configured cost.
 async fn token(req: Request) -> ApiResult {
     let credentials: Credentials = json_body(req).await?;
+    let cost = hash_cost().await?;
     let store = Store::open().await?;
     let user = store
         .by_email_key(&domain::email_key(&credentials.email))
         .await?;
-    let hash = user
-        .as_ref()
-        .map_or_else(|| decoy_hash(), |u| u.password_hash.as_str());
-    let matches = domain::password_matches(&credentials.password, hash);
     let user = match user {
-        Some(user) if matches => user,
-        _ => return Err(Problem::unauthorized("invalid email or password")),
+        Some(user) if domain::password_matches(&credentials.password, &user.password_hash) => {
+            if !domain::hashed_at(&user.password_hash, cost) {
+                let rehashed = domain::hash_password(&credentials.password, cost)?;
+                store.set_password_hash(&user.id, &rehashed).await?;
+            }
+            user
+        }
+        Some(_) => return Err(Problem::unauthorized("invalid email or password")),
+        None => {
+            domain::check_against_nobody(&credentials.password, cost)?;
+            return Err(Problem::unauthorized("invalid email or password"));
+        }
     };
     let identity = Identity {
         sub: user.id.clone(),
@@ -105,18 +115,17 @@ async fn token(req: Request) -> ApiResult {
     ))
 }
 
-/// A valid hash of nothing anyone knows, checked when the email is unknown
-/// so that the response time does not reveal which emails exist.
-fn decoy_hash() -> &'static str {
-    static DECOY: OnceLock<String> = OnceLock::new();
-    DECOY.get_or_init(|| {
-        let random = uuid::Uuid::now_v7().to_string();
-        domain::hash_password(&random).unwrap_or_default()
+/// Argon2id's cost, from the `argon2_*` variables.
+async fn hash_cost() -> Result<domain::HashCost, Problem> {
+    Ok(domain::HashCost {
+        memory_kib: setting_as("argon2_memory_kib").await?,
+        iterations: setting_as("argon2_iterations").await?,
+        parallelism: setting_as("argon2_parallelism").await?,
     })
 }
 
 async fn me(req: &Request) -> ApiResult {
-    let identity = caller(req).await?;
+    let identity = caller(req, SERVICE).await?;
     let store = Store::open().await?;
     let user = store
         .by_id(&identity.sub)

@@ -1,8 +1,8 @@
 //! Users and their rules, free of I/O: what a valid registration is, how
 //! passwords are hashed, who is an admin.
 
-use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash};
+use argon2::{Algorithm, Argon2, Params, Version};
 use bazaar_api::Problem;
 use bazaar_auth::{ADMIN_ROLE, CUSTOMER_ROLE};
 use serde::{Deserialize, Serialize};
@@ -107,12 +107,60 @@ pub fn roles(email: &str, admin_emails: &str) -> Vec<String> {
     roles
 }
 
-/// Argon2id with the crate's defaults (OWASP's recommended parameters) and a
-/// random salt, as a PHC string that records its own parameters.
-pub fn hash_password(password: &str) -> Result<String, Problem> {
-    Argon2::default()
+/// Argon2id's cost (the `argon2_*` variables). The defaults are OWASP's
+/// Password Storage Cheat Sheet's first configuration for Argon2id: 19 MiB
+/// of memory, 2 passes, 1 lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl HashCost {
+    fn argon2(&self) -> Result<Argon2<'static>, Problem> {
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| {
+                eprintln!(
+                    "variables argon2_memory_kib, argon2_iterations, argon2_parallelism: {e}"
+                );
+                Problem::internal("the service is misconfigured")
+            })?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+/// Argon2id at `cost` with a random salt, as a PHC string that records its
+/// own parameters (so changing the cost does not lock anyone out).
+pub fn hash_password(password: &str, cost: HashCost) -> Result<String, Problem> {
+    cost.argon2()?
         .hash_password(password.as_bytes())
         .map(|hash| hash.to_string())
+        .map_err(|e| Problem::internal(format!("cannot hash the password: {e}")))
+}
+
+/// Whether `phc` was made at `cost` (else a login rehashes the password,
+/// so that every account's check costs the same as an unknown email's).
+pub fn hashed_at(phc: &str, cost: HashCost) -> bool {
+    PasswordHash::new(phc)
+        .ok()
+        .and_then(|hash| Params::try_from(&hash).ok())
+        .is_some_and(|params| {
+            (params.m_cost(), params.t_cost(), params.p_cost())
+                == (cost.memory_kib, cost.iterations, cost.parallelism)
+        })
+}
+
+/// The work of checking `password` against a hash made at `cost`, for a
+/// login whose email nobody registered: one Argon2id computation with the
+/// same parameters, under a fixed salt, whose result is thrown away. So
+/// the answer for an unknown email takes as long as for a wrong password,
+/// on every request (no per-instance decoy to compute first).
+pub fn check_against_nobody(password: &str, cost: HashCost) -> Result<(), Problem> {
+    const SALT: &[u8] = b"bazaar-unknown-email-salt";
+    let mut output = [0u8; 32];
+    cost.argon2()?
+        .hash_password_into(password.as_bytes(), SALT, &mut output)
         .map_err(|e| Problem::internal(format!("cannot hash the password: {e}")))
 }
 
@@ -181,12 +229,45 @@ mod tests {
         assert_eq!(roles("ada@shop.test", ""), ["customer"]);
     }
 
+    const CHEAP: HashCost = HashCost {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
     #[test]
     fn passwords_verify_against_their_hash_only() {
-        let phc = hash_password("correct horse").unwrap();
-        assert!(phc.starts_with("$argon2id$"));
+        let phc = hash_password("correct horse", CHEAP).unwrap();
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
         assert!(password_matches("correct horse", &phc));
         assert!(!password_matches("wrong horse", &phc));
         assert!(!password_matches("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn a_hash_knows_its_cost() {
+        let phc = hash_password("correct horse", CHEAP).unwrap();
+        assert!(hashed_at(&phc, CHEAP));
+        let dearer = HashCost {
+            iterations: 2,
+            ..CHEAP
+        };
+        assert!(!hashed_at(&phc, dearer));
+        assert!(!hashed_at("not a hash", CHEAP));
+    }
+
+    #[test]
+    fn an_unknown_email_costs_one_hash_at_the_current_cost() {
+        assert!(check_against_nobody("anything", CHEAP).is_ok());
+        let impossible = HashCost {
+            memory_kib: 1,
+            ..CHEAP
+        };
+        assert_eq!(
+            check_against_nobody("anything", impossible)
+                .unwrap_err()
+                .status,
+            500
+        );
     }
 }

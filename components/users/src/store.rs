@@ -53,6 +53,21 @@ impl Store {
         Ok(self.0.changes().await == 1)
     }
 
+    /// Replaces a user's password hash (after a login, with the current
+    /// cost).
+    pub async fn set_password_hash(&self, id: &str, password_hash: &str) -> Result<(), Problem> {
+        self.0
+            .rows(
+                "UPDATE users SET password_hash = ? WHERE id = ?",
+                vec![
+                    Value::Text(password_hash.to_string()),
+                    Value::Text(id.to_string()),
+                ],
+            )
+            .await
+            .map(drop)
+    }
+
     pub async fn by_email_key(&self, email_key: &str) -> Result<Option<StoredUser>, Problem> {
         self.one("email_key", email_key).await
     }

@@ -31,6 +31,7 @@ async fn on_message(message: Vec<u8>) -> Result<(), String> {
         causation_id: Some(envelope.id.clone()),
         traceparent: envelope.traceparent.clone(),
         idempotency: None,
+        card_token: None,
         reply_timeout: reply_timeout().await.map_err(|p| p.detail)?,
     };
     let recorded = store

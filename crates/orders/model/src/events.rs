@@ -12,8 +12,8 @@ pub struct LineItem {
     pub unit_price_cents: i64,
 }
 
-/// `order.placed` v1: prices are snapshotted; the card token travels on to
-/// the payment step.
+/// `order.placed` v1: prices are snapshotted. The card token is not part of
+/// it: it is kept with the saga until the charge is sent (see the store).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderPlaced {
@@ -21,7 +21,6 @@ pub struct OrderPlaced {
     pub items: Vec<LineItem>,
     pub total_cents: i64,
     pub currency: String,
-    pub card_token: String,
 }
 
 /// `order.cancelled` v1.
@@ -81,12 +80,6 @@ impl Event {
             Event::CancellationRequested => "order.cancellation_requested",
             Event::Cancelled(_) => "order.cancelled",
         }
-    }
-
-    /// The event's data as it may leave the orders service (API, public
-    /// announcements): without the card token.
-    pub fn public_data(&self) -> serde_json::Value {
-        public_data(self.data())
     }
 
     pub fn data(&self) -> serde_json::Value {
@@ -167,16 +160,6 @@ impl StoredEvent {
 
     /// The API's view of one event: `{seq, type, data, at}`.
     pub fn to_api(&self) -> serde_json::Value {
-        let data = public_data(self.data.clone());
-        serde_json::json!({ "seq": self.seq, "type": self.kind, "data": data, "at": self.occurred_at })
+        serde_json::json!({ "seq": self.seq, "type": self.kind, "data": self.data, "at": self.occurred_at })
     }
-}
-
-/// The card token is the payment step's business only: it travels in the
-/// charge command and nowhere else outside the event store.
-fn public_data(mut data: serde_json::Value) -> serde_json::Value {
-    if let Some(object) = data.as_object_mut() {
-        object.remove("card_token");
-    }
-    data
 }

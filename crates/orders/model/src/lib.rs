@@ -66,8 +66,6 @@ pub struct SagaState {
     /// must also undo a charge that may still succeed.
     #[serde(default)]
     pub charge_requested: bool,
-    /// The card token to charge, from `order.placed`.
-    pub card_token: String,
     /// When the last event was recorded (RFC 3339).
     pub last_event_at: String,
 }
@@ -116,10 +114,7 @@ impl Order {
                     currency: placed.currency,
                     created_at: stored.occurred_at.clone(),
                     version: 0,
-                    saga: SagaState {
-                        card_token: placed.card_token,
-                        ..SagaState::default()
-                    },
+                    saga: SagaState::default(),
                 },
                 (None, other) => {
                     return Err(format!("order {order_id} starts with {}", other.kind()));
@@ -212,7 +207,6 @@ mod tests {
                 }],
                 total_cents: 500,
                 currency: "EUR".into(),
-                card_token: "tok_ok".into(),
             }),
             "2026-11-26T06:00:00Z",
         )

@@ -2,6 +2,7 @@
 
 use bazaar_api::Problem;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
 pub const MAX_ITEMS: usize = 100;
@@ -68,10 +69,14 @@ impl NewOrder {
         Ok(())
     }
 
-    /// The request in canonical form, to tell a retry (same key, same body)
-    /// from a reuse of the key for another order.
+    /// A digest of the request in canonical form, to tell a retry (same
+    /// key, same body) from a reuse of the key for another order. A
+    /// digest, so that the card token is not stored with the key.
     pub fn fingerprint(&self) -> String {
-        serde_json::to_string(self).expect("a parsed order always serialises")
+        let canonical = serde_json::to_string(self).expect("a parsed order always serialises");
+        let digest = Sha256::digest(canonical.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
     }
 }
 
@@ -121,5 +126,8 @@ mod tests {
             a.fingerprint(),
             order(&[("p-1", 2)], "tok_ok").fingerprint()
         );
+        let other_card = order(&[("p-1", 1)], "tok_other");
+        assert_ne!(a.fingerprint(), other_card.fingerprint());
+        assert!(!a.fingerprint().contains("tok_ok"), "{}", a.fingerprint());
     }
 }

@@ -288,7 +288,6 @@ mod tests {
             }],
             total_cents: 100,
             currency: "EUR".into(),
-            card_token: "tok_ok".into(),
         });
         let stored: Vec<StoredEvent> = std::iter::once(&placed)
             .chain(events)

@@ -78,6 +78,24 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         statements: SAGA_DEADLINES,
     },
+    Migration {
+        version: 6,
+        statements: CARD_TOKENS_WITH_THE_SAGA,
+    },
+];
+
+/// The sixth migration: card tokens leave the event store. A token is kept
+/// on its saga's row only until the saga settles, for the charge (and its
+/// re-sends); an idempotency key keeps a digest of its request, not the
+/// request (older keys keep their request without the token).
+const CARD_TOKENS_WITH_THE_SAGA: &[&str] = &[
+    "ALTER TABLE sagas ADD COLUMN card_token TEXT",
+    "UPDATE sagas SET card_token = (SELECT json_extract(data, '$.card_token') FROM events
+        WHERE events.order_id = sagas.order_id AND events.seq = 1) WHERE settled = 0",
+    "UPDATE events SET data = json_remove(data, '$.card_token')
+        WHERE type = 'order.placed' AND json_extract(data, '$.card_token') IS NOT NULL",
+    "UPDATE idempotency_keys SET fingerprint = json_remove(fingerprint, '$.payment.card_token')
+        WHERE json_valid(fingerprint)",
 ];
 
 /// The fourth migration: the read model moves into this database, written
@@ -121,6 +139,9 @@ pub struct Cause<'a> {
     pub traceparent: Option<String>,
     /// Only for a new order.
     pub idempotency: Option<IdempotencyKey<'a>>,
+    /// Only for a new order: the card to charge, kept with the saga (never
+    /// in an event) until it settles.
+    pub card_token: Option<&'a str>,
     /// How long to wait for a step's answer before redriving.
     pub reply_timeout: f64,
 }
@@ -320,14 +341,26 @@ impl OrderStore {
         for (seq, event) in (version + 1..).zip(&decision.events) {
             outbox.push(announcement(order_id, event, seq, now, &cause));
         }
+        let card_token = match cause.card_token {
+            Some(token) => Some(token.to_string()),
+            None if decision.commands.contains(&Command::Charge) => {
+                Some(self.card_token(order_id).await?)
+            }
+            None => None,
+        };
         for command in &decision.commands {
-            outbox.push(command_message(&after, *command, now, &cause));
+            outbox.push(command_message(
+                &after,
+                *command,
+                now,
+                &cause,
+                card_token.as_deref(),
+            ));
         }
         self.0.enqueue_all(&outbox).await?;
         if !decision.events.is_empty() {
             self.write_view(&after).await?;
-            self.write_saga(&after, decision.wake, now, cause.reply_timeout)
-                .await?;
+            self.write_saga(&after, decision.wake, now, &cause).await?;
         }
         if let Some(key) = cause.idempotency {
             self.rows(
@@ -404,40 +437,69 @@ impl OrderStore {
         .map(drop)
     }
 
-    /// The saga's bookkeeping after new events: how far it is, and when it
-    /// must act on its own if no answer comes.
+    /// The saga's bookkeeping after new events: how far it is, when it
+    /// must act on its own if no answer comes, and the card token while it
+    /// may still have to charge (erased when it settles).
     async fn write_saga(
         &self,
         order: &Order,
         wake: Wake,
         now: &str,
-        reply_timeout: f64,
+        cause: &Cause<'_>,
     ) -> Result<(), Problem> {
         let settled = Value::Integer(i64::from(saga::settled(order)));
         let version = Value::Integer(order.version);
         let next = match wake {
             Wake::Keep => None,
             Wake::Never => Some(Value::Null),
-            Wake::AfterReplyTimeout => Some(text(&seconds_from_now_rfc3339(reply_timeout))),
+            Wake::AfterReplyTimeout => Some(text(&seconds_from_now_rfc3339(cause.reply_timeout))),
             Wake::AfterSeconds(seconds) => Some(text(&seconds_from_now_rfc3339(seconds as f64))),
         };
         match next {
             // Progress: a fresh deadline, attempts start again, unparked.
             Some(next) => self.rows(
-                "INSERT INTO sagas (order_id, settled, activity_at, version, projected, attempts, next_attempt_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5)
+                "INSERT INTO sagas (order_id, settled, activity_at, version, projected, attempts, next_attempt_at, card_token)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5, CASE WHEN ?2 = 1 THEN NULL ELSE ?6 END)
                  ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at,
                  version = excluded.version, projected = excluded.projected, attempts = 0,
-                 next_attempt_at = excluded.next_attempt_at, parked_at = NULL, last_error = NULL",
-                vec![text(&order.id), settled, text(now), version, next],
+                 next_attempt_at = excluded.next_attempt_at, parked_at = NULL, last_error = NULL,
+                 card_token = CASE WHEN excluded.settled = 1 THEN NULL
+                                   ELSE coalesce(excluded.card_token, sagas.card_token) END",
+                vec![
+                    text(&order.id),
+                    settled,
+                    text(now),
+                    version,
+                    next,
+                    cause.card_token.map_or(Value::Null, text),
+                ],
             ),
             None => self.rows(
-                "UPDATE sagas SET settled = ?2, activity_at = ?3, version = ?4, projected = ?4 WHERE order_id = ?1",
+                "UPDATE sagas SET settled = ?2, activity_at = ?3, version = ?4, projected = ?4,
+                 card_token = CASE WHEN ?2 = 1 THEN NULL ELSE card_token END WHERE order_id = ?1",
                 vec![text(&order.id), settled, text(now), version],
             ),
         }
         .await
         .map(drop)
+    }
+
+    /// The card to charge for an open saga.
+    async fn card_token(&self, order_id: &str) -> Result<String, Problem> {
+        let rows = self
+            .rows(
+                "SELECT card_token FROM sagas WHERE order_id = ?",
+                vec![text(order_id)],
+            )
+            .await?;
+        rows.first()
+            .and_then(|row| row.get::<&str>(0))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Problem::internal(format!(
+                    "order {order_id}: a charge is due but its saga holds no card token"
+                ))
+            })
     }
 
     /// The user's orders from the read model, newest first, as one JSON
@@ -548,7 +610,8 @@ impl OrderStore {
         let commands = saga::outstanding(&order);
         if commands.is_empty() {
             self.rows(
-                "UPDATE sagas SET settled = ?, next_attempt_at = NULL WHERE order_id = ?",
+                "UPDATE sagas SET settled = ?1, next_attempt_at = NULL,
+                 card_token = CASE WHEN ?1 = 1 THEN NULL ELSE card_token END WHERE order_id = ?2",
                 vec![
                     Value::Integer(i64::from(saga::settled(&order))),
                     text(&order.id),
@@ -583,11 +646,17 @@ impl OrderStore {
             causation_id: Some(format!("redrive:{}:{attempt}", order.id)),
             traceparent: None,
             idempotency: None,
+            card_token: None,
             reply_timeout,
+        };
+        let card_token = if commands.contains(&Command::Charge) {
+            Some(self.card_token(&order.id).await?)
+        } else {
+            None
         };
         let outbox: Vec<OutboxMessage> = commands
             .iter()
-            .map(|c| command_message(&order, *c, now, &cause))
+            .map(|c| command_message(&order, *c, now, &cause, card_token.as_deref()))
             .collect();
         self.0.enqueue_all(&outbox).await?;
         let delay = saga::redrive_delay_seconds(
@@ -712,8 +781,15 @@ fn command_kind(command: Command) -> &'static str {
     }
 }
 
-/// The message carrying `command` for `order` to its step.
-fn command_message(order: &Order, command: Command, now: &str, cause: &Cause) -> OutboxMessage {
+/// The message carrying `command` for `order` to its step; a charge
+/// carries `card_token`, the only message that does.
+fn command_message(
+    order: &Order,
+    command: Command,
+    now: &str,
+    cause: &Cause,
+    card_token: Option<&str>,
+) -> OutboxMessage {
     let data = match command {
         Command::ReserveStock => serde_json::to_value(ReserveStock {
             items: order
@@ -729,7 +805,7 @@ fn command_message(order: &Order, command: Command, now: &str, cause: &Cause) ->
             user_id: order.user_id.clone(),
             amount_cents: order.total_cents,
             currency: order.currency.clone(),
-            card_token: order.saga.card_token.clone(),
+            card_token: card_token.unwrap_or_default().to_string(),
         }),
         Command::ReleaseStock | Command::Refund => Ok(serde_json::json!({})),
     };
@@ -762,7 +838,7 @@ fn announcement(
     now: &str,
     cause: &Cause,
 ) -> OutboxMessage {
-    let mut data = event.public_data();
+    let mut data = event.data();
     if let Some(object) = data.as_object_mut() {
         object.insert("seq".into(), seq.into());
     }

@@ -8,6 +8,10 @@
 //!   caller's identity only from this header, and only when its signature
 //!   checks out, so a request that reaches a service some other way (a
 //!   misconfigured deployment, a forged header) carries no identity at all.
+//!   Each one is good for one [`Hop`]: its audience names the service, and
+//!   it names the method and path it was minted for (`htm`, `htu`, as in
+//!   DPoP, RFC 9449), so a token seen by one service cannot be replayed
+//!   against another, or against another route of the same service.
 //!
 //! The two use different secrets and audiences, so neither can stand in for
 //! the other. Each secret can be rotated: tokens name their key (`kid`, a
@@ -79,12 +83,29 @@ impl Keys {
 pub const ISSUER: &str = "bazaar";
 /// Audience of tokens clients present to the gateway.
 pub const ACCESS_AUDIENCE: &str = "bazaar-api";
-/// Audience of tokens the gateway presents to the services.
-pub const IDENTITY_AUDIENCE: &str = "bazaar-services";
 /// Header carrying the identity token from the gateway to a service.
 pub const IDENTITY_HEADER: &str = "x-bazaar-identity";
-/// How long an identity token lives: one hop, so seconds are plenty.
-pub const IDENTITY_TTL_SECONDS: u64 = 60;
+/// How long an identity token lives. It covers one hop, retries included,
+/// so it must outlast the longest upstream deadline (10 s by default) and
+/// no more.
+pub const IDENTITY_TTL_SECONDS: u64 = 15;
+
+/// The one request an identity token is for.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The service's name (`orders`): the token's audience is
+    /// `bazaar-services/<service>`.
+    pub service: &'a str,
+    pub method: &'a str,
+    /// Path and query, as the service receives them.
+    pub path: &'a str,
+}
+
+impl Hop<'_> {
+    fn audience(&self) -> String {
+        format!("bazaar-services/{}", self.service)
+    }
+}
 
 pub const ADMIN_ROLE: &str = "admin";
 pub const CUSTOMER_ROLE: &str = "customer";
@@ -99,6 +120,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The gateway itself, calling a service's internal route on its own
+    /// account (metrics, a scheduled redrive): an administrator.
+    pub fn gateway() -> Identity {
+        Identity {
+            sub: "bazaar-gateway".into(),
+            email: String::new(),
+            roles: vec![ADMIN_ROLE.into()],
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == ADMIN_ROLE)
     }
@@ -112,6 +143,11 @@ struct Claims {
     aud: String,
     iat: u64,
     exp: u64,
+    /// Identity tokens only: the method and path they were minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    htm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    htu: Option<String>,
 }
 
 /// Why a token was refused; deliberately coarse, since clients are told no
@@ -131,7 +167,7 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-/// Signs `identity` with the current key for `audience`, valid for
+/// Signs an access token for `identity` with the current key, valid for
 /// `ttl_seconds` from `now` (seconds since the Unix epoch).
 pub fn issue(
     keys: &Keys,
@@ -140,13 +176,38 @@ pub fn issue(
     now: u64,
     ttl_seconds: u64,
 ) -> String {
-    let claims = Claims {
-        identity: identity.clone(),
-        iss: ISSUER.into(),
-        aud: audience.into(),
-        iat: now,
-        exp: now + ttl_seconds,
-    };
+    sign(
+        keys,
+        Claims {
+            identity: identity.clone(),
+            iss: ISSUER.into(),
+            aud: audience.into(),
+            iat: now,
+            exp: now + ttl_seconds,
+            htm: None,
+            htu: None,
+        },
+    )
+}
+
+/// Signs an identity token for `identity`, good for `hop` only, for
+/// [`IDENTITY_TTL_SECONDS`] from `now`.
+pub fn issue_identity(keys: &Keys, hop: &Hop<'_>, identity: &Identity, now: u64) -> String {
+    sign(
+        keys,
+        Claims {
+            identity: identity.clone(),
+            iss: ISSUER.into(),
+            aud: hop.audience(),
+            iat: now,
+            exp: now + IDENTITY_TTL_SECONDS,
+            htm: Some(hop.method.into()),
+            htu: Some(hop.path.into()),
+        },
+    )
+}
+
+fn sign(keys: &Keys, claims: Claims) -> String {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(keys.current.id.clone());
     jsonwebtoken::encode(
@@ -157,9 +218,29 @@ pub fn issue(
     .expect("HS256 signing of serialisable claims cannot fail")
 }
 
-/// Checks signature (with the key the token names), issuer, audience and
-/// expiry (against the clock).
+/// Checks an access token's signature (with the key the token names),
+/// issuer, audience and expiry (against the clock).
 pub fn verify(keys: &Keys, audience: &str, token: &str) -> Result<Identity, TokenError> {
+    decode(keys, audience, token).map(|claims| claims.identity)
+}
+
+/// Checks an identity token as [`verify`] does, and that it was minted for
+/// this very `hop`.
+pub fn verify_identity(keys: &Keys, hop: &Hop<'_>, token: &str) -> Result<Identity, TokenError> {
+    let claims = decode(keys, &hop.audience(), token)?;
+    if claims.htm.as_deref() != Some(hop.method) || claims.htu.as_deref() != Some(hop.path) {
+        return Err(TokenError::Invalid(format!(
+            "minted for {} {}, not {} {}",
+            claims.htm.as_deref().unwrap_or("no method"),
+            claims.htu.as_deref().unwrap_or("no path"),
+            hop.method,
+            hop.path
+        )));
+    }
+    Ok(claims.identity)
+}
+
+fn decode(keys: &Keys, audience: &str, token: &str) -> Result<Claims, TokenError> {
     let header =
         jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
     let key = header
@@ -174,7 +255,7 @@ pub fn verify(keys: &Keys, audience: &str, token: &str) -> Result<Identity, Toke
     validation.set_issuer(&[ISSUER]);
     validation.leeway = 0;
     jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key.secret), &validation)
-        .map(|data| data.claims.identity)
+        .map(|data| data.claims)
         .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid(e.to_string()),
@@ -235,7 +316,7 @@ mod tests {
             Err(TokenError::Invalid(_))
         ));
         assert!(matches!(
-            verify(&k, IDENTITY_AUDIENCE, &token),
+            verify(&k, "bazaar-services/orders", &token),
             Err(TokenError::Invalid(_))
         ));
         let old = issue(&k, ACCESS_AUDIENCE, &alice(), now() - 120, 60);
@@ -244,6 +325,48 @@ mod tests {
             verify(&k, ACCESS_AUDIENCE, "not.a.jwt"),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn an_identity_token_is_good_for_one_service_method_and_path() {
+        let k = keys(SECRET, "");
+        let hop = Hop {
+            service: "orders",
+            method: "POST",
+            path: "/api/v1/orders/o-1/cancel",
+        };
+        let token = issue_identity(&k, &hop, &alice(), now());
+        assert_eq!(verify_identity(&k, &hop, &token), Ok(alice()));
+        for other in [
+            Hop {
+                service: "payments",
+                ..hop
+            },
+            Hop {
+                method: "GET",
+                ..hop
+            },
+            Hop {
+                path: "/api/v1/orders/o-2/cancel",
+                ..hop
+            },
+        ] {
+            assert!(
+                matches!(
+                    verify_identity(&k, &other, &token),
+                    Err(TokenError::Invalid(_))
+                ),
+                "{other:?}"
+            );
+        }
+        // An access token is no identity token, even with the right audience.
+        let access = issue(&k, "bazaar-services/orders", &alice(), now(), 60);
+        assert!(matches!(
+            verify_identity(&k, &hop, &access),
+            Err(TokenError::Invalid(_))
+        ));
+        let old = issue_identity(&k, &hop, &alice(), now() - IDENTITY_TTL_SECONDS - 1);
+        assert_eq!(verify_identity(&k, &hop, &old), Err(TokenError::Expired));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! and `bazaar-auth`, where they are tested natively.
 
 use bazaar_api::{Problem, parse_json};
-use bazaar_auth::{IDENTITY_AUDIENCE, IDENTITY_HEADER, Identity, Keys};
+use bazaar_auth::{Hop, IDENTITY_HEADER, Identity, Keys};
 use serde::de::DeserializeOwned;
 use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
@@ -94,24 +94,36 @@ async fn keys(variable: &str, previous: &str) -> Result<Keys, Problem> {
     })
 }
 
-/// The caller, as the gateway vouches for it in the identity header.
-pub async fn caller(req: &Request) -> Result<Identity, Problem> {
+/// The caller, as the gateway vouches for it in the identity header: a
+/// token minted for `service` and for this request's method and path.
+pub async fn caller(req: &Request, service: &str) -> Result<Identity, Problem> {
     let token = header(req, IDENTITY_HEADER).ok_or_else(|| {
         Problem::unauthorized("authentication required: send a Bearer access token")
     })?;
-    bazaar_auth::verify(
+    let hop = Hop {
+        service,
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+    };
+    bazaar_auth::verify_identity(
         &verifying_keys("identity_token_secret").await?,
-        IDENTITY_AUDIENCE,
+        &hop,
         &token,
     )
     .map_err(|e| Problem::unauthorized(format!("the caller's identity could not be verified: {e}")))
 }
 
-/// The caller if the request carries an identity; `None` if anonymous.
-pub async fn optional_caller(req: &Request) -> Result<Option<Identity>, Problem> {
-    match header(req, IDENTITY_HEADER) {
-        None => Ok(None),
-        Some(_) => caller(req).await.map(Some),
+/// The caller, who must be an administrator (the gateway's own calls to
+/// internal routes carry [`bazaar_auth::Identity::gateway`]): "only
+/// administrators may `what`" otherwise.
+pub async fn admin(req: &Request, service: &str, what: &str) -> Result<Identity, Problem> {
+    let identity = caller(req, service).await?;
+    if identity.is_admin() {
+        Ok(identity)
+    } else {
+        Err(Problem::forbidden(format!(
+            "only administrators may {what}"
+        )))
     }
 }
 
