@@ -212,10 +212,22 @@ async fn redrive_prunes_what_is_past_retention() {
     let admin = app.admin().await;
     let product = app.product(&admin, "LAMP", 4000, 5).await;
     let alice = app.user("alice@shop.test").await;
-    let id = place(&app, &alice, &product, "tok_ok").await;
+    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let placed = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))
+                .header("idempotency-key", "prune-me")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(placed.status, 202, "{}", placed.body);
+    let id = placed.body["id"].as_str().unwrap().to_string();
     wait_for(&app, &alice, &id, "confirmed").await;
     let kept = redrive(&app, &admin, "").await;
-    assert_eq!(kept["pruned"], json!({ "outbox": 0, "consumed": 0 }));
+    assert_eq!(
+        kept["pruned"],
+        json!({ "outbox": 0, "consumed": 0, "idempotency_keys": 0 })
+    );
     let bad = app
         .post(
             "/api/v1/admin/saga/redrive?retention_seconds=-1",
@@ -227,16 +239,18 @@ async fn redrive_prunes_what_is_past_retention() {
     // The order's announcements and commands (placed, reserve, reserved,
     // charge, charged, confirmed: 6) and the two replies it consumed. The
     // last publication may trail the commit the status showed: sum runs.
-    let (mut outbox, mut consumed) = (0, 0);
+    let (mut outbox, mut consumed, mut keys) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(20);
     while outbox < 6 {
         let pruned = redrive(&app, &admin, "?retention_seconds=0").await;
         outbox += pruned["pruned"]["outbox"].as_u64().unwrap();
         consumed += pruned["pruned"]["consumed"].as_u64().unwrap();
+        keys += pruned["pruned"]["idempotency_keys"].as_u64().unwrap();
         assert!(
             Instant::now() < deadline,
             "pruned only {outbox} outbox rows"
         );
     }
-    assert_eq!((outbox, consumed), (6, 2));
+    // The order's Idempotency-Key: kept until retention, then gone.
+    assert_eq!((outbox, consumed, keys), (6, 2, 1));
 }

@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         statements: CARD_TOKENS_WITH_THE_SAGA,
     },
+    Migration {
+        version: 7,
+        // Idempotency keys are pruned by age, like consumed message ids.
+        statements: &["CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at)"],
+    },
 ];
 
 /// The sixth migration: card tokens leave the event store. A token is kept
@@ -122,6 +127,14 @@ const SAGA_DEADLINES: &[&str] = &[
     "CREATE INDEX sagas_parked ON sagas (parked_at) WHERE parked_at IS NOT NULL",
     "CREATE INDEX sagas_unprojected ON sagas (order_id) WHERE projected < version",
 ];
+
+/// What a prune of the orders database deleted.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct OrdersPruned {
+    #[serde(flatten)]
+    pub messages: Pruned,
+    pub idempotency_keys: u64,
+}
 
 /// A client's idempotency key for a new order.
 pub struct IdempotencyKey<'a> {
@@ -539,8 +552,21 @@ impl OrderStore {
         self.0.relay_due(address, now).await
     }
 
-    pub async fn prune(&self, before: &str) -> Result<Pruned, Problem> {
-        self.0.prune(before).await
+    /// Deletes (a batch of) what is older than `before`: published
+    /// messages, consumed message ids, and idempotency keys (a retry after
+    /// the retention period places a new order).
+    pub async fn prune(&self, before: &str) -> Result<OrdersPruned, Problem> {
+        let messages = self.0.prune(before).await?;
+        self.rows(
+            "DELETE FROM idempotency_keys WHERE rowid IN
+             (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
+            vec![text(before), Value::Integer(bazaar_service::PRUNE_BATCH)],
+        )
+        .await?;
+        Ok(OrdersPruned {
+            messages,
+            idempotency_keys: self.0.changes().await,
+        })
     }
 
     /// Sagas past their deadline, most overdue first.

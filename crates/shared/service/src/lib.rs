@@ -16,7 +16,7 @@ mod deadline;
 mod messaging;
 mod step;
 pub use deadline::{Deadline, TIMEOUT_HEADER, within};
-pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, Pruned};
+pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, PRUNE_BATCH, Pruned};
 pub use step::{MESSAGE_RETENTION_SECONDS, Step, run_step};
 
 /// Reads and parses the request's JSON body.

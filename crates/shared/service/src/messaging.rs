@@ -25,7 +25,7 @@ pub const OUTBOX_LEASE_SECONDS: f64 = 10.0;
 const SWEEP_BATCH: i64 = 100;
 
 /// Rows pruned per call, so a prune never holds the writer for long.
-const PRUNE_BATCH: i64 = 1000;
+pub const PRUNE_BATCH: i64 = 1000;
 
 /// The tables of the transactional outbox and of idempotent consumption,
 /// for a service's first messaging migration.
