@@ -290,3 +290,54 @@ async fn password_hashing_cost_is_configured_and_logins_catch_up() {
     unknown.assert_problem(401);
     assert_eq!(wrong.body["detail"], unknown.body["detail"]);
 }
+
+/// #9 item 9: with `admin_bootstrap_token` set, an email in `admin_emails`
+/// grants nothing; only a registration presenting the token is admin.
+#[tokio::test]
+async fn in_production_only_the_bootstrap_token_makes_an_admin() {
+    const TOKEN: &str = "bootstrap-token-for-the-e2e-test";
+    let app = App::start_with(&[
+        ("SPIN_VARIABLE_ADMIN_EMAILS", "boss@prod.test"),
+        ("SPIN_VARIABLE_ADMIN_BOOTSTRAP_TOKEN", TOKEN),
+    ]);
+    let register = |email: &str, token: Option<&str>| {
+        let mut request = app.request(reqwest::Method::POST, "/api/v1/users", None);
+        if let Some(token) = token {
+            request = request.header("x-admin-bootstrap-token", token);
+        }
+        app.send(request.json(&json!({ "email": email, "name": "N", "password": PASSWORD })))
+    };
+    // The squatter who registers the listed address first is no admin.
+    let squatter = register("boss@prod.test", None).await;
+    assert_eq!(squatter.status, 201, "{}", squatter.body);
+    assert_eq!(squatter.body["roles"], json!(["customer"]));
+    let token = app.login("boss@prod.test").await;
+    app.post(
+        "/api/v1/products",
+        Some(&token),
+        json!({ "sku": "X", "name": "X", "price_cents": 1, "currency": "EUR", "stock": 1 }),
+    )
+    .await
+    .assert_problem(403);
+
+    let wrong = register("eve@prod.test", Some("guess")).await;
+    wrong.assert_problem(403);
+    let admin = register("ops@prod.test", Some(TOKEN)).await;
+    assert_eq!(admin.status, 201, "{}", admin.body);
+    assert_eq!(admin.body["roles"], json!(["customer", "admin"]));
+    let token = app.login("ops@prod.test").await;
+    let me = app.get("/api/v1/users/me", Some(&token)).await;
+    assert_eq!(me.body["roles"], json!(["customer", "admin"]));
+    app.product(&token, "LAMP", 100, 1).await;
+
+    // Without a configured token, presenting one is a mistake, said so.
+    let dev = App::start();
+    let reply = dev
+        .send(
+            dev.request(reqwest::Method::POST, "/api/v1/users", None)
+                .header("x-admin-bootstrap-token", "anything")
+                .json(&json!({ "email": "x@dev.test", "name": "X", "password": PASSWORD })),
+        )
+        .await;
+    reply.assert_problem(400);
+}

@@ -33,22 +33,43 @@ async fn health() -> ApiResult {
     Ok(bazaar_api::healthy("users"))
 }
 
+/// Header a registration presents the admin bootstrap token in.
+const BOOTSTRAP_HEADER: &str = "x-admin-bootstrap-token";
+
 async fn register(req: Request) -> ApiResult {
+    let presented = bazaar_service::header(&req, BOOTSTRAP_HEADER);
     let registration: Registration = json_body(req).await?;
     let valid = registration.validate()?;
+    let admin = match presented {
+        None => false,
+        Some(presented) => {
+            let configured = setting("admin_bootstrap_token").await?;
+            if configured.is_empty() {
+                return Err(Problem::bad_request(format!(
+                    "{BOOTSTRAP_HEADER}: no admin bootstrap token is configured"
+                )));
+            }
+            if !domain::bootstrap_token_matches(&configured, &presented) {
+                return Err(Problem::forbidden(format!(
+                    "{BOOTSTRAP_HEADER}: not the admin bootstrap token"
+                )));
+            }
+            true
+        }
+    };
     let user = StoredUser {
         id: uuid::Uuid::now_v7().to_string(),
         email: valid.email,
         name: valid.name,
         password_hash: domain::hash_password(&valid.password, hash_cost().await?)?,
         created_at: now_rfc3339(),
+        admin,
     };
     let store = Store::open().await?;
     if !store.insert(&user, &valid.email_key).await? {
         return Err(Problem::conflict("a user with this email already exists"));
     }
-    let admins = setting("admin_emails").await?;
-    Ok(json(StatusCode::CREATED, &public(&user, &admins)))
+    Ok(json(StatusCode::CREATED, &public(&user, &admins().await?)))
 }
 
 #[derive(Deserialize)]
@@ -92,7 +113,7 @@ async fn token(req: Request) -> ApiResult {
     let identity = Identity {
         sub: user.id.clone(),
         email: user.email.clone(),
-        roles: domain::roles(&user.email, &setting("admin_emails").await?),
+        roles: admins().await?.roles(&user.email, user.admin),
     };
     let ttl = setting("access_token_ttl_seconds")
         .await?
@@ -131,16 +152,23 @@ async fn me(req: &Request) -> ApiResult {
         .by_id(&identity.sub)
         .await?
         .ok_or_else(|| Problem::unauthorized("the token's user no longer exists"))?;
-    let admins = setting("admin_emails").await?;
-    Ok(json(StatusCode::OK, &public(&user, &admins)))
+    Ok(json(StatusCode::OK, &public(&user, &admins().await?)))
 }
 
-fn public(user: &StoredUser, admin_emails: &str) -> User {
+/// Who is an administrator, as the variables say.
+async fn admins() -> Result<domain::Admins, Problem> {
+    Ok(domain::Admins::from_settings(
+        &setting("admin_emails").await?,
+        &setting("admin_bootstrap_token").await?,
+    ))
+}
+
+fn public(user: &StoredUser, admins: &domain::Admins) -> User {
     User {
         id: user.id.clone(),
         email: user.email.clone(),
         name: user.name.clone(),
-        roles: domain::roles(&user.email, admin_emails),
+        roles: admins.roles(&user.email, user.admin),
         created_at: user.created_at.clone(),
     }
 }

@@ -92,19 +92,52 @@ fn is_plausible_email(email: &str) -> bool {
         && !email.chars().any(char::is_whitespace)
 }
 
-/// Roles follow the `admin_emails` setting at the time of asking, so
-/// granting or revoking admin needs no data migration.
-pub fn roles(email: &str, admin_emails: &str) -> Vec<String> {
-    let key = email_key(email);
-    let mut roles = vec![CUSTOMER_ROLE.to_string()];
-    if admin_emails
-        .split(',')
-        .map(email_key)
-        .any(|admin| !admin.is_empty() && admin == key)
-    {
-        roles.push(ADMIN_ROLE.to_string());
+/// Who is an administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admins {
+    /// Development and tests: whoever has an email in `admin_emails` (read
+    /// at the time of asking, so a change needs no data migration). Whoever
+    /// registers such an address first is admin: fine on a laptop, not on
+    /// the internet.
+    ByEmail(String),
+    /// Production (`admin_bootstrap_token` set): only users granted the
+    /// role when they registered, by presenting the token.
+    Granted,
+}
+
+impl Admins {
+    /// `admin_bootstrap_token` set means production: emails grant nothing.
+    pub fn from_settings(admin_emails: &str, bootstrap_token: &str) -> Admins {
+        if bootstrap_token.is_empty() {
+            Admins::ByEmail(admin_emails.to_string())
+        } else {
+            Admins::Granted
+        }
     }
-    roles
+
+    pub fn roles(&self, email: &str, granted_admin: bool) -> Vec<String> {
+        let by_email = match self {
+            Admins::ByEmail(list) => {
+                let key = email_key(email);
+                list.split(',')
+                    .map(email_key)
+                    .any(|admin| !admin.is_empty() && admin == key)
+            }
+            Admins::Granted => false,
+        };
+        let mut roles = vec![CUSTOMER_ROLE.to_string()];
+        if granted_admin || by_email {
+            roles.push(ADMIN_ROLE.to_string());
+        }
+        roles
+    }
+}
+
+/// Whether a registration's `presented` bootstrap token is the configured
+/// one, compared in constant time. An empty configuration matches nothing.
+pub fn bootstrap_token_matches(configured: &str, presented: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    !configured.is_empty() && bool::from(configured.as_bytes().ct_eq(presented.as_bytes()))
 }
 
 /// Argon2id's cost (the `argon2_*` variables). The defaults are OWASP's
@@ -221,12 +254,25 @@ mod tests {
     }
 
     #[test]
-    fn admins_come_from_the_setting() {
+    fn admins_come_from_the_emails_or_from_a_grant() {
+        let by_email = Admins::from_settings(" root@shop.test ,x@y.z", "");
         assert_eq!(
-            roles("Root@Shop.test", " root@shop.test ,x@y.z"),
+            by_email.roles("Root@Shop.test", false),
             ["customer", "admin"]
         );
-        assert_eq!(roles("ada@shop.test", ""), ["customer"]);
+        assert_eq!(by_email.roles("ada@shop.test", false), ["customer"]);
+        let granted = Admins::from_settings("root@shop.test", "a-bootstrap-token");
+        assert_eq!(granted, Admins::Granted);
+        assert_eq!(granted.roles("root@shop.test", false), ["customer"]);
+        assert_eq!(granted.roles("ada@shop.test", true), ["customer", "admin"]);
+    }
+
+    #[test]
+    fn bootstrap_tokens_match_exactly_and_never_when_unset() {
+        assert!(bootstrap_token_matches("t0ken", "t0ken"));
+        assert!(!bootstrap_token_matches("t0ken", "t0ke"));
+        assert!(!bootstrap_token_matches("t0ken", "t0ken "));
+        assert!(!bootstrap_token_matches("", ""));
     }
 
     const CHEAP: HashCost = HashCost {

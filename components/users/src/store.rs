@@ -4,9 +4,10 @@ use bazaar_api::Problem;
 use bazaar_service::{Database, Migration};
 use spin_sdk::sqlite::{RowResult, Value};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &["CREATE TABLE users (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &["CREATE TABLE users (
         id            TEXT PRIMARY KEY,
         email         TEXT NOT NULL,
         email_key     TEXT NOT NULL UNIQUE,
@@ -14,7 +15,13 @@ const MIGRATIONS: &[Migration] = &[Migration {
         password_hash TEXT NOT NULL,
         created_at    TEXT NOT NULL
     )"],
-}];
+    },
+    Migration {
+        version: 2,
+        // Granted at registration with the admin bootstrap token.
+        statements: &["ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0"],
+    },
+];
 
 /// A stored user, with what the API never shows.
 pub struct StoredUser {
@@ -23,6 +30,8 @@ pub struct StoredUser {
     pub name: String,
     pub password_hash: String,
     pub created_at: String,
+    /// Granted the administrator role (see `domain::Admins`).
+    pub admin: bool,
 }
 
 pub struct Store(Database);
@@ -38,8 +47,8 @@ impl Store {
     pub async fn insert(&self, user: &StoredUser, email_key: &str) -> Result<bool, Problem> {
         self.0
             .rows(
-                "INSERT INTO users (id, email, email_key, name, password_hash, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO NOTHING",
+                "INSERT INTO users (id, email, email_key, name, password_hash, created_at, admin)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (email_key) DO NOTHING",
                 vec![
                     Value::Text(user.id.clone()),
                     Value::Text(user.email.clone()),
@@ -47,6 +56,7 @@ impl Store {
                     Value::Text(user.name.clone()),
                     Value::Text(user.password_hash.clone()),
                     Value::Text(user.created_at.clone()),
+                    Value::Integer(i64::from(user.admin)),
                 ],
             )
             .await?;
@@ -78,7 +88,7 @@ impl Store {
 
     async fn one(&self, column: &str, value: &str) -> Result<Option<StoredUser>, Problem> {
         let sql = format!(
-            "SELECT id, email, name, password_hash, created_at FROM users WHERE {column} = ?"
+            "SELECT id, email, name, password_hash, created_at, admin FROM users WHERE {column} = ?"
         );
         let rows = self
             .0
@@ -100,5 +110,6 @@ fn row_to_user(row: &RowResult) -> StoredUser {
         name: text(2),
         password_hash: text(3),
         created_at: text(4),
+        admin: row.get::<i64>(5).unwrap_or_default() == 1,
     }
 }
