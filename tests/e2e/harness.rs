@@ -69,6 +69,19 @@ impl Reply {
         );
         self
     }
+
+    /// Asserts a 409 problem of the kind `kind` (its `type` is
+    /// `urn:bazaar:problem:<kind>`), so that clients can tell conflicts apart.
+    pub fn assert_conflict(&self, kind: &str) -> &Reply {
+        self.assert_problem(409);
+        assert_eq!(
+            self.body["type"],
+            format!("urn:bazaar:problem:{kind}"),
+            "{}",
+            self.body
+        );
+        self
+    }
 }
 
 /// The SQLite database labels of spin.toml, one per service.

@@ -137,7 +137,7 @@ async fn an_idempotency_key_returns_the_same_order() {
     shop.app
         .send(place(order_body(&[(&shop.mug, 2)]), "key-1"))
         .await
-        .assert_problem(409);
+        .assert_conflict("idempotency-key-reused");
     // Keys are per user: Bob's key-1 is his own.
     let bobs = shop
         .app
@@ -211,7 +211,7 @@ async fn the_event_stream_records_each_change() {
     // Asking twice is the same request, unless the first already finished
     // (refund and release are sent together and may both be done by now).
     if again.status != 202 {
-        again.assert_problem(409);
+        again.assert_conflict("order-cancelled");
         let now = shop
             .app
             .get(&format!("/api/v1/orders/{id}"), Some(&shop.alice))
@@ -227,7 +227,7 @@ async fn the_event_stream_records_each_change() {
             json!({}),
         )
         .await
-        .assert_problem(409);
+        .assert_conflict("order-cancelled");
 
     let events = shop
         .app

@@ -23,7 +23,7 @@ async fn admins_create_and_anyone_reads() {
         json!({ "sku": "MUG-1", "name": "Again", "price_cents": 1, "currency": "EUR", "stock": 1 });
     app.post("/api/v1/products", Some(&admin), duplicate)
         .await
-        .assert_problem(409);
+        .assert_conflict("sku-taken");
 }
 
 #[tokio::test]
@@ -86,16 +86,78 @@ async fn patch_and_stock_updates() {
         .json(&json!({ "sku": "X" }));
     app.send(unknown_field).await.assert_problem(422);
 
+    let read = app.get(&path, None).await;
+    let etag = read
+        .header("etag")
+        .expect("GET gives the product's ETag")
+        .to_string();
     let stock = app
         .request(reqwest::Method::PUT, &format!("{path}/stock"), Some(&admin))
+        .header("if-match", &etag)
         .json(&json!({ "available": 42 }));
     let reply = app.send(stock).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["stock_available"], 42, "{}", reply.body);
+    assert_ne!(
+        reply.header("etag"),
+        Some(etag.as_str()),
+        "a change moves the ETag"
+    );
     let negative = app
         .request(reqwest::Method::PUT, &format!("{path}/stock"), Some(&admin))
+        .header("if-match", reply.header("etag").unwrap())
         .json(&json!({ "available": -1 }));
     app.send(negative).await.assert_problem(422);
     assert_eq!(app.get(&path, None).await.body["stock_available"], 42);
+}
+
+/// #9 item 15: setting the stock from a stale read would undo the
+/// reservations made since, so `PUT /stock` needs `If-Match` and refuses a
+/// version a reservation has moved on from.
+#[tokio::test]
+async fn stock_is_set_only_against_the_version_read() {
+    let app = App::start();
+    let admin = app.admin().await;
+    let product = app.product(&admin, "INK-1", 300, 10).await;
+    let id = product["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/products/{id}");
+    let put = |if_match: Option<&str>, available: i64| {
+        let mut request = app.request(reqwest::Method::PUT, &format!("{path}/stock"), Some(&admin));
+        if let Some(tag) = if_match {
+            request = request.header("if-match", tag);
+        }
+        app.send(request.json(&json!({ "available": available })))
+    };
+    put(None, 15).await.assert_problem(428);
+    put(Some("7"), 15).await.assert_problem(400);
+
+    let read = app.get(&path, None).await;
+    let stale = read.header("etag").unwrap().to_string();
+    assert_eq!(read.body["stock_available"], 10);
+    // A customer's order reserves 3 meanwhile.
+    let alice = app.user("alice@ink.test").await;
+    let body = json!({ "items": [{ "product_id": id, "quantity": 3 }], "payment": { "card_token": "tok_ok" } });
+    let order = app.post("/api/v1/orders", Some(&alice), body).await;
+    assert_eq!(order.status, 202, "{}", order.body);
+    crate::saga::wait_for(
+        &app,
+        &alice,
+        order.body["id"].as_str().unwrap(),
+        "confirmed",
+    )
+    .await;
+
+    // "10 + 5" computed from the stale read would erase the reservation.
+    let refused = put(Some(&stale), 15).await;
+    refused.assert_problem(412);
+    let current = refused
+        .header("etag")
+        .expect("412 names the current ETag")
+        .to_string();
+    assert_eq!(app.get(&path, None).await.body["stock_available"], 7);
+    let reply = put(Some(&current), 12).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(app.get(&path, None).await.body["stock_available"], 12);
 }
 
 #[tokio::test]

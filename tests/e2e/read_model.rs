@@ -203,7 +203,7 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
             json!({}),
         )
         .await;
-    unknown.assert_problem(409);
+    unknown.assert_conflict("saga-not-parked");
 }
 
 #[tokio::test]

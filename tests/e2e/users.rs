@@ -18,7 +18,7 @@ async fn registration_returns_the_user_and_rejects_duplicates() {
     assert!(user.get("password").is_none() && user.get("password_hash").is_none());
 
     let again = app.register("ada@EXAMPLE.com", "Other Ada").await;
-    again.assert_problem(409);
+    again.assert_conflict("email-taken");
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 
 pub const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 pub const ALLOW_HEADERS: &str =
-    "authorization, content-type, idempotency-key, x-request-id, traceparent";
-pub const EXPOSE_HEADERS: &str = "location, x-request-id";
+    "authorization, content-type, idempotency-key, if-match, x-request-id, traceparent";
+pub const EXPOSE_HEADERS: &str = "location, etag, x-request-id";
 pub const MAX_AGE_SECONDS: &str = "600";
 
 #[derive(Debug, PartialEq, Eq)]

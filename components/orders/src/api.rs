@@ -1,6 +1,6 @@
 //! The orders service's HTTP routes (reached from the gateway only).
 
-use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
+use bazaar_api::{ApiResult, Conflict, Method, Problem, StatusCode, json, query_param};
 use bazaar_auth::Identity;
 use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent, saga};
 use bazaar_order_store::{
@@ -112,7 +112,10 @@ async fn place(req: Request) -> ApiResult {
     let recorded = store
         .record(&order_id, cause, |existing| {
             if existing.is_some() {
-                return Err(Problem::conflict("the order could not be recorded; retry"));
+                return Err(Problem::conflict(
+                    Conflict::ConcurrentChange,
+                    "the order could not be recorded; retry",
+                ));
             }
             let new_order = fold(&order_id, &[StoredEvent::new(1, &placed, &now)])?;
             Ok(saga::Decision {
@@ -131,7 +134,10 @@ async fn place(req: Request) -> ApiResult {
             let key = idempotency_key.unwrap_or_default();
             match replay(&store, &identity, &key, &fingerprint).await? {
                 Some(order) => accepted(&order),
-                None => Err(Problem::conflict("the order could not be recorded; retry")),
+                None => Err(Problem::conflict(
+                    Conflict::ConcurrentChange,
+                    "the order could not be recorded; retry",
+                )),
             }
         }
         Err(AppendError::Failed(problem)) => Err(problem),
@@ -155,6 +161,7 @@ async fn replay(
     let legacy = first_fingerprint.starts_with('{');
     if first_fingerprint != fingerprint && !legacy {
         return Err(Problem::conflict(
+            Conflict::IdempotencyKeyReused,
             "this Idempotency-Key was already used for a different order",
         ));
     }
@@ -388,9 +395,10 @@ async fn restart_saga(req: &Request, order_id: &str) -> ApiResult {
     admin(req, SERVICE, "restart sagas").await?;
     let store = OrderStore::open().await?;
     if !store.restart(order_id, &now_rfc3339()).await? {
-        return Err(Problem::conflict(format!(
-            "the saga of order {order_id} is not parked"
-        )));
+        return Err(Problem::conflict(
+            Conflict::SagaNotParked,
+            format!("the saga of order {order_id} is not parked"),
+        ));
     }
     Ok(json(
         StatusCode::ACCEPTED,

@@ -1,12 +1,14 @@
 //! The products service's HTTP routes (reached from the gateway, and from
 //! the orders service for prices).
 
-use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
+use bazaar_api::{
+    ApiResult, Conflict, Method, Problem, Response, StatusCode, header, json, query_param,
+};
 use bazaar_service::{admin, json_body, now_rfc3339};
 use spin_sdk::http::Request;
 
 use crate::domain::{self, NewProduct, ProductPatch, StockLevel};
-use bazaar_product_store::Store;
+use bazaar_product_store::{StockChange, Store};
 
 /// This service's name: the audience of the identity tokens it accepts.
 const SERVICE: &str = "products";
@@ -83,9 +85,17 @@ async fn list(req: &Request) -> ApiResult {
 
 async fn get(id: &str) -> ApiResult {
     match Store::open().await?.get(id).await? {
-        Some(product) => Ok(json(StatusCode::OK, &product)),
+        Some(product) => with_etag(json(StatusCode::OK, &product), product.version),
         None => Err(Problem::not_found(format!("no product {id}"))),
     }
+}
+
+fn with_etag(mut response: Response<String>, version: i64) -> ApiResult {
+    let value = domain::etag(version)
+        .parse()
+        .map_err(|_| Problem::internal("an ETag that is not a header value"))?;
+    response.headers_mut().insert("etag", value);
+    Ok(response)
 }
 
 async fn create(req: Request) -> ApiResult {
@@ -96,10 +106,10 @@ async fn create(req: Request) -> ApiResult {
         .insert(&product, &now_rfc3339())
         .await?
     {
-        return Err(Problem::conflict(format!(
-            "a product with sku {} already exists",
-            product.sku
-        )));
+        return Err(Problem::conflict(
+            Conflict::SkuTaken,
+            format!("a product with sku {} already exists", product.sku),
+        ));
     }
     Ok(json(StatusCode::CREATED, &product))
 }
@@ -117,16 +127,45 @@ async fn update(id: &str, req: Request) -> ApiResult {
     Ok(json(StatusCode::OK, &updated))
 }
 
+/// Sets the stock a product has. Reservations change it too, so the
+/// caller must say which version it read (`If-Match`): an absolute value
+/// computed from an older read would undo them.
 async fn set_stock(id: &str, req: Request) -> ApiResult {
     admin(&req, SERVICE, "change the catalogue").await?;
+    let version = match bazaar_service::header(&req, "if-match") {
+        Some(value) => domain::if_match_version(&value)?,
+        None => {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                format!(
+                    "send If-Match with the product's ETag (GET /api/v1/products/{id}), so that stock reserved since you read it is not overwritten"
+                ),
+            ));
+        }
+    };
     let available = json_body::<StockLevel>(req).await?.validate()?;
     let store = Store::open().await?;
-    if !store.set_stock(id, available, &now_rfc3339()).await? {
-        return Err(Problem::not_found(format!("no product {id}")));
+    match store
+        .set_stock(id, available, version, &now_rfc3339())
+        .await?
+    {
+        StockChange::Set => {}
+        StockChange::NoSuchProduct => {
+            return Err(Problem::not_found(format!("no product {id}")));
+        }
+        StockChange::Stale(current) => {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "product {id} changed since version {version} (it is at {current}): read it again"
+                ),
+            )
+            .header(header::ETAG, domain::etag(current)));
+        }
     }
     let product = store
         .get(id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
-    Ok(json(StatusCode::OK, &product))
+    with_etag(json(StatusCode::OK, &product), product.version)
 }

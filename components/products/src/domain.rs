@@ -127,6 +127,7 @@ impl NewProduct {
             price_cents: self.price_cents,
             currency: self.currency,
             stock_available: self.stock,
+            version: 1,
         })
     }
 }
@@ -168,6 +169,26 @@ impl ProductPatch {
     }
 }
 
+/// The product `version` an `If-Match` value names: one strong entity
+/// tag, as `GET /products/{id}` gives it in `ETag` (`"7"`).
+pub fn if_match_version(value: &str) -> Result<i64, Problem> {
+    value
+        .trim()
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "If-Match must be the product's ETag, e.g. \"7\" (got {value:?})"
+            ))
+        })
+}
+
+/// The `ETag` of a product at `version`.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
 impl StockLevel {
     pub fn validate(&self) -> Result<i64, Problem> {
         let mut invalid = Invalid::default();
@@ -197,6 +218,15 @@ pub fn page_size(limit: Option<&str>) -> Result<u32, Problem> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn if_match_names_one_version() {
+        assert_eq!(if_match_version("\"7\"").unwrap(), 7);
+        assert_eq!(if_match_version(&etag(12)).unwrap(), 12);
+        for bad in ["7", "*", "W/\"7\"", "\"seven\"", "\"7\", \"8\""] {
+            assert_eq!(if_match_version(bad).unwrap_err().status, 400, "{bad}");
+        }
+    }
     use super::*;
 
     fn new(sku: &str, price: i64, currency: &str, stock: i64) -> NewProduct {

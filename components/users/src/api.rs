@@ -1,6 +1,6 @@
 //! The users service's HTTP routes (reached from the gateway only).
 
-use bazaar_api::{ApiResult, Method, Problem, StatusCode, json};
+use bazaar_api::{ApiResult, Conflict, Method, Problem, StatusCode, json};
 use bazaar_auth::{ACCESS_AUDIENCE, Identity};
 use bazaar_service::{caller, json_body, now_rfc3339, setting, setting_as};
 use serde::{Deserialize, Serialize};
@@ -67,7 +67,10 @@ async fn register(req: Request) -> ApiResult {
     };
     let store = Store::open().await?;
     if !store.insert(&user, &valid.email_key).await? {
-        return Err(Problem::conflict("a user with this email already exists"));
+        return Err(Problem::conflict(
+            Conflict::EmailTaken,
+            "a user with this email already exists",
+        ));
     }
     Ok(json(StatusCode::CREATED, &public(&user, &admins().await?)))
 }

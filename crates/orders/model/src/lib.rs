@@ -6,7 +6,7 @@
 //! [`Order::cancel`]) check a command against that state and say which
 //! event to append. No I/O here: this crate is the rules, tested natively.
 
-use bazaar_api::Problem;
+use bazaar_api::{Conflict, Problem};
 use serde::{Deserialize, Serialize};
 
 pub mod events;
@@ -181,10 +181,10 @@ impl Order {
     /// if charged, release if reserved). `None` when it was already asked.
     pub fn cancel(&self) -> Result<Option<Event>, Problem> {
         match self.status {
-            Status::Cancelled => Err(Problem::conflict(format!(
-                "order {} is already cancelled",
-                self.id
-            ))),
+            Status::Cancelled => Err(Problem::conflict(
+                Conflict::OrderCancelled,
+                format!("order {} is already cancelled", self.id),
+            )),
             _ if self.saga.cancellation_requested => Ok(None),
             Status::Pending | Status::Confirmed => Ok(Some(Event::CancellationRequested)),
         }

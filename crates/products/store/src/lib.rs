@@ -24,6 +24,9 @@ pub struct Product {
     pub price_cents: i64,
     pub currency: String,
     pub stock_available: i64,
+    /// Bumped by every change (stock included): the product's `ETag`.
+    #[serde(skip)]
+    pub version: i64,
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -59,9 +62,23 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         statements: MESSAGING_TABLES_V2,
     },
+    Migration {
+        version: 4,
+        // Every change bumps it, so `PUT /stock` can require `If-Match`.
+        statements: &["ALTER TABLE products ADD COLUMN version INTEGER NOT NULL DEFAULT 1"],
+    },
 ];
 
-const COLUMNS: &str = "id, sku, name, description, price_cents, currency, stock_available";
+/// What a conditional stock change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    Set,
+    NoSuchProduct,
+    /// The product is at another version (this one) than the caller's.
+    Stale(i64),
+}
+
+const COLUMNS: &str = "id, sku, name, description, price_cents, currency, stock_available, version";
 
 pub struct Store(Database);
 
@@ -139,7 +156,8 @@ impl Store {
 
     pub async fn update(&self, p: &Product, now: &str) -> Result<(), Problem> {
         self.rows(
-            "UPDATE products SET name = ?, description = ?, price_cents = ?, currency = ?, updated_at = ? WHERE id = ?",
+            "UPDATE products SET name = ?, description = ?, price_cents = ?, currency = ?, updated_at = ?,
+             version = version + 1 WHERE id = ?",
             vec![
                 text(&p.name),
                 p.description.as_deref().map_or(Value::Null, text),
@@ -153,14 +171,33 @@ impl Store {
         .map(drop)
     }
 
-    /// Sets the available stock; `Ok(false)` when there is no such product.
-    pub async fn set_stock(&self, id: &str, available: i64, now: &str) -> Result<bool, Problem> {
+    /// Sets the available stock if the product is still at `version` (so
+    /// a reservation made since the caller read it is not overwritten).
+    pub async fn set_stock(
+        &self,
+        id: &str,
+        available: i64,
+        version: i64,
+        now: &str,
+    ) -> Result<StockChange, Problem> {
         self.rows(
-            "UPDATE products SET stock_available = ?, updated_at = ? WHERE id = ?",
-            vec![Value::Integer(available), text(now), text(id)],
+            "UPDATE products SET stock_available = ?, updated_at = ?, version = version + 1
+             WHERE id = ? AND version = ?",
+            vec![
+                Value::Integer(available),
+                text(now),
+                text(id),
+                Value::Integer(version),
+            ],
         )
         .await?;
-        Ok(self.0.changes().await == 1)
+        if self.0.changes().await == 1 {
+            return Ok(StockChange::Set);
+        }
+        Ok(match self.get(id).await? {
+            Some(product) => StockChange::Stale(product.version),
+            None => StockChange::NoSuchProduct,
+        })
     }
 
     pub async fn ping(&self) -> Result<(), Problem> {
@@ -234,8 +271,13 @@ impl Store {
         }
         for line in items {
             self.rows(
-                "UPDATE products SET stock_available = stock_available - ?, updated_at = ? WHERE id = ?",
-                vec![Value::Integer(line.quantity), text(now), text(&line.product_id)],
+                "UPDATE products SET stock_available = stock_available - ?, updated_at = ?,
+                 version = version + 1 WHERE id = ?",
+                vec![
+                    Value::Integer(line.quantity),
+                    text(now),
+                    text(&line.product_id),
+                ],
             )
             .await?;
         }
@@ -250,8 +292,13 @@ impl Store {
             Some((status, items)) if status == "reserved" => {
                 for line in &items {
                     self.rows(
-                        "UPDATE products SET stock_available = stock_available + ?, updated_at = ? WHERE id = ?",
-                        vec![Value::Integer(line.quantity), text(now), text(&line.product_id)],
+                        "UPDATE products SET stock_available = stock_available + ?, updated_at = ?,
+                         version = version + 1 WHERE id = ?",
+                        vec![
+                            Value::Integer(line.quantity),
+                            text(now),
+                            text(&line.product_id),
+                        ],
                     )
                     .await?;
                 }
@@ -283,5 +330,6 @@ fn product(row: &RowResult) -> Product {
         price_cents: row.get::<i64>(4).unwrap_or_default(),
         currency: text(5),
         stock_available: row.get::<i64>(6).unwrap_or_default(),
+        version: row.get::<i64>(7).unwrap_or_default(),
     }
 }

@@ -6,18 +6,53 @@
 //! Responses are plain `http::Response<String>`, which `spin-sdk` accepts as
 //! a handler's result, so this crate is tested natively.
 
-use http::{HeaderValue, Response, header};
-pub use http::{Method, StatusCode};
+use http::HeaderValue;
+pub use http::{Method, Response, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub const JSON: &str = "application/json";
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// The conflicts a client may have to tell apart, each with its problem
+/// `type` (RFC 9457: a URI naming the kind of problem; URNs, since nothing
+/// is to be fetched from them). docs/services.md lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The email is registered already.
+    EmailTaken,
+    /// A product has this SKU already.
+    SkuTaken,
+    /// The Idempotency-Key was used for a different request.
+    IdempotencyKeyReused,
+    /// Someone else changed the resource at the same moment: retry.
+    ConcurrentChange,
+    /// The order is cancelled already.
+    OrderCancelled,
+    /// The saga is not parked, so there is nothing to restart.
+    SagaNotParked,
+}
+
+impl Conflict {
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            Conflict::EmailTaken => "urn:bazaar:problem:email-taken",
+            Conflict::SkuTaken => "urn:bazaar:problem:sku-taken",
+            Conflict::IdempotencyKeyReused => "urn:bazaar:problem:idempotency-key-reused",
+            Conflict::ConcurrentChange => "urn:bazaar:problem:concurrent-change",
+            Conflict::OrderCancelled => "urn:bazaar:problem:order-cancelled",
+            Conflict::SagaNotParked => "urn:bazaar:problem:saga-not-parked",
+        }
+    }
+}
+
 /// An API error, rendered as problem details.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub status: StatusCode,
+    /// The problem `type`; `about:blank` (the status says it all) unless
+    /// set, as for the conflicts a client must tell apart.
+    pub type_uri: &'static str,
     pub detail: String,
     /// Extra members, e.g. the invalid `fields` of a 422.
     pub extensions: serde_json::Map<String, serde_json::Value>,
@@ -30,6 +65,7 @@ impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Problem {
             status,
+            type_uri: "about:blank",
             detail: detail.into(),
             extensions: serde_json::Map::new(),
             headers: Vec::new(),
@@ -48,8 +84,12 @@ impl Problem {
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, detail)
     }
-    pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, detail)
+    /// 409, of the given kind.
+    pub fn conflict(kind: Conflict, detail: impl Into<String>) -> Self {
+        Problem {
+            type_uri: kind.type_uri(),
+            ..Self::new(StatusCode::CONFLICT, detail)
+        }
     }
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
@@ -87,7 +127,7 @@ impl Problem {
 
     pub fn into_response(self) -> Response<String> {
         let mut body = serde_json::Map::new();
-        body.insert("type".into(), "about:blank".into());
+        body.insert("type".into(), self.type_uri.into());
         body.insert("status".into(), self.status.as_u16().into());
         body.insert(
             "title".into(),
@@ -209,12 +249,13 @@ mod tests {
 
     #[test]
     fn problems_have_rfc9457_members() {
-        let response = Problem::conflict("email already registered")
+        let response = Problem::conflict(Conflict::EmailTaken, "email already registered")
             .with("field", "email")
             .into_response();
         assert_eq!(response.status(), 409);
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         let body = body_of(response);
+        assert_eq!(body["type"], "urn:bazaar:problem:email-taken");
         assert_eq!(body["status"], 409);
         assert_eq!(body["title"], "Conflict");
         assert_eq!(body["detail"], "email already registered");
