@@ -7,7 +7,8 @@ mod common;
 use common::{AppDir, Host, RedisServer, send};
 use std::time::{Duration, Instant};
 
-/// `probe` serves HTTP and talks to Redis; `left` and `right` share a
+/// `probe` (and `other-probe`, at `/other`) serve HTTP and talk to Redis;
+/// `left` and `right` share a
 /// channel; `hop-a` → `hop-b` → `hop-c` forward along a chain; `flaky`
 /// fails on payloads containing `fail`.
 const APP: &str = r#"
@@ -43,6 +44,14 @@ channel = "flaky"
 component = "flaky"
 
 [component.probe]
+source = "{probe}"
+allowed_outbound_hosts = ["{{ redis_url }}"]
+variables = { redis_url = "{{ redis_url }}" }
+
+[[trigger.http]]
+route = "/other/..."
+component = "other-probe"
+[component.other-probe]
 source = "{probe}"
 allowed_outbound_hosts = ["{{ redis_url }}"]
 variables = { redis_url = "{{ redis_url }}" }
@@ -199,6 +208,69 @@ async fn outbound_redis_needs_an_allowed_address(redis: &str) {
     assert_eq!(body["error"], "Error::InvalidAddress");
     let (status, body) = host.get("/redis/open").await;
     assert_eq!(status, 200, "the configured address is allowed: {body}");
+}
+
+/// Runs `commands` on one outbound connection of the probe at `prefix`.
+async fn execute(
+    host: &Host,
+    prefix: &str,
+    commands: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    send(
+        reqwest::Client::new()
+            .post(host.url(&format!("{prefix}/redis/execute")))
+            .json(&commands),
+    )
+    .await
+}
+
+/// #9 item 4: a guest's connection is its own, as in Spin. What it does to
+/// its connection (`SELECT` another database) reaches neither another
+/// component nor the next `open` of its own component, and commands that
+/// would take the connection over (`SUBSCRIBE`, `MONITOR`, ...) are refused.
+#[tokio::test]
+async fn outbound_connections_are_not_shared_between_guests() {
+    let server = RedisServer::start();
+    let app = app();
+    let host = start(&app, &server.url());
+    let (status, body) = execute(
+        &host,
+        "",
+        serde_json::json!([
+            ["SELECT", "1"],
+            ["SET", "isolated", "db1"],
+            ["GET", "isolated"]
+        ]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"][2], "[RedisResult::Binary([100, 98, 49])]",
+        "{body}"
+    );
+    for prefix in ["/other", ""] {
+        let (status, body) = execute(&host, prefix, serde_json::json!([["GET", "isolated"]])).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["results"][0], "[RedisResult::Nil]",
+            "{prefix}: database 0 again: {body}"
+        );
+    }
+    let (status, body) = execute(&host, "", serde_json::json!([["SUBSCRIBE", "x"]])).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("SUBSCRIBE is not available"),
+        "{body}"
+    );
+    let (status, body) = execute(&host, "", serde_json::json!([["PING"]])).await;
+    assert_eq!(
+        (status, &body["results"][0]),
+        (200, &serde_json::json!("[RedisResult::Status(\"PONG\")]")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -213,6 +213,7 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
                 granted: component.sqlite_databases.iter().cloned().collect(),
             },
             redis: RedisGrants {
+                component: id.into(),
                 clients: Arc::clone(&redis_clients),
                 allowed,
             },

@@ -2,14 +2,19 @@
 //! to the embedded broker.
 //!
 //! A component may open only addresses its `allowed_outbound_hosts` covers
-//! (`redis://host:port`). Connections to a server are made once per address
-//! and shared by every instance (`redis`'s `ConnectionManager` multiplexes
-//! and reconnects), so a guest's `open` costs no round trip.
+//! (`redis://host:port`). As in Spin, each `open` gets a connection of its
+//! own, so what a guest does to it (`SELECT` a database, a blocking `BLPOP`)
+//! reaches no other guest. The connections are pooled per component and
+//! address: a guest's `open` takes an idle one (no round trip), and one that
+//! a command may have changed (`SELECT`, `MULTI`, `CLIENT`...) is closed
+//! rather than pooled. Commands that would turn the connection into
+//! something else (`SUBSCRIBE`, `MONITOR`, `QUIT`...) are refused.
 
 use ::redis::Value;
 use ::redis::aio::ConnectionManager;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 
 use crate::app::allowed_hosts::AllowList;
@@ -19,18 +24,48 @@ use crate::telemetry::traces::{self, Span};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
+/// Idle connections kept per component and address; more are made when
+/// more guests have one open at once, and closed when they come back.
+const MAX_IDLE: usize = 16;
+
+/// Which pool a connection belongs to: component and address.
+type PoolKey = (Arc<str>, String);
+
 /// The application's Redis connections.
 #[derive(Default)]
 pub struct RedisClients {
     embedded: Arc<EmbeddedBroker>,
-    servers: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
+    idle: Mutex<HashMap<PoolKey, Vec<ConnectionManager>>>,
 }
 
 /// One open connection: to a server, or to the embedded broker.
 #[derive(Clone)]
 pub enum RedisConnection {
-    Server(ConnectionManager),
+    Server(Arc<Lease>),
     Embedded(Arc<EmbeddedBroker>),
+}
+
+/// A server connection one guest `open` holds; back to its pool when the
+/// guest drops it, unless a command may have changed it.
+pub struct Lease {
+    conn: ConnectionManager,
+    pool: PoolKey,
+    clients: Weak<RedisClients>,
+    reusable: AtomicBool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.reusable.load(Ordering::Relaxed)
+            && let Some(clients) = self.clients.upgrade()
+        {
+            let mut idle = clients.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = idle.entry(self.pool.clone()).or_default();
+            if pool.len() < MAX_IDLE {
+                pool.push(self.conn.clone());
+            }
+        }
+    }
 }
 
 impl RedisClients {
@@ -38,21 +73,65 @@ impl RedisClients {
         &self.embedded
     }
 
-    /// The shared connection for `address`, connecting on first use.
-    pub async fn connect(&self, address: &str) -> anyhow::Result<RedisConnection> {
+    /// A connection to `address` for one `open` of `component`: an idle one
+    /// from its pool, or a new one.
+    pub async fn connect(
+        self: &Arc<Self>,
+        component: &Arc<str>,
+        address: &str,
+    ) -> anyhow::Result<RedisConnection> {
         if is_embedded(address) {
             return Ok(RedisConnection::Embedded(Arc::clone(&self.embedded)));
         }
-        let mut servers = self.servers.lock().await;
-        if let Some(conn) = servers.get(address) {
-            return Ok(RedisConnection::Server(conn.clone()));
-        }
-        let client = ::redis::Client::open(address)?;
-        let conn = ConnectionManager::new(client).await?;
-        servers.insert(address.to_string(), conn.clone());
-        Ok(RedisConnection::Server(conn))
+        let pool = (Arc::clone(component), address.to_string());
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&pool)
+            .and_then(Vec::pop);
+        let conn = match idle {
+            Some(conn) => conn,
+            None => ConnectionManager::new(::redis::Client::open(address)?).await?,
+        };
+        Ok(RedisConnection::Server(Arc::new(Lease {
+            conn,
+            pool,
+            clients: Arc::downgrade(self),
+            reusable: AtomicBool::new(true),
+        })))
     }
 }
+
+/// Commands that would make the connection stop answering commands (a
+/// subscriber, a monitor, a closed or reset connection): refused.
+const REFUSED: &[&str] = &[
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "MONITOR",
+    "QUIT",
+    "RESET",
+    "HELLO",
+    "SYNC",
+    "PSYNC",
+];
+
+/// Commands that change the connection's state: allowed, but the
+/// connection is then closed instead of pooled.
+const CHANGES_THE_CONNECTION: &[&str] = &[
+    "SELECT",
+    "MULTI",
+    "WATCH",
+    "CLIENT",
+    "AUTH",
+    "READONLY",
+    "READWRITE",
+    "ASKING",
+];
 
 /// Whether `address` names the embedded broker.
 pub fn is_embedded(address: &str) -> bool {
@@ -78,13 +157,22 @@ impl RedisConnection {
             RedisConnection::Embedded(broker) => broker
                 .execute(command, args)
                 .map_err(|CommandError(msg)| classify(msg)),
-            RedisConnection::Server(conn) => {
-                let mut conn = conn.clone();
+            RedisConnection::Server(lease) => {
+                let name = command.to_ascii_uppercase();
+                if REFUSED.contains(&name.as_str()) {
+                    return Err(Error::Other(format!(
+                        "{name} is not available: it would take over the connection"
+                    )));
+                }
+                if CHANGES_THE_CONNECTION.contains(&name.as_str()) {
+                    lease.reusable.store(false, Ordering::Relaxed);
+                }
+                let mut conn = lease.conn.clone();
                 let mut cmd = ::redis::cmd(command);
                 for arg in args {
                     cmd.arg(arg);
                 }
-                // The shared connection may predate a server restart; the
+                // A pooled connection may predate a server restart; the
                 // manager reconnects after the first failure, so one retry
                 // rides over it. (A command that reached the server just
                 // before the drop may thus apply twice: at-least-once.)
@@ -111,6 +199,8 @@ fn classify(message: String) -> Error {
 
 /// What one component may reach.
 pub struct RedisGrants {
+    /// The component's id: its connections are pooled apart.
+    pub component: Arc<str>,
     pub clients: Arc<RedisClients>,
     pub allowed: Arc<AllowList>,
 }
@@ -208,9 +298,13 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
         let Ok(url) = url::Url::parse(&address) else {
             return Ok(Err(Error::InvalidAddress));
         };
-        let (clients, allowed) = accessor.with(|mut access| {
+        let (clients, allowed, component) = accessor.with(|mut access| {
             let grants = access.get().grants;
-            (Arc::clone(&grants.clients), Arc::clone(&grants.allowed))
+            (
+                Arc::clone(&grants.clients),
+                Arc::clone(&grants.allowed),
+                Arc::clone(&grants.component),
+            )
         });
         if !allowed.allows(url.scheme(), url.host_str().unwrap_or_default(), url.port()) {
             tracing::warn!(
@@ -219,7 +313,7 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
             );
             return Ok(Err(Error::InvalidAddress));
         }
-        let conn = match clients.connect(&address).await {
+        let conn = match clients.connect(&component, &address).await {
             Ok(conn) => conn,
             Err(e) => {
                 return Ok(Err(Error::Other(format!(

@@ -157,6 +157,36 @@ async fn redis(method: &str, rest: &[&str], query: &str, req: Request) -> Respon
             .get(key)
             .await
             .map(|v| serde_json::json!({ "value": v })),
+        // `[["SELECT", "1"], ["SET", "k", "v"]]`: commands in order on this
+        // one connection; the results (as Debug text) or the first error.
+        ("POST", ["execute"]) => {
+            let body = req.into_body().bytes().await.unwrap_or_default();
+            let commands: Vec<Vec<String>> = match serde_json::from_slice(&body) {
+                Ok(commands) => commands,
+                Err(e) => return json(400, serde_json::json!({ "error": e.to_string() })),
+            };
+            let mut results = Vec::new();
+            let mut failure = None;
+            for command in commands {
+                let Some((name, args)) = command.split_first() else {
+                    continue;
+                };
+                let args = args
+                    .iter()
+                    .map(|a| redis::RedisParameter::Binary(a.as_bytes().to_vec()));
+                match conn.execute(name, args).await {
+                    Ok(result) => results.push(format!("{result:?}")),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failure {
+                None => Ok(serde_json::json!({ "results": results })),
+                Some(e) => Err(e),
+            }
+        }
         ("POST", ["publish", channel]) => {
             let body = req.into_body().bytes().await.unwrap_or_default();
             conn.publish(channel, &body)
