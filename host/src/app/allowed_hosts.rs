@@ -4,7 +4,10 @@
 //! so a compromised or buggy guest cannot reach arbitrary hosts. Entries have
 //! the form `scheme://host[:port]`, where the scheme, the host (or its leftmost
 //! labels, `*.example.com`) and the port may be `*`, and a missing port means
-//! the scheme's well-known port.
+//! the scheme's well-known port. As in Spin, the host may also be an IP
+//! network in CIDR notation (`http://10.0.0.0/8`, `http://[fd00::/8]:8080`),
+//! which covers requests to IP addresses inside it, and an IPv6 address is
+//! written in brackets (`http://[::1]:3000`).
 
 use anyhow::{Result, bail};
 
@@ -29,6 +32,8 @@ enum HostPattern {
     /// `self`: requests back into this application. Accepted, as Spin
     /// accepts it, but such requests are not routed yet, so it allows nothing.
     ToSelf,
+    /// An IP network: requests to an address inside it.
+    Network(ipnet::IpNet),
     Exact(String),
 }
 
@@ -51,20 +56,21 @@ impl AllowedHost {
         if scheme.is_empty() {
             bail!("the scheme is empty");
         }
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains('/') {
-            bail!("a path is not allowed, only `scheme://host[:port]`");
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
-                (host, Some(port))
-            }
-            _ => (rest, None),
-        };
+        let (host, port) = split_host_and_port(rest)?;
         if host.is_empty() {
             bail!("the host is empty");
         }
         let host = match host {
+            h if h.contains('/') => match h.trim_matches(['[', ']']).parse::<ipnet::IpNet>() {
+                Ok(network) => HostPattern::Network(network.trunc()),
+                Err(_) => bail!(
+                    "a path is not allowed, only `scheme://host[:port]` (or an IP network such as `10.0.0.0/8`)"
+                ),
+            },
+            h if h.starts_with('[') => match h[1..h.len() - 1].parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => HostPattern::Exact(format!("[{ip}]")),
+                Err(_) => bail!("{h} is not an IPv6 address"),
+            },
             "*" => HostPattern::Any,
             "self" | "self.alt" => HostPattern::ToSelf,
             h if h.starts_with("*.") => HostPattern::Subdomains(h[1..].to_ascii_lowercase()),
@@ -105,6 +111,10 @@ impl AllowedHost {
             HostPattern::Any => true,
             HostPattern::Subdomains(suffix) => host.ends_with(suffix.as_str()),
             HostPattern::Exact(h) => *h == host,
+            HostPattern::Network(network) => host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| network.contains(&ip)),
             HostPattern::ToSelf => false,
         };
         let port = port.or_else(|| default_port(scheme));
@@ -117,6 +127,30 @@ impl AllowedHost {
         };
         scheme_ok && host_ok && port_ok
     }
+}
+
+/// `host[:port]`, where the host may be `[IPv6]` or an IP network
+/// (`10.0.0.0/8`, `[fd00::/8]`); a trailing `/` is ignored.
+fn split_host_and_port(rest: &str) -> Result<(&str, Option<&str>)> {
+    if rest.starts_with('[') {
+        let Some(end) = rest.find(']') else {
+            bail!("an IPv6 address must end with `]`");
+        };
+        let (host, after) = rest.split_at(end + 1);
+        let after = after.strip_suffix('/').unwrap_or(after);
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => bail!("expected `:port` after {host}, found {after:?}"),
+            },
+        };
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    Ok(match rest.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    })
 }
 
 fn parse_port(text: &str) -> Result<u16> {
@@ -220,6 +254,46 @@ mod tests {
     }
 
     #[test]
+    fn ip_addresses_and_networks() {
+        assert!(allows("http://[::1]:3000", "http", "[::1]", Some(3000)));
+        assert!(allows("http://[::1]", "http", "[::1]", None));
+        assert!(allows("http://[0:0::1]", "http", "[::1]", Some(80)));
+        assert!(!allows("http://[::1]:3000", "http", "[::2]", Some(3000)));
+        assert!(allows("http://10.0.0.0/8", "http", "10.1.2.3", None));
+        assert!(allows(
+            "http://10.0.0.0/8:8080",
+            "http",
+            "10.1.2.3",
+            Some(8080)
+        ));
+        assert!(!allows("http://10.0.0.0/8", "http", "11.1.2.3", None));
+        assert!(!allows(
+            "http://10.0.0.0/8",
+            "http",
+            "ten.example.com",
+            None
+        ));
+        assert!(allows(
+            "redis://[fd00::/8]:*",
+            "redis",
+            "[fd12::5]",
+            Some(7000)
+        ));
+        assert!(!allows(
+            "redis://[fd00::/8]:*",
+            "redis",
+            "[fe80::1]",
+            Some(7000)
+        ));
+        assert!(allows(
+            "*://192.168.1.7/24:*",
+            "https",
+            "192.168.1.200",
+            Some(9)
+        ));
+    }
+
+    #[test]
     fn malformed_entries_are_rejected() {
         for bad in [
             "example.com",
@@ -227,6 +301,10 @@ mod tests {
             "http://a/b",
             "http://a:x",
             "http://a*b.com",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[not-ip]",
+            "http://10.0.0.0/33",
         ] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad}");
         }
