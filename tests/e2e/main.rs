@@ -8,6 +8,7 @@
 #[path = "../../host/tests/common/mod.rs"]
 mod common;
 
+mod bad_input;
 mod chaos;
 mod gateway;
 mod harness;

@@ -234,11 +234,22 @@ async fn forward(
     let method = req.method().clone();
     let idempotent = matches!(method, Method::GET | Method::HEAD)
         || req.headers().contains_key("idempotency-key");
-    let body = Limited::new(req.into_body(), max_body)
-        .collect()
-        .await
-        .map_err(|_| too_large(max_body))?
-        .to_bytes();
+    // A client that sends its body slowly (or never) holds an instance: it
+    // gets a deadline of its own, shorter than the host's.
+    let body_timeout_ms: u64 = setting_as("request_body_timeout_ms").await?;
+    let body = bazaar_service::within(
+        std::time::Duration::from_millis(body_timeout_ms),
+        Limited::new(req.into_body(), max_body).collect(),
+    )
+    .await
+    .ok_or_else(|| {
+        Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {body_timeout_ms} ms"),
+        )
+    })?
+    .map_err(|_| too_large(max_body))?
+    .to_bytes();
     let call = Call {
         service,
         method,

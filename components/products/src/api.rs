@@ -66,6 +66,15 @@ async fn list(req: &Request) -> ApiResult {
     let query = req.uri().query();
     let limit = domain::page_size(query_param(query, "limit").as_deref())?;
     let cursor = query_param(query, "cursor");
+    // A cursor is a product id this API gave; anything else would silently
+    // restart the listing.
+    if let Some(cursor) = &cursor
+        && uuid::Uuid::parse_str(cursor).is_err()
+    {
+        return Err(Problem::bad_request(format!(
+            "`cursor` {cursor:?} is not one a listing gave (its `next_cursor`)"
+        )));
+    }
     // One extra row tells whether another page follows.
     let mut items = Store::open()
         .await?
