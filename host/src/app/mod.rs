@@ -12,6 +12,9 @@ pub mod template;
 pub mod variable_sources;
 pub mod variables;
 
+#[cfg(test)]
+mod properties;
+
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -74,21 +74,37 @@ impl RuntimeConfig {
     /// `default` labels live in `state_dir`; a runtime config file may move
     /// them and add more labels.
     pub fn load(file: Option<&Path>, state_dir: &Path) -> Result<Self> {
-        let raw = match file {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read runtime config {}", path.display()))?;
-                toml::from_str::<RawRuntimeConfig>(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                Self::parse(path, &text, state_dir, &cwd)
             }
-            None => RawRuntimeConfig::default(),
-        };
+            None => Self::from_raw(RawRuntimeConfig::default(), None, state_dir, &cwd),
+        }
+    }
+
+    /// The configuration `text` (the file `path`) says; relative paths
+    /// resolve against `path`'s folder (key-value) and `cwd` (SQLite), as in
+    /// Spin. Every error names `path` and the key.
+    pub fn parse(path: &Path, text: &str, state_dir: &Path, cwd: &Path) -> Result<Self> {
+        let raw = toml::from_str::<RawRuntimeConfig>(text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Self::from_raw(raw, Some(path), state_dir, cwd)
+    }
+
+    fn from_raw(
+        raw: RawRuntimeConfig,
+        file: Option<&Path>,
+        state_dir: &Path,
+        cwd: &Path,
+    ) -> Result<Self> {
         let config_dir = file
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let name = file.map(|p| p.display().to_string()).unwrap_or_default();
-        let cwd = std::env::current_dir().context("cannot read the current directory")?;
 
         let mut key_value_stores = BTreeMap::from([(
             "default".to_string(),
@@ -121,7 +137,7 @@ impl RuntimeConfig {
             let location = match config.kind.as_str() {
                 "spin" => {
                     config.refuse(&key, &["url", "token"])?;
-                    DbLocation::Local(config.location(&cwd))
+                    DbLocation::Local(config.location(cwd))
                 }
                 "libsql" => {
                     config.refuse(&key, &["path"])?;
