@@ -300,6 +300,33 @@ impl App {
             .await
     }
 
+    /// Every item of the list at `path`, following `next_cursor` page by
+    /// page (100 at a time); each page must be a 200 list object.
+    pub async fn all(&self, path: &str, token: Option<&str>) -> Vec<Value> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match &cursor {
+                None => format!("{path}{separator}limit=100"),
+                Some(c) => format!("{path}{separator}limit=100&cursor={c}"),
+            };
+            let reply = self.get(&page, token).await;
+            assert_eq!(reply.status, 200, "{page}: {}", reply.body);
+            items.extend(
+                reply.body["items"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{page}: not a list object: {}", reply.body))
+                    .iter()
+                    .cloned(),
+            );
+            match reply.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return items,
+            }
+        }
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
         self.send(self.request(reqwest::Method::POST, path, token).json(&body))
             .await

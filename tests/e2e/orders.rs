@@ -231,10 +231,8 @@ async fn the_event_stream_records_each_change() {
 
     let events = shop
         .app
-        .get(&format!("/api/v1/orders/{id}/events"), Some(&shop.alice))
+        .all(&format!("/api/v1/orders/{id}/events"), Some(&shop.alice))
         .await;
-    assert_eq!(events.status, 200, "{}", events.body);
-    let events = events.body.as_array().unwrap().clone();
     let mut kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     // The refund and the release are sent together: either may answer first.
     kinds[5..7].sort_unstable();
@@ -288,9 +286,7 @@ async fn the_read_model_lists_my_orders_newest_first() {
     mine.reverse();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list = shop.app.get("/api/v1/orders", Some(&shop.alice)).await;
-        assert_eq!(list.status, 200, "{}", list.body);
-        let views = list.body.as_array().unwrap().clone();
+        let views = shop.app.all("/api/v1/orders", Some(&shop.alice)).await;
         let ids: Vec<String> = views
             .iter()
             .map(|o| o["id"].as_str().unwrap().to_string())
@@ -394,4 +390,85 @@ async fn card_tokens_stay_out_of_events_views_and_keys() {
         4,
         "placed, reserved, charged, confirmed"
     );
+}
+
+/// #9 item 15: orders, an order's events and its payments are lists of
+/// the same shape as products (`{items, next_cursor}`), paged by cursor.
+#[tokio::test]
+async fn orders_events_and_payments_page_by_cursor() {
+    let shop = shop().await;
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        let reply = shop.place(&shop.alice, &[(&shop.mug, 1)]).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        placed.push(reply.body["id"].as_str().unwrap().to_string());
+    }
+    let first = shop
+        .app
+        .get("/api/v1/orders?limit=2", Some(&shop.alice))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&first.body), [placed[2].clone(), placed[1].clone()]);
+    let cursor = first.body["next_cursor"].as_str().unwrap();
+    assert_eq!(cursor, placed[1]);
+    let second = shop
+        .app
+        .get(
+            &format!("/api/v1/orders?limit=2&cursor={cursor}"),
+            Some(&shop.alice),
+        )
+        .await;
+    assert_eq!(ids(&second.body), [placed[0].clone()]);
+    assert_eq!(second.body["next_cursor"], Value::Null);
+    for bad in ["limit=0", "limit=101", "cursor=not-an-order"] {
+        shop.app
+            .get(&format!("/api/v1/orders?{bad}"), Some(&shop.alice))
+            .await
+            .assert_problem(400);
+    }
+
+    let id = &placed[0];
+    crate::saga::wait_for(&shop.app, &shop.alice, id, "confirmed").await;
+    let events = format!("/api/v1/orders/{id}/events");
+    let page = shop
+        .app
+        .get(&format!("{events}?limit=3"), Some(&shop.alice))
+        .await;
+    let seqs: Vec<i64> = page.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(page.body["next_cursor"], "3");
+    let rest = shop
+        .app
+        .get(&format!("{events}?limit=3&cursor=3"), Some(&shop.alice))
+        .await;
+    assert_eq!(rest.body["items"][0]["seq"], 4);
+    assert_eq!(rest.body["next_cursor"], Value::Null);
+    shop.app
+        .get(&format!("{events}?cursor=x"), Some(&shop.alice))
+        .await
+        .assert_problem(400);
+
+    let payments = shop
+        .app
+        .get(
+            &format!("/api/v1/payments?order_id={id}&limit=1"),
+            Some(&shop.alice),
+        )
+        .await;
+    assert_eq!(payments.status, 200, "{}", payments.body);
+    assert_eq!(payments.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(payments.body["next_cursor"], Value::Null);
 }

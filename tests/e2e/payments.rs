@@ -2,7 +2,7 @@
 
 use crate::harness::App;
 use crate::saga::wait_for;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn payments_are_listed_per_order_for_its_owner() {
@@ -20,7 +20,8 @@ async fn payments_are_listed_per_order_for_its_owner() {
         .get(&format!("/api/v1/payments?order_id={id}"), Some(&alice))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let payments = reply.body.as_array().expect("a list");
+    let payments = reply.body["items"].as_array().expect("a list");
+    assert_eq!(reply.body["next_cursor"], Value::Null);
     assert_eq!(payments.len(), 1, "{}", reply.body);
     assert_eq!(payments[0]["order_id"], id);
     assert_eq!(payments[0]["status"], "charged");

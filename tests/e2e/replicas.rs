@@ -198,15 +198,9 @@ async fn settle_orders_on(a: &App, b: &App) -> String {
 
         // Exactly once: no event twice in the stream, one payment.
         let events = replicas[i % 2]
-            .get(&format!("/api/v1/orders/{id}/events"), Some(&alice))
-            .await
-            .body;
-        let types: Vec<&str> = events
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["type"].as_str().unwrap())
-            .collect();
+            .all(&format!("/api/v1/orders/{id}/events"), Some(&alice))
+            .await;
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
         let expected: &[&str] = if declined {
             &[
                 "order.placed",
@@ -225,10 +219,8 @@ async fn settle_orders_on(a: &App, b: &App) -> String {
         };
         assert_eq!(types, expected, "order {i} ({id})");
         let payments = replicas[(i + 1) % 2]
-            .get(&format!("/api/v1/payments?order_id={id}"), Some(&alice))
-            .await
-            .body;
-        let payments = payments.as_array().expect("a list of payments");
+            .all(&format!("/api/v1/payments?order_id={id}"), Some(&alice))
+            .await;
         assert_eq!(payments.len(), 1, "one payment for order {i}: {payments:?}");
         let expected = if declined { "declined" } else { "charged" };
         assert_eq!(payments[0]["status"], expected, "order {i}");

@@ -82,7 +82,7 @@ impl Store {
     /// The order's one payment: its status and amount.
     async fn only_payment(&self, id: &str) -> (String, i64) {
         let reply = self.payments(id).await;
-        let list = reply.body.as_array().expect("a list of payments");
+        let list = reply.body["items"].as_array().expect("a list of payments");
         assert_eq!(list.len(), 1, "one payment per order: {}", reply.body);
         (
             list[0]["status"].as_str().unwrap().to_string(),
@@ -104,8 +104,7 @@ impl Store {
             .app
             .get(&format!("/api/v1/orders/{id}/events"), Some(&self.alice))
             .await;
-        events
-            .body
+        events.body["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -132,14 +131,14 @@ async fn a_paid_order_is_confirmed() {
     assert_eq!(s.stock().await, 3);
     let payments = s.payments(&id).await;
     assert_eq!(
-        payments.body.as_array().unwrap().len(),
+        payments.body["items"].as_array().unwrap().len(),
         1,
         "{}",
         payments.body
     );
-    assert_eq!(payments.body[0]["status"], "charged");
-    assert_eq!(payments.body[0]["amount_cents"], 8000);
-    assert_eq!(payments.body[0]["currency"], "EUR");
+    assert_eq!(payments.body["items"][0]["status"], "charged");
+    assert_eq!(payments.body["items"][0]["amount_cents"], 8000);
+    assert_eq!(payments.body["items"][0]["currency"], "EUR");
 }
 
 #[tokio::test]
@@ -153,7 +152,7 @@ async fn an_order_beyond_the_stock_is_cancelled_out_of_stock() {
         ["order.placed", "order.cancelled"]
     );
     assert_eq!(s.stock().await, 1);
-    assert_eq!(s.payments(&id).await.body, json!([]));
+    assert_eq!(s.payments(&id).await.body["items"], json!([]));
 }
 
 #[tokio::test]
@@ -196,7 +195,7 @@ async fn a_failing_processor_is_retried_then_treated_as_declined() {
     );
     assert_eq!(kinds.last().map(String::as_str), Some("order.cancelled"));
     assert_eq!(s.stock().await, 2);
-    assert_eq!(s.payments(&id).await.body, json!([]));
+    assert_eq!(s.payments(&id).await.body["items"], json!([]));
 }
 
 #[tokio::test]
@@ -226,7 +225,7 @@ async fn payments_stay_private() {
         .app
         .get(&format!("/api/v1/payments?order_id={id}"), Some(&s.admin))
         .await;
-    assert_eq!(as_admin.body.as_array().map(Vec::len), Some(1));
+    assert_eq!(as_admin.body["items"].as_array().map(Vec::len), Some(1));
     let redrive = s
         .app
         .post("/api/v1/admin/saga/redrive", Some(&bob), json!({}))
@@ -273,7 +272,7 @@ async fn a_cancellation_during_payment_retries_is_never_charged() {
         "{kinds:?}"
     );
     assert_eq!(s.stock().await, 2);
-    assert_eq!(s.payments(&id).await.body, json!([]));
+    assert_eq!(s.payments(&id).await.body["items"], json!([]));
     // Every charge the step saw was answered by a failure the saga recorded:
     // none was sent after the cancellation.
     let failures = kinds

@@ -34,9 +34,9 @@ async fn a_burst_settles_with_one_message_at_a_time() {
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let statuses = loop {
-        let list = app.get("/api/v1/orders", Some(&alice)).await.body;
+        let list = app.all("/api/v1/orders", Some(&alice)).await;
         let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
-        for order in list.as_array().unwrap() {
+        for order in &list {
             *statuses
                 .entry(order["status"].as_str().unwrap().to_string())
                 .or_default() += 1;

@@ -1,6 +1,8 @@
 //! The orders service's HTTP routes (reached from the gateway only).
 
-use bazaar_api::{ApiResult, Conflict, Method, Problem, StatusCode, json, query_param};
+use bazaar_api::{
+    ApiResult, Conflict, Method, Page, PageRequest, Problem, StatusCode, json, query_param,
+};
 use bazaar_auth::Identity;
 use bazaar_order_model::{Event, NewOrder, Order, OrderPlaced, StoredEvent, saga};
 use bazaar_order_store::{
@@ -211,20 +213,48 @@ async fn get(req: &Request, order_id: &str) -> ApiResult {
     Ok(json(StatusCode::OK, &order.to_api()))
 }
 
+/// An order's events in order, a page at a time; the cursor is the last
+/// event's `seq`.
 async fn events(req: &Request, order_id: &str) -> ApiResult {
+    let ask = PageRequest::from_query(req.uri().query(), |c| c.parse::<u64>().is_ok())?;
     let identity = caller(req, SERVICE).await?;
     let (_, events) = visible(&OrderStore::open().await?, &identity, order_id).await?;
-    let events: Vec<serde_json::Value> = events.iter().map(StoredEvent::to_api).collect();
-    Ok(json(StatusCode::OK, &events))
+    let after: i64 = ask
+        .cursor
+        .as_deref()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let events: Vec<StoredEvent> = events
+        .into_iter()
+        .filter(|e| e.seq > after)
+        .take(ask.fetch() as usize)
+        .collect();
+    let page = ask.page(events, |e| e.seq.to_string());
+    let items: Vec<serde_json::Value> = page.items.iter().map(StoredEvent::to_api).collect();
+    Ok(json(
+        StatusCode::OK,
+        &Page {
+            items,
+            next_cursor: page.next_cursor,
+        },
+    ))
 }
 
+/// The caller's orders, newest first, a page at a time; the cursor is the
+/// last order's id.
 async fn list(req: &Request) -> ApiResult {
+    let ask = PageRequest::from_query(req.uri().query(), |c| uuid::Uuid::parse_str(c).is_ok())?;
     let identity = caller(req, SERVICE).await?;
-    let orders = OrderStore::open()
+    let views = OrderStore::open()
         .await?
-        .views_for_user(&identity.sub)
+        .views_for_user(&identity.sub, ask.cursor.as_deref(), ask.fetch())
         .await?;
-    Ok(bazaar_api::json_text(StatusCode::OK, orders))
+    let page = ask.page(views, |(id, _)| id.clone());
+    let page = Page {
+        items: page.items.into_iter().map(|(_, view)| view).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(bazaar_api::json_text(StatusCode::OK, page.to_json_text()))
 }
 
 async fn cancel(req: &Request, order_id: &str) -> ApiResult {

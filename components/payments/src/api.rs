@@ -1,6 +1,6 @@
 //! The payments service's HTTP routes (reached from the gateway only).
 
-use bazaar_api::{ApiResult, Method, Problem, StatusCode, json, query_param};
+use bazaar_api::{ApiResult, Method, PageRequest, Problem, StatusCode, json, query_param};
 use bazaar_service::{admin, caller};
 use spin_sdk::http::Request;
 
@@ -36,9 +36,20 @@ async fn list(req: &Request) -> ApiResult {
     let order_id = query_param(req.uri().query(), "order_id")
         .filter(|id| !id.is_empty())
         .ok_or_else(|| Problem::bad_request("the `order_id` query parameter is required"))?;
+    let ask = PageRequest::from_query(req.uri().query(), |c| uuid::Uuid::parse_str(c).is_ok())?;
     let payments = Store::open().await?.for_order(&order_id).await?;
     if payments.iter().any(|p| p.user_id != identity.sub) && !identity.is_admin() {
         return Err(Problem::not_found(format!("no order {order_id}")));
     }
-    Ok(json(StatusCode::OK, &payments))
+    // An order has a payment or two: paged in memory, in id (time) order.
+    let payments: Vec<_> = payments
+        .into_iter()
+        .filter(|p| {
+            ask.cursor
+                .as_deref()
+                .is_none_or(|after| p.id.as_str() > after)
+        })
+        .take(ask.fetch() as usize)
+        .collect();
+    Ok(json(StatusCode::OK, &ask.page(payments, |p| p.id.clone())))
 }

@@ -2,7 +2,7 @@
 //! the orders service for prices).
 
 use bazaar_api::{
-    ApiResult, Conflict, Method, Problem, Response, StatusCode, header, json, query_param,
+    ApiResult, Conflict, Method, PageRequest, Problem, Response, StatusCode, header, json,
 };
 use bazaar_service::{admin, json_body, now_rfc3339};
 use spin_sdk::http::Request;
@@ -63,33 +63,17 @@ async fn health() -> ApiResult {
 }
 
 async fn list(req: &Request) -> ApiResult {
-    let query = req.uri().query();
-    let limit = domain::page_size(query_param(query, "limit").as_deref())?;
-    let cursor = query_param(query, "cursor");
-    // A cursor is a product id this API gave; anything else would silently
-    // restart the listing.
-    if let Some(cursor) = &cursor
-        && uuid::Uuid::parse_str(cursor).is_err()
-    {
-        return Err(Problem::bad_request(format!(
-            "`cursor` {cursor:?} is not one a listing gave (its `next_cursor`)"
-        )));
-    }
-    // One extra row tells whether another page follows.
-    let mut items = Store::open()
+    let ask = PageRequest::from_query(req.uri().query(), is_id)?;
+    let items = Store::open()
         .await?
-        .page(cursor.as_deref(), limit + 1)
+        .page(ask.cursor.as_deref(), ask.fetch())
         .await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|p| p.id.clone())
-    } else {
-        None
-    };
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(json(StatusCode::OK, &ask.page(items, |p| p.id.clone())))
+}
+
+/// Product ids are UUIDs (v7, so they sort by creation).
+fn is_id(text: &str) -> bool {
+    uuid::Uuid::parse_str(text).is_ok()
 }
 
 async fn get(id: &str) -> ApiResult {

@@ -7,8 +7,6 @@ use serde::Deserialize;
 const MAX_SKU_CHARS: usize = 64;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 4000;
-pub const MAX_PAGE: u32 = 100;
-pub const DEFAULT_PAGE: u32 = 20;
 
 /// `POST /api/v1/products` body.
 #[derive(Debug, Deserialize)]
@@ -197,24 +195,8 @@ impl StockLevel {
     }
 }
 
-/// `limit` from the query string: 1 to 100, default 20.
 /// Products one lookup may ask for: as many as an order may list.
 pub const MAX_LOOKUP: usize = 100;
-
-pub fn page_size(limit: Option<&str>) -> Result<u32, Problem> {
-    match limit {
-        None => Ok(DEFAULT_PAGE),
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "`limit` must be a whole number from 1 to {MAX_PAGE}"
-                ))
-            }),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -269,16 +251,5 @@ mod tests {
         let bad: ProductPatch = serde_json::from_str(r#"{"currency": "euro"}"#).unwrap();
         assert_eq!(bad.apply(p).unwrap_err().status, 422);
         assert!(serde_json::from_str::<ProductPatch>(r#"{"sku": "X"}"#).is_err());
-    }
-
-    #[test]
-    fn page_size_bounds() {
-        assert_eq!(page_size(None).unwrap(), 20);
-        assert_eq!(page_size(Some("100")).unwrap(), 100);
-        assert!(
-            page_size(Some("0")).is_err()
-                && page_size(Some("101")).is_err()
-                && page_size(Some("x")).is_err()
-        );
     }
 }

@@ -515,25 +515,44 @@ impl OrderStore {
             })
     }
 
-    /// The user's orders from the read model, newest first, as one JSON
-    /// array: the views are stored as the API shows them, so they are
-    /// served as stored, not decoded and encoded again.
-    pub async fn views_for_user(&self, user_id: &str) -> Result<String, Problem> {
-        let rows = self
-            .rows(
-                "SELECT view FROM order_views WHERE user_id = ? ORDER BY order_id DESC",
-                vec![text(user_id)],
-            )
-            .await?;
-        let mut array = String::from("[");
-        for (i, row) in rows.iter().enumerate() {
-            if i > 0 {
-                array.push(',');
+    /// Up to `limit` of the user's orders from the read model, newest
+    /// first, older than the order `before`: `(order id, view)`, each view
+    /// JSON text as the API shows it, served as stored.
+    pub async fn views_for_user(
+        &self,
+        user_id: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, Problem> {
+        let rows = match before {
+            None => {
+                self.rows(
+                    "SELECT order_id, view FROM order_views WHERE user_id = ?
+                     ORDER BY order_id DESC LIMIT ?",
+                    vec![text(user_id), Value::Integer(i64::from(limit))],
+                )
+                .await?
             }
-            array.push_str(row.get::<&str>(0).unwrap_or("null"));
-        }
-        array.push(']');
-        Ok(array)
+            Some(before) => {
+                self.rows(
+                    "SELECT order_id, view FROM order_views WHERE user_id = ? AND order_id < ?
+                     ORDER BY order_id DESC LIMIT ?",
+                    vec![
+                        text(user_id),
+                        text(before),
+                        Value::Integer(i64::from(limit)),
+                    ],
+                )
+                .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let get = |i| row.get::<&str>(i).unwrap_or("null").to_string();
+                (get(0), get(1))
+            })
+            .collect())
     }
 
     /// Publishes messages this caller committed (see

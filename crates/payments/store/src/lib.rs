@@ -73,7 +73,7 @@ impl Store {
         let rows = self
             .0
             .rows(
-                "SELECT id, order_id, user_id, amount_cents, currency, status FROM payments WHERE order_id = ? ORDER BY created_at",
+                "SELECT id, order_id, user_id, amount_cents, currency, status FROM payments WHERE order_id = ? ORDER BY id",
                 vec![Value::Text(order_id.to_string())],
             )
             .await?;

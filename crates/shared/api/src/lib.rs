@@ -11,6 +11,9 @@ pub use http::{Method, Response, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod paging;
+pub use paging::{DEFAULT_PAGE, MAX_PAGE, Page, PageRequest};
+
 pub const JSON: &str = "application/json";
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
