@@ -93,14 +93,26 @@ impl Route {
         Some((params, path_info))
     }
 
-    /// Orders candidate matches: exact first, then longer, then more literal.
-    fn rank(&self) -> (bool, usize, usize) {
-        let literals = self
+    /// Orders the routes that match one path the way Spin (through
+    /// `routefinder`) does: segment by segment, a literal beats a parameter,
+    /// which beats the wildcard; where one route ends, ending exactly beats
+    /// going on with a wildcard. Compared lexicographically, this key says
+    /// it: the higher key is the more specific route.
+    fn rank(&self) -> Vec<u8> {
+        const WILDCARD: u8 = 1;
+        const PARAM: u8 = 2;
+        const LITERAL: u8 = 3;
+        const EXACT_END: u8 = 4;
+        let mut key: Vec<u8> = self
             .segments
             .iter()
-            .filter(|s| matches!(s, Segment::Literal(_)))
-            .count();
-        (!self.wildcard, self.segments.len(), literals)
+            .map(|s| match s {
+                Segment::Literal(_) => LITERAL,
+                Segment::Param(_) => PARAM,
+            })
+            .collect();
+        key.push(if self.wildcard { WILDCARD } else { EXACT_END });
+        key
     }
 }
 
@@ -222,6 +234,29 @@ mod tests {
         let m = r.route("/api/users/42").unwrap();
         assert_eq!(m.component, "user");
         assert_eq!(m.params, vec![("id".to_string(), "42".to_string())]);
+    }
+
+    #[test]
+    fn precedence_is_segment_by_segment() {
+        // Same length, same number of literals: the earlier literal wins,
+        // whichever order the manifest lists them in.
+        for routes in [
+            [("/a/:x/c", "param-first"), ("/a/b/:y", "literal-first")],
+            [("/a/b/:y", "literal-first"), ("/a/:x/c", "param-first")],
+        ] {
+            let r = Router::new(routes);
+            assert_eq!(r.route("/a/b/c").unwrap().component, "literal-first");
+            assert_eq!(r.route("/a/z/c").unwrap().component, "param-first");
+        }
+        // A parameter beats a wildcard at the same place; an exact end
+        // beats a wildcard that could go on.
+        let r = Router::new([("/a/...", "wild"), ("/a/:x", "param"), ("/a/b/...", "b")]);
+        assert_eq!(r.route("/a/z").unwrap().component, "param");
+        assert_eq!(r.route("/a/b").unwrap().component, "b");
+        assert_eq!(r.route("/a/z/y").unwrap().component, "wild");
+        let r = Router::new([("/a/b/...", "wild"), ("/a/b", "exact")]);
+        assert_eq!(r.route("/a/b").unwrap().component, "exact");
+        assert_eq!(r.route("/a/b/c").unwrap().component, "wild");
     }
 
     #[test]
