@@ -917,3 +917,71 @@ pub async fn reply_timeout() -> Result<f64, Problem> {
             Problem::internal("the service is misconfigured")
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database as it was before migration 6: `order.placed` events,
+    /// idempotency fingerprints and open sagas as older releases wrote them.
+    fn before_card_tokens_moved() -> rusqlite::Connection {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        for migration in &MIGRATIONS[..5] {
+            for statement in migration.statements {
+                db.execute_batch(statement).unwrap();
+            }
+        }
+        db.execute_batch(
+            r#"
+            INSERT INTO events VALUES ('open', 1, 'order.placed', 1,
+              '{"user_id":"u","items":[],"total_cents":1,"currency":"EUR","card_token":"tok_open"}', 't', 'u');
+            INSERT INTO events VALUES ('done', 1, 'order.placed', 1,
+              '{"user_id":"u","items":[],"total_cents":1,"currency":"EUR","card_token":"tok_done"}', 't', 'u');
+            INSERT INTO events VALUES ('done', 2, 'order.cancelled', 1, '{"reason":"out_of_stock"}', 't', 'u');
+            INSERT INTO sagas (order_id, settled, activity_at) VALUES ('open', 0, 't'), ('done', 1, 't');
+            INSERT INTO idempotency_keys VALUES ('u', 'k', '{"items":[],"payment":{"card_token":"tok_open"}}', 'open', 't');
+            "#,
+        )
+        .unwrap();
+        db
+    }
+
+    #[test]
+    fn migration_six_moves_card_tokens_to_open_sagas_and_out_of_everything_else() {
+        let db = before_card_tokens_moved();
+        for statement in MIGRATIONS[5].statements {
+            db.execute_batch(statement).unwrap();
+        }
+        let one =
+            |sql: &str| -> Option<String> { db.query_row(sql, [], |row| row.get(0)).unwrap() };
+        assert_eq!(
+            one("SELECT card_token FROM sagas WHERE order_id = 'open'").as_deref(),
+            Some("tok_open")
+        );
+        assert_eq!(
+            one("SELECT card_token FROM sagas WHERE order_id = 'done'"),
+            None
+        );
+        let leaks: i64 = db
+            .query_row(
+                "SELECT (SELECT count(*) FROM events WHERE data LIKE '%tok_%')
+                      + (SELECT count(*) FROM idempotency_keys WHERE fingerprint LIKE '%tok_%')",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(leaks, 0);
+        // What remains still reads as the events it was.
+        let placed = one("SELECT data FROM events WHERE order_id = 'open' AND seq = 1").unwrap();
+        let event = bazaar_order_model::events::Event::parse(
+            "order.placed",
+            1,
+            &serde_json::from_str(&placed).unwrap(),
+        );
+        assert!(event.is_ok(), "{placed}: {event:?}");
+        assert_eq!(
+            one("SELECT fingerprint FROM idempotency_keys").as_deref(),
+            Some(r#"{"items":[],"payment":{}}"#)
+        );
+    }
+}
