@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::manifest::Manifest;
+use crate::app::runtime_config::Directories;
 use crate::app::{AppOptions, Follow, LoadedApp};
 use crate::component::Limits;
 use crate::factors::outbound_redis::{is_embedded, redact};
@@ -55,9 +56,14 @@ struct UpArgs {
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
-    /// Folder for default stores and logs [default: `.spin` beside the manifest].
+    /// Folder for default stores and logs [default: the runtime config's
+    /// `state_dir`, else `.spin` beside the manifest].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Folder for the components' stdout and stderr files [default: the
+    /// runtime config's `log_dir`, else `logs` in the state dir].
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
     /// Spin runtime configuration file defining more key-value stores and databases.
     #[arg(long)]
     runtime_config_file: Option<PathBuf>,
@@ -219,12 +225,21 @@ async fn up(args: UpArgs) -> Result<()> {
     if args.build {
         build::build_all(&manifest)?;
     }
+    let configured = Directories::load(args.runtime_config_file.as_deref())?;
     let state_dir = args
         .state_dir
         .clone()
+        .or(configured.state_dir)
         .unwrap_or_else(|| manifest.dir.join(".spin"));
     let state_dir = std::path::absolute(&state_dir)
-        .with_context(|| format!("invalid --state-dir {}", state_dir.display()))?;
+        .with_context(|| format!("invalid state dir {}", state_dir.display()))?;
+    let log_dir = args
+        .log_dir
+        .clone()
+        .or(configured.log_dir)
+        .unwrap_or_else(|| state_dir.join("logs"));
+    let log_dir = std::path::absolute(&log_dir)
+        .with_context(|| format!("invalid log dir {}", log_dir.display()))?;
     let follow = if args.follow_all {
         Follow::All
     } else if args.follow.is_empty() {
@@ -245,6 +260,7 @@ async fn up(args: UpArgs) -> Result<()> {
             None => state_dir.join("cache"),
         },
         state_dir,
+        log_dir,
         runtime_config_file: args.runtime_config_file.clone(),
         perfmap: args.perfmap,
         follow,

@@ -587,3 +587,42 @@ fn undefined_store_label_stops_start_up() {
         "{stderr}"
     );
 }
+
+/// #9 item 6: Spin's `state_dir` and `log_dir` runtime-config keys put the
+/// default stores and the component logs elsewhere (relative to the file);
+/// `--log-dir` wins over the key.
+#[tokio::test]
+async fn the_runtime_config_may_move_the_state_and_the_logs() {
+    let app = AppDir::new(STORES);
+    std::fs::create_dir_all(app.path().join("conf")).unwrap();
+    let config = app.write(
+        "conf/runtime-config.toml",
+        &format!("state_dir = \"../var/state\"\nlog_dir = \"../var/logs\"\n{RUNTIME_CONFIG}"),
+    );
+    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
+    let host = app.start_with(cmd);
+    assert_eq!(
+        put(&host, "/granted/kv/default/colour", "teal").await.0,
+        200
+    );
+    host.stop();
+    let var = app.path().join("var");
+    assert!(var.join("state/sqlite_key_value.db").exists());
+    assert!(var.join("logs/granted_stdout.txt").exists());
+    assert!(!app.path().join(".spin/sqlite_key_value.db").exists());
+
+    let elsewhere = app.path().join("flag-logs");
+    let mut cmd = app.command(&[
+        "--runtime-config-file",
+        config.to_str().unwrap(),
+        "--log-dir",
+        elsewhere.to_str().unwrap(),
+    ]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
+    let host = app.start_with(cmd);
+    let (_, body) = host.get("/granted/kv/default/colour").await;
+    assert_eq!(body["value"], "teal", "the same state dir: {body}");
+    host.stop();
+    assert!(elsewhere.join("granted_stdout.txt").exists());
+}

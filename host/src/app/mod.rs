@@ -46,6 +46,8 @@ use crate::triggers::redis::{self, RedisHandler, Subscription};
 
 pub struct AppOptions {
     pub state_dir: PathBuf,
+    /// Where each component's stdout and stderr files go.
+    pub log_dir: PathBuf,
     pub runtime_config_file: Option<PathBuf>,
     pub cache_dir: PathBuf,
     /// Tell `perf` where guest code is (`--perfmap`).
@@ -185,7 +187,7 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
         Arc::new(Databases::open(only(&runtime_config.sqlite_databases, &sqlite_used)).await?);
     let redis_clients = Arc::new(RedisClients::default());
 
-    let logs_dir = options.state_dir.join("logs");
+    let logs_dir = &options.log_dir;
     eprintln!("Logging component stdio to \"{}/\"", logs_dir.display());
     let linker = factors::linker(engine)?;
     let http_clients = Arc::new(HttpClients::new());
@@ -233,7 +235,7 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
                 .filter(|(key, _)| !options.component_env.iter().any(|(k, _)| k == key))
                 .chain(options.component_env.iter().cloned())
                 .collect(),
-            ComponentLogs::open(&logs_dir, id, options.follow.includes(id))?,
+            ComponentLogs::open(logs_dir, id, options.follow.includes(id))?,
             options.limits.clone(),
         ));
         if http {

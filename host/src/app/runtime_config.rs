@@ -21,6 +21,9 @@ pub const DEFAULT_SQLITE_FILE: &str = "sqlite_db.db";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRuntimeConfig {
+    /// Spin's `state_dir` and `log_dir` keys (see [`Directories`]).
+    state_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
     #[serde(default)]
     key_value_store: BTreeMap<String, StoreConfig>,
     #[serde(default)]
@@ -61,6 +64,33 @@ pub enum DbLocation {
     /// Spin's `type = "libsql"`: a database on a libSQL server (sqld,
     /// Turso), reached over HTTP.
     Libsql { url: String, token: String },
+}
+
+/// Where the state (default stores) and the component logs go, as a
+/// runtime config file may say with Spin's top-level `state_dir` and
+/// `log_dir` keys (relative to the file's folder). `--state-dir` and
+/// `--log-dir` win over them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Directories {
+    pub state_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Directories {
+    pub fn load(file: Option<&Path>) -> Result<Directories> {
+        let Some(path) = file else {
+            return Ok(Directories::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read runtime config {}", path.display()))?;
+        let raw = toml::from_str::<RawRuntimeConfig>(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        Ok(Directories {
+            state_dir: raw.state_dir.map(|dir| base.join(dir)),
+            log_dir: raw.log_dir.map(|dir| base.join(dir)),
+        })
+    }
 }
 
 /// Resolved locations for every label.
