@@ -415,9 +415,15 @@ async fn parked_sagas(req: &Request) -> ApiResult {
             ));
         }
     }
-    let limit = count_param(req, "limit", 100, 1000)?;
-    let parked = OrderStore::open().await?.parked(limit).await?;
-    Ok(json(StatusCode::OK, &parked))
+    let ask = PageRequest::from_query(req.uri().query(), |c| uuid::Uuid::parse_str(c).is_ok())?;
+    let parked = OrderStore::open()
+        .await?
+        .parked(ask.cursor.as_deref(), ask.fetch())
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &ask.page(parked, |s| s.order_id.clone()),
+    ))
 }
 
 /// Restarts a parked saga: attempts start again and it is due now.

@@ -747,12 +747,16 @@ impl OrderStore {
     }
 
     /// Parked sagas, longest parked first.
-    pub async fn parked(&self, limit: u32) -> Result<Vec<ParkedSaga>, Problem> {
+    pub async fn parked(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ParkedSaga>, Problem> {
         let rows = self
             .rows(
                 "SELECT order_id, attempts, parked_at, last_error FROM sagas
-                 WHERE parked_at IS NOT NULL ORDER BY parked_at LIMIT ?",
-                vec![Value::Integer(i64::from(limit))],
+                 WHERE parked_at IS NOT NULL AND order_id > ? ORDER BY order_id LIMIT ?",
+                vec![text(after.unwrap_or("")), Value::Integer(i64::from(limit))],
             )
             .await?;
         Ok(rows
