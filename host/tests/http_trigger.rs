@@ -79,6 +79,48 @@ async fn routes_follow_spin_precedence() {
     );
 }
 
+/// The component that answered a request written by hand (clients such as
+/// reqwest resolve `..` before sending, which is the point here).
+async fn raw_route(host: &common::Host, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host.socket_address())
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    // The JSON body, whatever the framing (chunked here).
+    let json = match (response.find('{'), response.rfind('}')) {
+        (Some(start), Some(end)) => &response[start..=end],
+        _ => "",
+    };
+    let body: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    body["component"]
+        .as_str()
+        .map_or_else(|| format!("(none) {response}"), str::to_string)
+}
+
+/// #12: paths are matched as sent, segment by segment. `..` climbs into
+/// no other route (it is a segment like any other, left to the component's
+/// path info), `%2F` separates nothing, and empty segments (`//`) are
+/// skipped.
+#[tokio::test]
+async fn paths_are_matched_as_sent() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    for (path, component) in [
+        ("/api/users/../users/me", "api"),
+        ("/elsewhere/../api/users/me", "catch-all"),
+        ("/api%2Fusers%2Fme", "catch-all"),
+        ("/api/users%2Fme", "api"),
+        ("//api//users//me", "me"),
+        ("/api/users/%2E%2E", "user"),
+    ] {
+        assert_eq!(raw_route(&host, path).await, component, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn spin_headers_describe_the_match() {
     let app = AppDir::new(ROUTES);
