@@ -21,5 +21,6 @@ mod replicas;
 mod resilience;
 mod saga;
 mod serial;
+mod test_server;
 mod traces;
 mod users;

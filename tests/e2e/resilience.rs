@@ -7,10 +7,10 @@
 //! products service deployed elsewhere would be.
 
 use crate::harness::App;
+use crate::test_server::serve;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,30 +53,17 @@ struct Upstream {
 
 impl Upstream {
     async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let upstream = Upstream {
-            url: format!("http://{}", listener.local_addr().unwrap()),
+        let mut upstream = Upstream {
+            url: String::new(),
             behaviour: Arc::new(Mutex::new(Behaviour::Ok)),
             seen: Arc::default(),
         };
         let state = upstream.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, hyper::Error>(state.answer(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        upstream.url = serve(move |req| {
+            let state = state.clone();
+            async move { state.answer(req).await }
+        })
+        .await;
         upstream
     }
 

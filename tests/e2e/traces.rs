@@ -5,10 +5,10 @@
 //! the order crossed.
 
 use crate::harness::App;
+use crate::test_server::serve;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -46,30 +46,17 @@ struct Collector {
 
 impl Collector {
     async fn start() -> Collector {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let collector = Collector {
-            url: format!("http://{}", listener.local_addr().unwrap()),
+        let mut collector = Collector {
+            url: String::new(),
             spans: Arc::default(),
             rejected: Arc::default(),
         };
         let state = collector.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, hyper::Error>(state.receive(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        collector.url = serve(move |req| {
+            let state = state.clone();
+            async move { state.receive(req).await }
+        })
+        .await;
         collector
     }
 
