@@ -175,25 +175,24 @@ impl OutboundHttp {
     /// Spin's client span for an outbound request (`otel.name` the method),
     /// when the instance is serving a traced request.
     fn client_span(&self, request: &Request<WasiBody>, host: &str) -> Option<Span> {
-        Span::child(
-            self.trace.as_ref(),
-            request.method().as_str().to_string(),
-            SpanKind::Client,
-            || {
-                let uri = request.uri();
-                let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-                    Some("https") => 443,
-                    _ => 80,
-                });
+        Span::child(self.trace.as_ref(), SpanKind::Client, || {
+            let uri = request.uri();
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("https") => 443,
+                _ => 80,
+            });
+            let method = request.method().as_str().to_string();
+            (
+                method.clone(),
                 vec![
-                    KeyValue::new("http.request.method", request.method().as_str().to_string()),
+                    KeyValue::new("http.request.method", method),
                     KeyValue::new("url.full", uri.to_string()),
                     KeyValue::new("server.address", host.to_string()),
                     KeyValue::new("server.port", i64::from(port)),
                     KeyValue::new("spin.component_id", Arc::clone(&self.component)),
-                ]
-            },
-        )
+                ],
+            )
+        })
     }
 }
 

@@ -333,18 +333,16 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
     ) -> wasmtime::Result<Result<(), Error>> {
         let conn = connection(accessor, &conn)?;
         let trace = accessor.with(|mut access| access.get().trace.cloned());
-        let span = Span::child(
-            trace.as_ref(),
-            format!("PUBLISH {channel}"),
-            SpanKind::Client,
-            || {
+        let span = Span::child(trace.as_ref(), SpanKind::Client, || {
+            (
+                format!("PUBLISH {channel}"),
                 vec![
                     KeyValue::new("db.system.name", "redis"),
                     KeyValue::new("messaging.system", "redis"),
                     KeyValue::new("messaging.destination.name", channel.clone()),
-                ]
-            },
-        );
+                ],
+            )
+        });
         let result = conn
             .query("PUBLISH", vec![channel.into_bytes(), payload])
             .await

@@ -149,15 +149,17 @@ impl Span {
         Some(Span(Context::new().with_span(span)))
     }
 
-    /// A child of the span the instance is working for, if it is traced.
-    pub fn child(
+    /// A child of the span the instance is working for, if it is traced;
+    /// `describe` gives its name and attributes, and runs only then (an
+    /// untraced call allocates nothing for its span).
+    pub fn child<N: Into<Cow<'static, str>>>(
         of: Option<&Context>,
-        name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        describe: impl FnOnce() -> (N, Vec<KeyValue>),
     ) -> Option<Span> {
         let parent = of?;
-        Span::start(name, kind, Some(parent), attributes())
+        let (name, attributes) = describe();
+        Span::start(name, kind, Some(parent), attributes)
     }
 
     /// The context children of this span are made under.

@@ -155,17 +155,15 @@ where
             view.trace.cloned(),
         ))
     })?;
-    let span = Span::child(
-        trace.as_ref(),
-        format!("spin_key_value.{operation}"),
-        SpanKind::Client,
-        || {
+    let span = Span::child(trace.as_ref(), SpanKind::Client, || {
+        (
+            format!("spin_key_value.{operation}"),
             vec![opentelemetry::KeyValue::new(
                 "spin.key_value.store",
                 Arc::clone(&label),
-            )]
-        },
-    );
+            )],
+        )
+    });
     let started = Instant::now();
     let result = work(Arc::clone(&label), backend).await;
     traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));

@@ -167,18 +167,21 @@ async fn execute(
     } = conn;
     let label = &label;
     // Named by the statement, as Spin names it, on one line.
-    let span = Span::child(trace, one_line(&statement), SpanKind::Client, || {
-        vec![
-            KeyValue::new("db.system.name", "sqlite"),
-            KeyValue::new("db.namespace", Arc::clone(label)),
-            KeyValue::new(
-                "sqlite.backend",
-                match *database {
-                    Database::Local(_) => "local",
-                    Database::Remote(_) => "libsql",
-                },
-            ),
-        ]
+    let span = Span::child(trace, SpanKind::Client, || {
+        (
+            one_line(&statement),
+            vec![
+                KeyValue::new("db.system.name", "sqlite"),
+                KeyValue::new("db.namespace", Arc::clone(label)),
+                KeyValue::new(
+                    "sqlite.backend",
+                    match *database {
+                        Database::Local(_) => "local",
+                        Database::Remote(_) => "libsql",
+                    },
+                ),
+            ],
+        )
     });
     let started = std::time::Instant::now();
     let result = run_statement(database, &session, statement, params).await;
