@@ -265,6 +265,12 @@ async fn outbound_connections_are_not_shared_between_guests() {
             .contains("SUBSCRIBE is not available"),
         "{body}"
     );
+    // A blocking command waits as long as it asks (no client-side reply
+    // timeout), and its connection is not handed to the next guest while
+    // the server may still be busy with it.
+    let (status, body) = execute(&host, "", serde_json::json!([["BLPOP", "nothing", "1"]])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0], "[RedisResult::Nil]", "{body}");
     let (status, body) = execute(&host, "", serde_json::json!([["PING"]])).await;
     assert_eq!(
         (status, &body["results"][0]),

@@ -106,7 +106,15 @@ impl AllowedHost {
             Pattern::Any => true,
             Pattern::Exact(s) => s.eq_ignore_ascii_case(scheme),
         };
-        let host = host.to_ascii_lowercase();
+        let mut host = host.to_ascii_lowercase();
+        // An IPv6 address has many spellings; entries hold the shortest.
+        if let Some(ip) = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+        {
+            host = format!("[{ip}]");
+        }
         let host_ok = match &self.host {
             HostPattern::Any => true,
             HostPattern::Subdomains(suffix) => host.ends_with(suffix.as_str()),
@@ -258,6 +266,7 @@ mod tests {
         assert!(allows("http://[::1]:3000", "http", "[::1]", Some(3000)));
         assert!(allows("http://[::1]", "http", "[::1]", None));
         assert!(allows("http://[0:0::1]", "http", "[::1]", Some(80)));
+        assert!(allows("http://[::1]", "http", "[0:0:0:0:0:0:0:1]", None));
         assert!(!allows("http://[::1]:3000", "http", "[::2]", Some(3000)));
         assert!(allows("http://10.0.0.0/8", "http", "10.1.2.3", None));
         assert!(allows(

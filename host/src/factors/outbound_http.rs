@@ -165,7 +165,7 @@ impl WasiHttpHooks for OutboundHttp {
                     i64::from(status),
                 ));
             }
-            traces::finish(span, &result.as_ref().map(drop).map_err(|e| e.to_string()));
+            traces::finish(span, &result.as_ref().map(drop));
             result
         })
     }

@@ -11,9 +11,9 @@
 //! something else (`SUBSCRIBE`, `MONITOR`, `QUIT`...) are refused.
 
 use ::redis::Value;
-use ::redis::aio::ConnectionManager;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 
@@ -51,12 +51,18 @@ pub struct Lease {
     conn: ConnectionManager,
     pool: PoolKey,
     clients: Weak<RedisClients>,
-    reusable: AtomicBool,
+    /// A command may have changed the connection, or failed on it.
+    changed: AtomicBool,
+    /// Commands sent and not answered yet: one whose guest stopped waiting
+    /// (a deadline, a dropped future) never comes back, and the server may
+    /// still be busy with it.
+    in_flight: AtomicUsize,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.reusable.load(Ordering::Relaxed)
+        if !self.changed.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
             && let Some(clients) = self.clients.upgrade()
         {
             let mut idle = clients.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -92,13 +98,19 @@ impl RedisClients {
             .and_then(Vec::pop);
         let conn = match idle {
             Some(conn) => conn,
-            None => ConnectionManager::new(::redis::Client::open(address)?).await?,
+            None => {
+                // No client-side reply timeout: a guest's `BLPOP key 30`
+                // may rightly wait; the request's deadline bounds it.
+                let config = ConnectionManagerConfig::new().set_response_timeout(None);
+                ConnectionManager::new_with_config(::redis::Client::open(address)?, config).await?
+            }
         };
         Ok(RedisConnection::Server(Arc::new(Lease {
             conn,
             pool,
             clients: Arc::downgrade(self),
-            reusable: AtomicBool::new(true),
+            changed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         })))
     }
 }
@@ -165,8 +177,9 @@ impl RedisConnection {
                     )));
                 }
                 if CHANGES_THE_CONNECTION.contains(&name.as_str()) {
-                    lease.reusable.store(false, Ordering::Relaxed);
+                    lease.changed.store(true, Ordering::Relaxed);
                 }
+                lease.in_flight.fetch_add(1, Ordering::Relaxed);
                 let mut conn = lease.conn.clone();
                 let mut cmd = ::redis::cmd(command);
                 for arg in args {
@@ -182,6 +195,10 @@ impl RedisConnection {
                     }
                     other => other,
                 };
+                if result.is_err() {
+                    lease.changed.store(true, Ordering::Relaxed);
+                }
+                lease.in_flight.fetch_sub(1, Ordering::Relaxed);
                 result.map_err(|e| classify(e.to_string()))
             }
         }
@@ -347,7 +364,7 @@ impl<T> spin_redis::HostConnectionWithStore<T> for Redis {
             .query("PUBLISH", vec![channel.into_bytes(), payload])
             .await
             .map(drop);
-        traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));
+        traces::finish(span, &result);
         Ok(result)
     }
 

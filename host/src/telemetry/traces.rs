@@ -167,6 +167,13 @@ impl Span {
         &self.0
     }
 
+    /// A context that names this span without holding it, for an instance
+    /// to make children under: the span still ends when its request does
+    /// (or when the request is dropped), not when the instance next works.
+    pub fn reference(&self) -> Context {
+        Context::new().with_remote_span_context(self.0.span().span_context().clone())
+    }
+
     pub fn set(&self, attribute: KeyValue) {
         self.0.span().set_attribute(attribute);
     }
@@ -185,11 +192,12 @@ impl Span {
     }
 }
 
-/// Ends `span` (if any) as the outcome of an operation says.
-pub fn finish<T, E: std::fmt::Display>(span: Option<Span>, result: &Result<T, E>) {
+/// Ends `span` (if any) as the outcome of an operation says; the error is
+/// described only for a span.
+pub fn finish<T, E: std::fmt::Debug>(span: Option<Span>, result: &Result<T, E>) {
     if let Some(span) = span {
         if let Err(error) = result {
-            span.fail(error);
+            span.fail(format!("{error:?}"));
         }
         span.end();
     }

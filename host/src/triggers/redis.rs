@@ -326,7 +326,7 @@ async fn dispatch(sub: &Subscription, payload: Vec<u8>, limit: &Arc<Semaphore>) 
                 metrics::redis_redelivery(&component, &channel);
             }
             let started = Instant::now();
-            let trace = span.as_ref().map(|s| s.context().clone());
+            let trace = span.as_ref().map(Span::reference);
             let trace_id = trace.as_ref().map(traces::trace_id);
             let trace_id = trace_id.as_deref();
             let result = handler.handle(payload, trace).await;

@@ -166,7 +166,7 @@ where
     });
     let started = Instant::now();
     let result = work(Arc::clone(&label), backend).await;
-    traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));
+    traces::finish(span, &result);
     metrics::store_operation(
         "key_value",
         &label,

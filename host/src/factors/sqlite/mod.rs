@@ -185,7 +185,7 @@ async fn execute(
     });
     let started = std::time::Instant::now();
     let result = run_statement(database, &session, statement, params).await;
-    traces::finish(span, &result.as_ref().map_err(|e| format!("{e:?}")));
+    traces::finish(span, &result);
     crate::telemetry::metrics::store_operation(
         "sqlite",
         label,

@@ -141,7 +141,7 @@ impl HttpApp {
         route: &Arc<str>,
         spin_route: &str,
         client: Option<SocketAddr>,
-        req: Request<WasiBody>,
+        mut req: Request<WasiBody>,
     ) -> Response<WasiBody> {
         let Some(handler) = self.handlers.get(component) else {
             return empty(StatusCode::NOT_FOUND);
@@ -150,9 +150,15 @@ impl HttpApp {
         let span = traces::enabled()
             .then(|| server_span(&req, id, spin_route, client))
             .flatten();
+        // The component sees its own span as the request's trace context,
+        // so what it logs and passes on (a message's `traceparent`) names
+        // a span the backend receives.
+        if let Some(span) = &span {
+            traces::inject(span.context(), req.headers_mut());
+        }
         let started = std::time::Instant::now();
         let response = self
-            .run(handler, req, span.as_ref().map(|s| s.context().clone()))
+            .run(handler, req, span.as_ref().map(Span::reference))
             .await;
         let status = response.status().as_u16();
         metrics::http_request(id, route, status, started.elapsed());
