@@ -171,6 +171,7 @@ async fn clients_cannot_pose_as_the_gateway() {
         },
         &identity,
         bazaar_auth::now(),
+        5,
     );
     let reply = app
         .send(

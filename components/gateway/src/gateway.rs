@@ -187,11 +187,13 @@ pub async fn identity_token(
         method,
         path: path_and_query,
     };
+    let deadline_ms: u64 = setting_as(service.timeout_variable()).await?;
     Ok(bazaar_auth::issue_identity(
         &signing_keys("identity_token_secret").await?,
         &hop,
         identity,
         bazaar_auth::now(),
+        deadline_ms.div_ceil(1000),
     ))
 }
 
@@ -213,11 +215,6 @@ async fn forward(
         if !STRIPPED.contains(&name.as_str()) {
             headers.append(name, value.clone());
         }
-    }
-    if let Some(identity) = identity {
-        let token =
-            identity_token(service, req.method().as_str(), &path_and_query, &identity).await?;
-        headers.insert(IDENTITY_HEADER, header_value(&token)?);
     }
     if let Some(client) = header(&req, "spin-client-addr") {
         headers.insert(
@@ -250,6 +247,12 @@ async fn forward(
     })?
     .map_err(|_| too_large(max_body))?
     .to_bytes();
+    // Minted once the body is in, so its lifetime covers the upstream
+    // deadline (retries included), not the client's upload too.
+    if let Some(identity) = identity {
+        let token = identity_token(service, method.as_str(), &path_and_query, &identity).await?;
+        headers.insert(IDENTITY_HEADER, header_value(&token)?);
+    }
     let call = Call {
         service,
         method,

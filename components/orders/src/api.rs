@@ -358,7 +358,18 @@ async fn redrive(req: &Request) -> ApiResult {
     let now = now_rfc3339();
     let (mut redriven, mut parked) = (0, 0);
     for due in store.due_sagas(&now, batch).await? {
-        match store.redrive(&due, &now, timeout, max_attempts).await? {
+        // One saga's failure is logged, and the run goes on to the others.
+        let outcome = match store.redrive(&due, &now, timeout, max_attempts).await {
+            Ok(outcome) => outcome,
+            Err(problem) => {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({ "level": "error", "msg": "saga redrive failed", "order_id": due.order_id, "error": problem.detail })
+                );
+                continue;
+            }
+        };
+        match outcome {
             Redriven::Resent(outbox) => {
                 redriven += 1;
                 publish(&store, &outbox, &now).await;
@@ -374,6 +385,7 @@ async fn redrive(req: &Request) -> ApiResult {
         }
     }
     let views_rebuilt = store.rebuild_stale_views(batch).await?;
+    store.forget_sent_card_tokens(&now).await?;
     let published = match store.relay_due(&address, &now).await {
         Ok(n) => n,
         Err(problem) => {

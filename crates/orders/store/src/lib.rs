@@ -672,18 +672,8 @@ impl OrderStore {
             .join(", ");
         let attempt = due.attempts + 1;
         if attempt > max_attempts {
-            self.rows(
-                "UPDATE sagas SET parked_at = ?, last_error = ? WHERE order_id = ?",
-                vec![
-                    text(now),
-                    text(&format!(
-                        "no answer to {waiting_for} after {max_attempts} attempts"
-                    )),
-                    text(&order.id),
-                ],
-            )
-            .await?;
-            return Ok(Redriven::Parked);
+            let error = format!("no answer to {waiting_for} after {max_attempts} attempts");
+            return self.park(&order.id, now, &error).await;
         }
         let cause = Cause {
             now,
@@ -695,7 +685,12 @@ impl OrderStore {
             reply_timeout,
         };
         let card_token = if commands.contains(&Command::Charge) {
-            Some(self.card_token(&order.id).await?)
+            match self.card_token(&order.id).await {
+                Ok(token) => Some(token),
+                // Nothing to charge with: an operator must look, and the
+                // other sagas of this run go on.
+                Err(problem) => return self.park(&order.id, now, &problem.detail).await,
+            }
         } else {
             None
         };
@@ -723,6 +718,37 @@ impl OrderStore {
         Ok(Redriven::Resent(outbox))
     }
 
+    /// Blanks the card token of charge commands published within the last
+    /// hour (older ones were blanked by earlier sweeps): once the payment
+    /// step has the command, the orders database has no reason to keep it.
+    /// Redrive runs it; a re-send of a charge takes the token from the
+    /// saga's row, not from an old message.
+    pub async fn forget_sent_card_tokens(&self, now: &str) -> Result<u64, Problem> {
+        let hour_ago = bazaar_service::seconds_ago_rfc3339(3600.0);
+        self.rows(
+            "UPDATE outbox SET payload = CAST(json_remove(CAST(payload AS TEXT), '$.data.card_token') AS BLOB)
+             WHERE published_at IS NOT NULL AND published_at > ? AND published_at <= ?
+               AND channel = ? AND instr(payload, CAST('\"card_token\"' AS BLOB)) > 0",
+            vec![
+                text(&hour_ago),
+                text(now),
+                text(saga_messages::PAYMENT_COMMANDS),
+            ],
+        )
+        .await?;
+        Ok(self.0.changes().await)
+    }
+
+    /// Parks a saga with `error`, for an operator to see and restart.
+    async fn park(&self, order_id: &str, now: &str, error: &str) -> Result<Redriven, Problem> {
+        self.rows(
+            "UPDATE sagas SET parked_at = ?, last_error = ? WHERE order_id = ?",
+            vec![text(now), text(error), text(order_id)],
+        )
+        .await?;
+        Ok(Redriven::Parked)
+    }
+
     /// The saga numbers an operator watches (docs/operations.md).
     pub async fn gauges(&self, now: &str) -> Result<SagaGauges, Problem> {
         let rows = self
@@ -746,7 +772,7 @@ impl OrderStore {
         })
     }
 
-    /// Parked sagas, longest parked first.
+    /// Parked sagas, a page in order-id order after `after`.
     pub async fn parked(
         &self,
         after: Option<&str>,

@@ -85,9 +85,9 @@ pub const ISSUER: &str = "bazaar";
 pub const ACCESS_AUDIENCE: &str = "bazaar-api";
 /// Header carrying the identity token from the gateway to a service.
 pub const IDENTITY_HEADER: &str = "x-bazaar-identity";
-/// How long an identity token lives. It covers one hop, retries included,
-/// so it must outlast the longest upstream deadline (10 s by default) and
-/// no more.
+/// The shortest an identity token lives. It covers one hop, retries
+/// included, so the gateway gives it the call's deadline plus a margin
+/// when that is longer (the default deadlines are 5 and 10 s).
 pub const IDENTITY_TTL_SECONDS: u64 = 15;
 
 /// The one request an identity token is for.
@@ -190,9 +190,16 @@ pub fn issue(
     )
 }
 
-/// Signs an identity token for `identity`, good for `hop` only, for
-/// [`IDENTITY_TTL_SECONDS`] from `now`.
-pub fn issue_identity(keys: &Keys, hop: &Hop<'_>, identity: &Identity, now: u64) -> String {
+/// Signs an identity token for `identity`, good for `hop` only, for the
+/// `deadline_seconds` the call may take plus a margin, at least
+/// [`IDENTITY_TTL_SECONDS`], from `now`.
+pub fn issue_identity(
+    keys: &Keys,
+    hop: &Hop<'_>,
+    identity: &Identity,
+    now: u64,
+    deadline_seconds: u64,
+) -> String {
     sign(
         keys,
         Claims {
@@ -200,7 +207,7 @@ pub fn issue_identity(keys: &Keys, hop: &Hop<'_>, identity: &Identity, now: u64)
             iss: ISSUER.into(),
             aud: hop.audience(),
             iat: now,
-            exp: now + IDENTITY_TTL_SECONDS,
+            exp: now + IDENTITY_TTL_SECONDS.max(deadline_seconds.saturating_add(5)),
             htm: Some(hop.method.into()),
             htu: Some(hop.path.into()),
         },
@@ -335,7 +342,7 @@ mod tests {
             method: "POST",
             path: "/api/v1/orders/o-1/cancel",
         };
-        let token = issue_identity(&k, &hop, &alice(), now());
+        let token = issue_identity(&k, &hop, &alice(), now(), 10);
         assert_eq!(verify_identity(&k, &hop, &token), Ok(alice()));
         for other in [
             Hop {
@@ -365,7 +372,7 @@ mod tests {
             verify_identity(&k, &hop, &access),
             Err(TokenError::Invalid(_))
         ));
-        let old = issue_identity(&k, &hop, &alice(), now() - IDENTITY_TTL_SECONDS - 1);
+        let old = issue_identity(&k, &hop, &alice(), now() - IDENTITY_TTL_SECONDS - 1, 10);
         assert_eq!(verify_identity(&k, &hop, &old), Err(TokenError::Expired));
     }
 
