@@ -85,7 +85,7 @@ async fn place(req: Request) -> ApiResult {
     let fingerprint = new.fingerprint();
     let store = OrderStore::open().await?;
     if let Some(key) = &idempotency_key
-        && let Some(order) = replay(&store, &identity, key, &fingerprint).await?
+        && let Some(order) = replay(&store, &identity, key, &new).await?
     {
         return accepted(&order);
     }
@@ -134,7 +134,7 @@ async fn place(req: Request) -> ApiResult {
         // A concurrent request with the same idempotency key won the race.
         Err(AppendError::KeyTaken | AppendError::Duplicate) => {
             let key = idempotency_key.unwrap_or_default();
-            match replay(&store, &identity, &key, &fingerprint).await? {
+            match replay(&store, &identity, &key, &new).await? {
                 Some(order) => accepted(&order),
                 None => Err(Problem::conflict(
                     Conflict::ConcurrentChange,
@@ -152,16 +152,13 @@ async fn replay(
     store: &OrderStore,
     identity: &Identity,
     key: &str,
-    fingerprint: &str,
+    new: &NewOrder,
 ) -> Result<Option<Order>, Problem> {
     let Some((first_fingerprint, order_id)) = store.idempotent_order(&identity.sub, key).await?
     else {
         return Ok(None);
     };
-    // Keys from before fingerprints were digests hold the request without
-    // its card token: they are trusted by key alone.
-    let legacy = first_fingerprint.starts_with('{');
-    if first_fingerprint != fingerprint && !legacy {
+    if !new.has_fingerprint(&first_fingerprint) {
         return Err(Problem::conflict(
             Conflict::IdempotencyKeyReused,
             "this Idempotency-Key was already used for a different order",
@@ -216,7 +213,7 @@ async fn get(req: &Request, order_id: &str) -> ApiResult {
 /// An order's events in order, a page at a time; the cursor is the last
 /// event's `seq`.
 async fn events(req: &Request, order_id: &str) -> ApiResult {
-    let ask = PageRequest::from_query(req.uri().query(), |c| c.parse::<u64>().is_ok())?;
+    let ask = PageRequest::from_query(req.uri().query(), bazaar_api::is_position)?;
     let identity = caller(req, SERVICE).await?;
     let (_, events) = visible(&OrderStore::open().await?, &identity, order_id).await?;
     let after: i64 = ask
@@ -243,7 +240,7 @@ async fn events(req: &Request, order_id: &str) -> ApiResult {
 /// The caller's orders, newest first, a page at a time; the cursor is the
 /// last order's id.
 async fn list(req: &Request) -> ApiResult {
-    let ask = PageRequest::from_query(req.uri().query(), |c| uuid::Uuid::parse_str(c).is_ok())?;
+    let ask = PageRequest::from_query(req.uri().query(), bazaar_api::is_id)?;
     let identity = caller(req, SERVICE).await?;
     let views = OrderStore::open()
         .await?
@@ -427,7 +424,7 @@ async fn parked_sagas(req: &Request) -> ApiResult {
             ));
         }
     }
-    let ask = PageRequest::from_query(req.uri().query(), |c| uuid::Uuid::parse_str(c).is_ok())?;
+    let ask = PageRequest::from_query(req.uri().query(), bazaar_api::is_id)?;
     let parked = OrderStore::open()
         .await?
         .parked(ask.cursor.as_deref(), ask.fetch())

@@ -36,7 +36,7 @@ async fn list(req: &Request) -> ApiResult {
     let order_id = query_param(req.uri().query(), "order_id")
         .filter(|id| !id.is_empty())
         .ok_or_else(|| Problem::bad_request("the `order_id` query parameter is required"))?;
-    let ask = PageRequest::from_query(req.uri().query(), |c| uuid::Uuid::parse_str(c).is_ok())?;
+    let ask = PageRequest::from_query(req.uri().query(), bazaar_api::is_id)?;
     let payments = Store::open().await?.for_order(&order_id).await?;
     if payments.iter().any(|p| p.user_id != identity.sub) && !identity.is_admin() {
         return Err(Problem::not_found(format!("no order {order_id}")));

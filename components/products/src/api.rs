@@ -63,17 +63,12 @@ async fn health() -> ApiResult {
 }
 
 async fn list(req: &Request) -> ApiResult {
-    let ask = PageRequest::from_query(req.uri().query(), is_id)?;
+    let ask = PageRequest::from_query(req.uri().query(), bazaar_api::is_id)?;
     let items = Store::open()
         .await?
         .page(ask.cursor.as_deref(), ask.fetch())
         .await?;
     Ok(json(StatusCode::OK, &ask.page(items, |p| p.id.clone())))
-}
-
-/// Product ids are UUIDs (v7, so they sort by creation).
-fn is_id(text: &str) -> bool {
-    uuid::Uuid::parse_str(text).is_ok()
 }
 
 async fn get(id: &str) -> ApiResult {

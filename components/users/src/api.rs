@@ -102,12 +102,19 @@ async fn token(req: Request) -> ApiResult {
     let user = match user {
         Some(user) if domain::password_matches(&credentials.password, &user.password_hash) => {
             if !domain::hashed_at(&user.password_hash, cost) {
-                let rehashed = domain::hash_password(&credentials.password, cost)?;
-                store.set_password_hash(&user.id, &rehashed).await?;
+                rehash(&store, &user, &credentials.password, cost).await;
             }
             user
         }
-        Some(_) => return Err(Problem::unauthorized("invalid email or password")),
+        Some(user) => {
+            // A hash made at an older cost took its own time to check: add
+            // the current cost's, so the answer is never quicker than for
+            // an unknown email.
+            if !domain::hashed_at(&user.password_hash, cost) {
+                domain::check_against_nobody(&credentials.password, cost)?;
+            }
+            return Err(Problem::unauthorized("invalid email or password"));
+        }
         None => {
             domain::check_against_nobody(&credentials.password, cost)?;
             return Err(Problem::unauthorized("invalid email or password"));
@@ -137,6 +144,21 @@ async fn token(req: Request) -> ApiResult {
             expires_in: ttl,
         },
     ))
+}
+
+/// Stores the password hashed at the current cost. A failure costs this
+/// login nothing (it is logged; the next login tries again).
+async fn rehash(store: &Store, user: &StoredUser, password: &str, cost: domain::HashCost) {
+    let outcome = match domain::hash_password(password, cost) {
+        Ok(rehashed) => store.set_password_hash(&user.id, &rehashed).await,
+        Err(problem) => Err(problem),
+    };
+    if let Err(problem) = outcome {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "level": "warn", "msg": "password rehash failed", "user_id": user.id, "error": problem.detail })
+        );
+    }
 }
 
 /// Argon2id's cost, from the `argon2_*` variables.

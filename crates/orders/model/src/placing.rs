@@ -78,6 +78,20 @@ impl NewOrder {
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("sha256:{hex}")
     }
+
+    /// Whether `stored`, the fingerprint kept with an idempotency key, is
+    /// this request's: a digest, or (keys from before digests) the request
+    /// as JSON with its card token removed, compared without it.
+    pub fn has_fingerprint(&self, stored: &str) -> bool {
+        if !stored.starts_with('{') {
+            return stored == self.fingerprint();
+        }
+        let mut mine = serde_json::to_value(self).expect("a parsed order always serialises");
+        if let Some(payment) = mine.get_mut("payment").and_then(|p| p.as_object_mut()) {
+            payment.remove("card_token");
+        }
+        serde_json::from_str::<serde_json::Value>(stored).is_ok_and(|theirs| theirs == mine)
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +140,12 @@ mod tests {
             a.fingerprint(),
             order(&[("p-1", 2)], "tok_ok").fingerprint()
         );
+        assert!(a.has_fingerprint(&a.fingerprint()));
+        assert!(!a.has_fingerprint(&order(&[("p-1", 2)], "tok_ok").fingerprint()));
+        // Keys from before digests: the request without its card token.
+        let legacy = r#"{"items":[{"product_id":"p-1","quantity":1}],"payment":{}}"#;
+        assert!(a.has_fingerprint(legacy));
+        assert!(!order(&[("p-1", 2)], "tok_ok").has_fingerprint(legacy));
         let other_card = order(&[("p-1", 1)], "tok_other");
         assert_ne!(a.fingerprint(), other_card.fingerprint());
         assert!(!a.fingerprint().contains("tok_ok"), "{}", a.fingerprint());

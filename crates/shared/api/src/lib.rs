@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod paging;
-pub use paging::{DEFAULT_PAGE, MAX_PAGE, Page, PageRequest};
+pub use paging::{DEFAULT_PAGE, MAX_PAGE, Page, PageRequest, is_id, is_position};
 
 pub const JSON: &str = "application/json";
 pub const PROBLEM_JSON: &str = "application/problem+json";

@@ -67,6 +67,22 @@ impl PageRequest {
     }
 }
 
+/// Whether `text` is an id as this API writes them: a UUID in its
+/// canonical form (lowercase, hyphenated), the only form that sorts as the
+/// ids it names. Cursors of id-ordered lists must be one.
+pub fn is_id(text: &str) -> bool {
+    text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        })
+}
+
+/// Whether `text` is a position in a list numbered from 1 (`seq`).
+pub fn is_position(text: &str) -> bool {
+    text.parse::<i64>().is_ok_and(|n| n >= 0)
+}
+
 /// One page of a list, as the API answers it.
 #[derive(Debug, Serialize)]
 pub struct Page<T> {
@@ -110,6 +126,23 @@ mod tests {
             assert_eq!(request(bad).unwrap_err().status, 400, "{bad}");
         }
         assert_eq!(request("cursor=c7").unwrap().cursor.as_deref(), Some("c7"));
+    }
+
+    #[test]
+    fn cursors_are_canonical() {
+        assert!(is_id("0192f0c2-1b2c-7d3e-8f40-a1b2c3d4e5f6"));
+        for bad in [
+            "0192F0C2-1B2C-7D3E-8F40-A1B2C3D4E5F6",
+            "0192f0c21b2c7d3e8f40a1b2c3d4e5f6",
+            "{0192f0c2-1b2c-7d3e-8f40-a1b2c3d4e5f6}",
+            "urn:uuid:0192f0c2-1b2c-7d3e-8f40-a1b2c3d4e5f6",
+            "0192f0c2-1b2c-7d3e-8f40-a1b2c3d4e5fg",
+            "",
+        ] {
+            assert!(!is_id(bad), "{bad}");
+        }
+        assert!(is_position("7") && is_position("0"));
+        assert!(!is_position("-1") && !is_position("99999999999999999999") && !is_position("x"));
     }
 
     #[test]
