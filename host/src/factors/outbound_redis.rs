@@ -28,6 +28,10 @@ use opentelemetry::trace::SpanKind;
 /// more guests have one open at once, and closed when they come back.
 const MAX_IDLE: usize = 16;
 
+/// Idle connections kept in all, whatever the number of addresses (a guest
+/// may spell one server many ways: `/0`, `?x=1`...).
+const MAX_IDLE_IN_ALL: usize = 256;
+
 /// Which pool a connection belongs to: component and address.
 type PoolKey = (Arc<str>, String);
 
@@ -66,8 +70,9 @@ impl Drop for Lease {
             && let Some(clients) = self.clients.upgrade()
         {
             let mut idle = clients.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let in_all: usize = idle.values().map(Vec::len).sum();
             let pool = idle.entry(self.pool.clone()).or_default();
-            if pool.len() < MAX_IDLE {
+            if pool.len() < MAX_IDLE && in_all < MAX_IDLE_IN_ALL {
                 pool.push(self.conn.clone());
             }
         }
@@ -90,12 +95,14 @@ impl RedisClients {
             return Ok(RedisConnection::Embedded(Arc::clone(&self.embedded)));
         }
         let pool = (Arc::clone(component), address.to_string());
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&pool)
-            .and_then(Vec::pop);
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = idle.get_mut(&pool).and_then(Vec::pop);
+            if idle.get(&pool).is_some_and(Vec::is_empty) {
+                idle.remove(&pool);
+            }
+            conn
+        };
         let conn = match idle {
             Some(conn) => conn,
             None => {
