@@ -398,11 +398,11 @@ async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
         );
     }
     let parked = app
-        .get("/api/v1/admin/sagas?state=parked", Some(&admin))
+        .all("/api/v1/admin/sagas?state=parked", Some(&admin))
         .await;
     assert_eq!(
-        parked.body,
-        json!([]),
+        parked,
+        Vec::<Value>::new(),
         "no step failed every attempt, yet sagas were parked"
     );
     for product in &products {

@@ -66,7 +66,7 @@ async fn a_burst_settles_with_one_message_at_a_time() {
         );
     }
     let parked = app
-        .get("/api/v1/admin/sagas?state=parked", Some(&admin))
+        .all("/api/v1/admin/sagas?state=parked", Some(&admin))
         .await;
-    assert_eq!(parked.body, Value::Array(vec![]));
+    assert_eq!(parked, Vec::<Value>::new());
 }
