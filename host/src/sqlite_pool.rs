@@ -13,10 +13,13 @@
 //! longest waiter (see [`Pool`]): measured on the order saga, strict
 //! hand-off settled ~25 orders/s and this ~65/s (BENCHMARKS.md).
 //!
-//! SQLite calls block, so every statement runs on tokio's blocking pool with
-//! its connection moved there; statements are prepared through each
-//! connection's cache, so a service's handful of queries is parsed once per
-//! connection rather than once per request.
+//! SQLite calls block, so writes, commits and long reads run on tokio's
+//! blocking pool with their connection moved there; short reads (a lookup
+//! by key, a page of rows) run on the async worker within a budget of VM
+//! instructions, because a WAL reader waits for no lock and the two thread
+//! hand-offs would cost more than the read. Statements are prepared through
+//! each connection's cache, so a service's handful of queries is parsed once
+//! per connection rather than once per request.
 
 use anyhow::Context as _;
 use rusqlite::Connection;

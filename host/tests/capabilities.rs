@@ -279,6 +279,43 @@ async fn sqlite_persists_and_uses_wal() {
     );
 }
 
+/// Reads run on the async worker within a budget of SQLite instructions; a
+/// longer one is interrupted there and must still answer in full (re-run on
+/// the blocking pool), and a statement that looks like a read but writes
+/// must reach the writer with its parameters intact.
+#[tokio::test]
+async fn sqlite_long_reads_and_writes_that_look_like_reads() {
+    let app = AppDir::new(STORES);
+    let host = start(&app);
+    let (status, body) = sql(
+        &host,
+        "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 200000) \
+         SELECT count(*), sum(x) FROM n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], serde_json::json!([[200000, 20000100000_i64]]));
+
+    assert_eq!(
+        sql(
+            &host,
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, body) = sql(
+        &host,
+        "WITH picked(body) AS (VALUES ('looked like a read')) \
+         INSERT INTO notes (body) SELECT body FROM picked",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = sql(&host, "SELECT id, body FROM notes").await;
+    assert_eq!(body["rows"], serde_json::json!([[1, "looked like a read"]]));
+}
+
 /// One guest connection's statements, as the probe runs them.
 async fn session(host: &common::Host, statements: &[&str]) -> serde_json::Value {
     host.sql_session("/granted/sql-session/default", statements)

@@ -1,5 +1,6 @@
 //! Spin's `type = "spin"` key-value provider: rows of the `spin_key_value`
-//! table in a SQLite file, reads on pooled readers, writes queued on the
+//! table in a SQLite file, reads on pooled readers (lookups by key on the
+//! async worker, listings on the blocking pool), writes queued on the
 //! file's one writer.
 
 use anyhow::Context as _;
@@ -42,6 +43,23 @@ impl SqliteKv {
         }
     }
 
+    /// A read by primary key, run on the calling (async) thread: it visits
+    /// a few B-tree pages, less work than the two thread hand-offs of the
+    /// blocking pool, and a WAL reader waits for no lock.
+    async fn lookup<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, Error> {
+        match self.file.reader().await {
+            Ok(Some(reader)) => f(&reader).map_err(other),
+            Ok(None) => {
+                let writer = self.file.writer().await.map_err(Error::Other)?;
+                f(&writer).map_err(other)
+            }
+            Err(e) => Err(Error::Other(e)),
+        }
+    }
+
     async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
@@ -51,7 +69,7 @@ impl SqliteKv {
     }
 
     pub async fn get(&self, label: Arc<str>, key: String) -> Result<Option<Vec<u8>>, Error> {
-        self.read(move |c| {
+        self.lookup(move |c| {
             c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
                 .query_row((&*label, &key), |row| row.get(0))
                 .optional()
@@ -81,7 +99,7 @@ impl SqliteKv {
     }
 
     pub async fn exists(&self, label: Arc<str>, key: String) -> Result<bool, Error> {
-        self.read(move |c| {
+        self.lookup(move |c| {
             c.prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
             )?

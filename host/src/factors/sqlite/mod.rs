@@ -232,15 +232,16 @@ async fn run_statement(
     };
     let (statement, params) = match reader {
         Some(reader) => {
-            let outcome = on_blocking_thread(move || match reads_only(&reader, &statement) {
-                Ok(true) => Ok(run(&reader, &statement, params)),
-                Ok(false) => Err((statement, params)),
-                Err(e) => Ok(Err(e)),
-            })
-            .await;
-            match outcome {
-                Ok(result) => return result,
-                Err(needs_writer) => needs_writer,
+            let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+            match read_on_this_thread(&reader, &statement, &params) {
+                InlineRead::Done(result) => return result,
+                InlineRead::Writes => (statement, params.into_iter().map(from_sql).collect()),
+                // A long read re-runs from the start on the blocking pool:
+                // it changed nothing, and an autocommit read may see the
+                // database as it is when it runs.
+                InlineRead::TooLong => {
+                    return on_blocking_thread(move || query(&reader, &statement, &params)).await;
+                }
             }
         }
         None => (statement, params),
@@ -254,6 +255,52 @@ async fn run_statement(
     }
     let writer = file.writer().await.map_err(Error::Io)?;
     on_writer(&mut session, writer, statement, params).await
+}
+
+/// How many SQLite VM instructions a read may run on an async worker before
+/// it is interrupted and moved to the blocking pool: a few hundred
+/// microseconds, enough for a lookup by key or a page of rows. Such reads
+/// cost less than the two thread hand-offs of the blocking pool, and a
+/// reader in WAL mode never waits for a lock; a read that scans more stops
+/// blocking the worker here.
+const INLINE_READ_BUDGET: std::ffi::c_int = 10_000;
+
+enum InlineRead {
+    Done(Result<QueryResult, Error>),
+    /// SQLite says the statement writes: it goes to the writer.
+    Writes,
+    /// The read passed [`INLINE_READ_BUDGET`].
+    TooLong,
+}
+
+/// Runs a read on the calling (async) thread within
+/// [`INLINE_READ_BUDGET`].
+fn read_on_this_thread(
+    reader: &rusqlite::Connection,
+    statement: &str,
+    params: &[SqlValue],
+) -> InlineRead {
+    match reads_only(reader, statement) {
+        Ok(true) => {}
+        Ok(false) => return InlineRead::Writes,
+        Err(e) => return InlineRead::Done(Err(e)),
+    }
+    thread_local! {
+        static OVER_BUDGET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    // SQLite calls the handler on this thread, after the budget's worth of
+    // instructions; `true` interrupts the statement.
+    let over_budget = || {
+        OVER_BUDGET.set(true);
+        true
+    };
+    reader.progress_handler(INLINE_READ_BUDGET, Some(over_budget));
+    let result = query(reader, statement, params);
+    reader.progress_handler(0, None::<fn() -> bool>);
+    if OVER_BUDGET.replace(false) {
+        return InlineRead::TooLong;
+    }
+    InlineRead::Done(result)
 }
 
 /// Whether `statement` is worth trying on a reader: it starts the way a
@@ -335,9 +382,18 @@ fn run(
     statement: &str,
     params: Vec<Value>,
 ) -> Result<QueryResult, Error> {
+    let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+    query(conn, statement, &params)
+}
+
+/// [`run`] with parameters already in rusqlite's type.
+fn query(
+    conn: &rusqlite::Connection,
+    statement: &str,
+    params: &[SqlValue],
+) -> Result<QueryResult, Error> {
     let mut stmt = conn.prepare_cached(statement).map_err(io_error)?;
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
-    let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(io_error)?;
