@@ -13,9 +13,11 @@ use spin_sdk::sqlite::{Connection, RowResult, Value};
 pub use bazaar_migrations::{Migration, migrate};
 
 mod deadline;
+mod faults;
 mod messaging;
 mod step;
 pub use deadline::{Deadline, TIMEOUT_HEADER, within};
+pub use faults::{Fault, inject as inject_fault};
 pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, PRUNE_BATCH, Pruned};
 pub use step::{MESSAGE_RETENTION_SECONDS, Step, run_step};
 

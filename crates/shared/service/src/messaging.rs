@@ -149,6 +149,7 @@ impl Database {
         if messages.is_empty() {
             return Ok(0);
         }
+        crate::inject_fault(crate::Fault::AfterCommit).await?;
         let redis = spin_sdk::redis::Connection::open(address)
             .await
             .map_err(redis_unavailable)?;
@@ -219,6 +220,7 @@ impl Database {
             if self.changes().await != 1 {
                 continue; // another sweep has it
             }
+            crate::inject_fault(crate::Fault::AfterClaim).await?;
             if let Err(e) = redis.publish(channel, payload).await {
                 // Stays claimed until the lease ends: the next sweep retries.
                 return Err(redis_unavailable(e));

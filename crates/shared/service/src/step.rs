@@ -35,7 +35,9 @@ pub trait Step {
 pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
     let detail = |p: Problem| p.detail;
     let command = Envelope::from_bytes(message)?;
-    injected_fault().await.map_err(detail)?;
+    crate::inject_fault(crate::Fault::BeforeWork)
+        .await
+        .map_err(detail)?;
     let now = now_rfc3339();
     let db = step.db();
     let reply = db
@@ -88,16 +90,4 @@ fn log_handled(command: &Envelope, reply: Option<&str>) {
         "traceparent": command.traceparent,
     });
     println!("{line}");
-}
-
-/// Fault injection for tests: fails the current message with the
-/// probability in the `fault_percent` variable (0, the default, never), as
-/// if the function had crashed before doing anything. Redrive must make up
-/// for it.
-async fn injected_fault() -> Result<(), Problem> {
-    let percent: f64 = setting("fault_percent").await?.parse().unwrap_or(0.0);
-    if random_fraction() * 100.0 < percent {
-        return Err(Problem::internal("injected fault (fault_percent)"));
-    }
-    Ok(())
 }
