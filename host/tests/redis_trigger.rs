@@ -381,6 +381,56 @@ async fn redis_instances_are_reused_within_the_limits() {
     );
 }
 
+/// The embedded broker keeps 4,096 messages per subscriber, as a real
+/// server keeps a bounded output buffer: a subscriber that falls further
+/// behind loses the oldest, the host says how many, and the subscription
+/// goes on. Every message is then either handled once or counted as lost.
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_the_embedded_broker_loses_only_what_it_is_told() {
+    const MESSAGES: u64 = 20_000;
+    let app = app();
+    let mut host = app.start(&[
+        "--redis",
+        "embedded",
+        "--redis-max-concurrent-handlers",
+        "1",
+    ]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    let (status, body) = send(
+        reqwest::Client::new().post(host.url(&format!("/redis/publish-many/fanout/{MESSAGES}"))),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Published after the burst: reaching it means the subscriber is past
+    // every message before it.
+    publish(&host, "fanout", b"after".to_vec()).await;
+    eventually(&host, "last:left", b"after").await;
+    eventually(&host, "last:right", b"after").await;
+    // `left` and `right` share the subscription to `fanout`, and so what it
+    // missed.
+    let log = host.stderr();
+    let missed: u64 = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("fell behind the embedded broker"))
+                && l["channel"] == "fanout"
+        })
+        .map(|l| l["missed"].as_u64().expect("the count of missed messages"))
+        .sum();
+    assert!(missed > 0, "the subscriber never fell behind:\n{log}");
+    for subscriber in ["left", "right"] {
+        assert_eq!(
+            count(&host, subscriber).await + missed,
+            MESSAGES + 1,
+            "{subscriber}: handled and missed messages do not add up"
+        );
+    }
+    assert!(host.is_running());
+}
+
 #[test]
 fn without_redis_configuration_the_embedded_broker_is_used() {
     let app = app();

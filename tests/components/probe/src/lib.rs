@@ -187,6 +187,18 @@ async fn redis(method: &str, rest: &[&str], query: &str, req: Request) -> Respon
                 Some(e) => Err(e),
             }
         }
+        // `n` messages `m1` … `mn`, as fast as the host takes them.
+        ("POST", ["publish-many", channel, n]) => {
+            let n: u64 = n.parse().unwrap_or(0);
+            let mut outcome = Ok(serde_json::json!({ "published": n }));
+            for i in 1..=n {
+                if let Err(e) = conn.publish(channel, format!("m{i}").as_bytes()).await {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            outcome
+        }
         ("POST", ["publish", channel]) => {
             let body = req.into_body().bytes().await.unwrap_or_default();
             conn.publish(channel, &body)
