@@ -473,6 +473,36 @@ source = "web.wasm"
     }
 
     #[test]
+    fn store_labels_cannot_name_paths() {
+        for good in ["default", "orders", "key-value", "sqlite_db", "v2"] {
+            assert!(validate_label(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../orders",
+            "a/b",
+            "/etc",
+            "a.b",
+            "a b",
+            "_x",
+            "x-",
+            "2x",
+        ] {
+            assert!(validate_label(bad).is_err(), "{bad}");
+        }
+        let text = MINIMAL.replace(
+            "[component.web]",
+            "[component.web]\nsqlite_databases = [\"../orders\"]",
+        );
+        let msg = format!("{:#}", parse(&text).unwrap_err());
+        assert!(
+            msg.contains("sqlite_databases") && msg.contains("\"../orders\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn redis_triggers_need_an_address_and_declared_variables() {
         let redis = "[[trigger.redis]]\nchannel = \"orders\"\ncomponent = \"web\"\n";
         let text = format!("{MINIMAL}{redis}");

@@ -293,6 +293,37 @@ mod tests {
         );
     }
 
+    /// Spin's rules: a key-value file's relative path is relative to the
+    /// runtime config file, a SQLite file's to the working directory; `..`
+    /// and absolute paths are the operator's to choose and are kept.
+    #[test]
+    fn paths_resolve_as_spin_resolves_them() {
+        let text = "[key_value_store.up]\ntype = \"spin\"\npath = \"../kv/up.db\"\n\
+                    [key_value_store.abs]\ntype = \"spin\"\npath = \"/var/lib/kv.db\"\n\
+                    [sqlite_database.rel]\ntype = \"spin\"\npath = \"data/rel.db\"\n\
+                    [sqlite_database.abs]\ntype = \"spin\"\npath = \"/var/lib/abs.db\"\n";
+        let c = RuntimeConfig::parse(
+            Path::new("/etc/bazaar/runtime-config.toml"),
+            text,
+            Path::new("/state"),
+            Path::new("/work/app"),
+        )
+        .unwrap();
+        let kv = |label: &str| match &c.key_value_stores[label] {
+            KvLocation::Sqlite(Location::File(path)) => path.clone(),
+            other => panic!("{label}: {other:?}"),
+        };
+        let db = |label: &str| match &c.sqlite_databases[label] {
+            DbLocation::Local(Location::File(path)) => path.clone(),
+            other => panic!("{label}: {other:?}"),
+        };
+        assert_eq!(kv("up"), Path::new("/etc/bazaar/../kv/up.db"));
+        assert_eq!(kv("abs"), Path::new("/var/lib/kv.db"));
+        assert_eq!(db("rel"), Path::new("/work/app/data/rel.db"));
+        assert_eq!(db("abs"), Path::new("/var/lib/abs.db"));
+        assert_eq!(db("default"), Path::new("/state").join(DEFAULT_SQLITE_FILE));
+    }
+
     #[test]
     fn unsupported_type_and_unknown_key_are_named() {
         let msg = load("[sqlite_database.main]\ntype = \"postgres\"\n")
