@@ -99,3 +99,59 @@ fn log_problem(envelope: &Envelope, detail: &str) {
     let line = serde_json::json!({ "level": "warn", "msg": "outbox not published yet", "message_id": envelope.id, "error": detail });
     println!("{line}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(kind: &str, data: serde_json::Value) -> Envelope {
+        Envelope::from_bytes(
+            serde_json::json!({
+                "id": "m1", "type": kind, "version": 1, "order_id": "o1",
+                "correlation_id": "o1", "causation_id": null, "traceparent": null,
+                "occurred_at": "2026-11-27T10:00:00.000000Z", "data": data,
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_step_reply_is_an_input_and_nothing_else_is() {
+        let none = serde_json::json!({});
+        for (kind, expected) in [
+            (msg::STOCK_RESERVED, Input::StockReserved),
+            (msg::STOCK_REJECTED, Input::StockRejected),
+            (msg::STOCK_RELEASED, Input::StockReleased),
+            (msg::PAYMENT_DECLINED, Input::PaymentDeclined),
+            (msg::PAYMENT_FAILED, Input::PaymentFailed),
+            (msg::PAYMENT_REFUNDED, Input::PaymentRefunded),
+        ] {
+            assert_eq!(
+                input(&reply(kind, none.clone())),
+                Ok(Some(expected)),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            input(&reply(
+                msg::PAYMENT_CHARGED,
+                serde_json::json!({ "payment_id": "p1" })
+            )),
+            Ok(Some(Input::PaymentCharged {
+                payment_id: "p1".into()
+            }))
+        );
+        // Commands and public events on other channels are not replies.
+        for kind in [msg::RESERVE_STOCK, "order.confirmed", "something.else"] {
+            assert_eq!(input(&reply(kind, none.clone())), Ok(None), "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_charge_without_its_payment_is_refused_and_named() {
+        let error = input(&reply(msg::PAYMENT_CHARGED, serde_json::json!({}))).unwrap_err();
+        assert!(error.starts_with(msg::PAYMENT_CHARGED), "{error}");
+    }
+}

@@ -232,3 +232,38 @@ pub(crate) fn unavailable(service: &str, e: spin_sdk::sqlite::Error) -> Problem 
         format!("the {service} database is unavailable"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leases and deadlines are compared as text in SQL (`claimed_until <
+    /// ?`): the format must have a fixed width, so that text order is time
+    /// order, whole seconds included.
+    #[test]
+    fn timestamps_sort_as_text_in_time_order() {
+        let base = time::OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+        let instants = [
+            base,
+            base + time::Duration::microseconds(1),
+            base + time::Duration::milliseconds(999),
+            base + time::Duration::seconds(1),
+            base + time::Duration::seconds(10),
+            base + time::Duration::days(400),
+        ];
+        let texts: Vec<String> = instants.iter().map(|at| rfc3339(*at)).collect();
+        assert_eq!(texts[0], "2026-11-18T11:06:40.000000Z");
+        assert!(texts.iter().all(|t| t.len() == texts[0].len()), "{texts:?}");
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+    }
+
+    #[test]
+    fn now_and_offsets_agree() {
+        let elapsed = seconds_since(&seconds_ago_rfc3339(30.0)).unwrap();
+        assert!((29.0..31.0).contains(&elapsed), "{elapsed}");
+        assert!(seconds_from_now_rfc3339(5.0) > now_rfc3339());
+        assert_eq!(seconds_since("not a time"), None);
+        let r = random_fraction();
+        assert!((0.0..1.0).contains(&r), "{r}");
+    }
+}
