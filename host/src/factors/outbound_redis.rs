@@ -39,7 +39,14 @@ type PoolKey = (Arc<str>, String);
 #[derive(Default)]
 pub struct RedisClients {
     embedded: Arc<EmbeddedBroker>,
-    idle: Mutex<HashMap<PoolKey, Vec<ConnectionManager>>>,
+    idle: Mutex<IdleConnections>,
+}
+
+/// The idle connections of every pool, and how many there are in all.
+#[derive(Default)]
+struct IdleConnections {
+    pools: HashMap<PoolKey, Vec<ConnectionManager>>,
+    count: usize,
 }
 
 /// One open connection: to a server, or to the embedded broker.
@@ -70,10 +77,13 @@ impl Drop for Lease {
             && let Some(clients) = self.clients.upgrade()
         {
             let mut idle = clients.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let in_all: usize = idle.values().map(Vec::len).sum();
-            let pool = idle.entry(self.pool.clone()).or_default();
-            if pool.len() < MAX_IDLE && in_all < MAX_IDLE_IN_ALL {
+            if idle.count >= MAX_IDLE_IN_ALL {
+                return;
+            }
+            let pool = idle.pools.entry(self.pool.clone()).or_default();
+            if pool.len() < MAX_IDLE {
                 pool.push(self.conn.clone());
+                idle.count += 1;
             }
         }
     }
@@ -97,9 +107,12 @@ impl RedisClients {
         let pool = (Arc::clone(component), address.to_string());
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let conn = idle.get_mut(&pool).and_then(Vec::pop);
-            if idle.get(&pool).is_some_and(Vec::is_empty) {
-                idle.remove(&pool);
+            let conn = idle.pools.get_mut(&pool).and_then(Vec::pop);
+            if idle.pools.get(&pool).is_some_and(Vec::is_empty) {
+                idle.pools.remove(&pool);
+            }
+            if conn.is_some() {
+                idle.count -= 1;
             }
             conn
         };

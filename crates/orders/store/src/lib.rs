@@ -20,6 +20,21 @@ use bazaar_service::{
     seconds_from_now_rfc3339,
 };
 pub use bazaar_service::{OutboxMessage, Pruned};
+
+/// The card token a saga keeps: none once it is settled (nothing left to
+/// charge), else `$token`; the one place that rule is written, as an SQL
+/// expression over the statement's `$settled` flag.
+macro_rules! card_token_unless_settled {
+    ($settled:literal, $token:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $settled,
+            " = 1 THEN NULL ELSE ",
+            $token,
+            " END"
+        )
+    };
+}
 use spin_sdk::sqlite::{RowResult, Value};
 
 const MIGRATIONS: &[Migration] = &[
@@ -471,13 +486,20 @@ impl OrderStore {
         match next {
             // Progress: a fresh deadline, attempts start again, unparked.
             Some(next) => self.rows(
-                "INSERT INTO sagas (order_id, settled, activity_at, version, projected, attempts, next_attempt_at, card_token)
-                 VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5, CASE WHEN ?2 = 1 THEN NULL ELSE ?6 END)
-                 ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at,
-                 version = excluded.version, projected = excluded.projected, attempts = 0,
-                 next_attempt_at = excluded.next_attempt_at, parked_at = NULL, last_error = NULL,
-                 card_token = CASE WHEN excluded.settled = 1 THEN NULL
-                                   ELSE coalesce(excluded.card_token, sagas.card_token) END",
+                concat!(
+                    "INSERT INTO sagas (order_id, settled, activity_at, version, projected, attempts, next_attempt_at, card_token)
+                     VALUES (?1, ?2, ?3, ?4, ?4, 0, ?5, ",
+                    card_token_unless_settled!("?2", "?6"),
+                    ")
+                     ON CONFLICT (order_id) DO UPDATE SET settled = excluded.settled, activity_at = excluded.activity_at,
+                     version = excluded.version, projected = excluded.projected, attempts = 0,
+                     next_attempt_at = excluded.next_attempt_at, parked_at = NULL, last_error = NULL,
+                     card_token = ",
+                    card_token_unless_settled!(
+                        "excluded.settled",
+                        "coalesce(excluded.card_token, sagas.card_token)"
+                    )
+                ),
                 vec![
                     text(&order.id),
                     settled,
@@ -488,8 +510,11 @@ impl OrderStore {
                 ],
             ),
             None => self.rows(
-                "UPDATE sagas SET settled = ?2, activity_at = ?3, version = ?4, projected = ?4,
-                 card_token = CASE WHEN ?2 = 1 THEN NULL ELSE card_token END WHERE order_id = ?1",
+                concat!(
+                    "UPDATE sagas SET settled = ?2, activity_at = ?3, version = ?4, projected = ?4, card_token = ",
+                    card_token_unless_settled!("?2", "card_token"),
+                    " WHERE order_id = ?1"
+                ),
                 vec![text(&order.id), settled, text(now), version],
             ),
         }
@@ -655,8 +680,11 @@ impl OrderStore {
         let commands = saga::outstanding(&order);
         if commands.is_empty() {
             self.rows(
-                "UPDATE sagas SET settled = ?1, next_attempt_at = NULL,
-                 card_token = CASE WHEN ?1 = 1 THEN NULL ELSE card_token END WHERE order_id = ?2",
+                concat!(
+                    "UPDATE sagas SET settled = ?1, next_attempt_at = NULL, card_token = ",
+                    card_token_unless_settled!("?1", "card_token"),
+                    " WHERE order_id = ?2"
+                ),
                 vec![
                     Value::Integer(i64::from(saga::settled(&order))),
                     text(&order.id),
