@@ -150,6 +150,22 @@ struct Claims {
     htu: Option<String>,
 }
 
+impl Claims {
+    /// Bazaar's claims about `identity` for `aud`, from `now` for
+    /// `ttl_seconds`, bound to no request.
+    fn new(identity: &Identity, aud: String, now: u64, ttl_seconds: u64) -> Self {
+        Claims {
+            identity: identity.clone(),
+            iss: ISSUER.into(),
+            aud,
+            iat: now,
+            exp: now + ttl_seconds,
+            htm: None,
+            htu: None,
+        }
+    }
+}
+
 /// Why a token was refused; deliberately coarse, since clients are told no
 /// more than "invalid or expired".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,18 +192,7 @@ pub fn issue(
     now: u64,
     ttl_seconds: u64,
 ) -> String {
-    sign(
-        keys,
-        Claims {
-            identity: identity.clone(),
-            iss: ISSUER.into(),
-            aud: audience.into(),
-            iat: now,
-            exp: now + ttl_seconds,
-            htm: None,
-            htu: None,
-        },
-    )
+    sign(keys, Claims::new(identity, audience.into(), now, ttl_seconds))
 }
 
 /// Signs an identity token for `identity`, good for `hop` only, for the
@@ -200,16 +205,13 @@ pub fn issue_identity(
     now: u64,
     deadline_seconds: u64,
 ) -> String {
+    let ttl = IDENTITY_TTL_SECONDS.max(deadline_seconds.saturating_add(5));
     sign(
         keys,
         Claims {
-            identity: identity.clone(),
-            iss: ISSUER.into(),
-            aud: hop.audience(),
-            iat: now,
-            exp: now + IDENTITY_TTL_SECONDS.max(deadline_seconds.saturating_add(5)),
             htm: Some(hop.method.into()),
             htu: Some(hop.path.into()),
+            ..Claims::new(identity, hop.audience(), now, ttl)
         },
     )
 }
