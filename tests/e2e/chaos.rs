@@ -4,7 +4,7 @@
 //! final with stock and money adding up.
 
 use crate::common::RedisServer;
-use crate::harness::App;
+use crate::harness::{App, order_body};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -105,7 +105,7 @@ async fn redelivered_and_reordered_messages_change_nothing() {
     let alice = app.user("alice@shop.test").await;
     let mut ids = Vec::new();
     for (quantity, token) in [(1, "tok_ok"), (1, "tok_decline"), (5, "tok_ok")] {
-        let body = json!({ "items": [{ "product_id": lamp, "quantity": quantity }], "payment": { "card_token": token } });
+        let body = order_body(&lamp, quantity, token);
         ids.push(
             app.post("/api/v1/orders", Some(&alice), body).await.body["id"]
                 .as_str()
@@ -298,7 +298,7 @@ async fn orders_survive_faults_and_a_redis_restart(
         &'static str,
         Option<u64>,
     )| {
-        let body = json!({ "items": [{ "product_id": product, "quantity": quantity }], "payment": { "card_token": token } });
+        let body = order_body(&product, quantity, token);
         let request = shop
             .request(reqwest::Method::POST, "/api/v1/orders", Some(&users[user]))
             .json(&body);

@@ -12,6 +12,19 @@ pub const PASSWORD: &str = "correct horse battery";
 pub const JWT_SECRET: &str = "e2e-jwt-secret-of-at-least-32-bytes";
 pub const IDENTITY_SECRET: &str = "e2e-identity-secret-of-at-least-32-bytes";
 
+/// The body of `POST /api/v1/orders` for one line: `quantity` of
+/// `product` (an id, as a string or a JSON value), paid with `card`.
+pub fn order_body(
+    product: &impl serde::Serialize,
+    quantity: impl serde::Serialize,
+    card: &str,
+) -> Value {
+    json!({
+        "items": [{ "product_id": product, "quantity": quantity }],
+        "payment": { "card_token": card },
+    })
+}
+
 /// Builds the application's components once per test binary.
 fn built_manifest() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();

@@ -3,8 +3,8 @@
 //! the series docs/operations.md promises.
 
 use crate::common::free_port;
-use crate::harness::App;
-use serde_json::{Value, json};
+use crate::harness::{App, order_body};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -122,7 +122,7 @@ async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
         .unwrap()
         .to_string();
     let alice = app.user("alice@metrics.test").await;
-    let body = json!({ "items": [{ "product_id": lamp, "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&lamp, 1, "tok_ok");
     let order = app.post("/api/v1/orders", Some(&alice), body).await;
     assert_eq!(order.status, 202, "{}", order.body);
     let id = order.body["id"].as_str().unwrap();

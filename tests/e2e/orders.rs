@@ -1,7 +1,7 @@
 //! Placing, reading and cancelling orders; idempotency; authorization; the
 //! read model converging.
 
-use crate::harness::{App, Reply};
+use crate::harness::{App, Reply, order_body};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ async fn shop() -> Shop {
     }
 }
 
-fn order_body(items: &[(&str, i64)]) -> Value {
+fn lines_body(items: &[(&str, i64)]) -> Value {
     let items: Vec<Value> = items
         .iter()
         .map(|(p, q)| json!({ "product_id": p, "quantity": q }))
@@ -48,7 +48,7 @@ fn order_body(items: &[(&str, i64)]) -> Value {
 impl Shop {
     async fn place(&self, token: &str, items: &[(&str, i64)]) -> Reply {
         self.app
-            .post("/api/v1/orders", Some(token), order_body(items))
+            .post("/api/v1/orders", Some(token), lines_body(items))
             .await
     }
 }
@@ -110,7 +110,7 @@ async fn invalid_orders_are_422() {
         .await
         .assert_problem(422);
     shop.app
-        .post("/api/v1/orders", None, order_body(&[(&shop.mug, 1)]))
+        .post("/api/v1/orders", None, lines_body(&[(&shop.mug, 1)]))
         .await
         .assert_problem(401);
 }
@@ -126,16 +126,16 @@ async fn an_idempotency_key_returns_the_same_order() {
     };
     let first = shop
         .app
-        .send(place(order_body(&[(&shop.mug, 1)]), "key-1"))
+        .send(place(lines_body(&[(&shop.mug, 1)]), "key-1"))
         .await;
     let second = shop
         .app
-        .send(place(order_body(&[(&shop.mug, 1)]), "key-1"))
+        .send(place(lines_body(&[(&shop.mug, 1)]), "key-1"))
         .await;
     assert_eq!((first.status, second.status), (202, 202), "{}", second.body);
     assert_eq!(first.body["id"], second.body["id"]);
     shop.app
-        .send(place(order_body(&[(&shop.mug, 2)]), "key-1"))
+        .send(place(lines_body(&[(&shop.mug, 2)]), "key-1"))
         .await
         .assert_conflict("idempotency-key-reused");
     // Keys are per user: Bob's key-1 is his own.
@@ -145,7 +145,7 @@ async fn an_idempotency_key_returns_the_same_order() {
             shop.app
                 .request(reqwest::Method::POST, "/api/v1/orders", Some(&shop.bob))
                 .header("idempotency-key", "key-1")
-                .json(&order_body(&[(&shop.mug, 1)])),
+                .json(&lines_body(&[(&shop.mug, 1)])),
         )
         .await;
     assert_eq!(bobs.status, 202);
@@ -328,7 +328,7 @@ async fn card_tokens_stay_out_of_events_views_and_keys() {
         .unwrap()
         .to_string();
     let alice = app.user("alice@cards.test").await;
-    let body = json!({ "items": [{ "product_id": lamp, "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&lamp, 1, "tok_ok");
     let placed = app
         .send(
             app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))

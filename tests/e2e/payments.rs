@@ -1,8 +1,8 @@
 //! Reading payments: owner or admin, by order.
 
-use crate::harness::App;
+use crate::harness::{App, order_body};
 use crate::saga::wait_for;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[tokio::test]
 async fn payments_are_listed_per_order_for_its_owner() {
@@ -10,7 +10,7 @@ async fn payments_are_listed_per_order_for_its_owner() {
     let admin = app.admin().await;
     let product = app.product(&admin, "CUP", 300, 5).await;
     let alice = app.user("alice@shop.test").await;
-    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 2 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&product["id"], 2, "tok_ok");
     let order = app.post("/api/v1/orders", Some(&alice), body).await;
     assert_eq!(order.status, 202, "{}", order.body);
     let id = order.body["id"].as_str().unwrap();

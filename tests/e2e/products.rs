@@ -1,6 +1,6 @@
 //! The catalogue: reading is public, changing it is for administrators.
 
-use crate::harness::App;
+use crate::harness::{App, order_body};
 use serde_json::json;
 
 #[tokio::test]
@@ -136,7 +136,7 @@ async fn stock_is_set_only_against_the_version_read() {
     assert_eq!(read.body["stock_available"], 10);
     // A customer's order reserves 3 meanwhile.
     let alice = app.user("alice@ink.test").await;
-    let body = json!({ "items": [{ "product_id": id, "quantity": 3 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&id, 3, "tok_ok");
     let order = app.post("/api/v1/orders", Some(&alice), body).await;
     assert_eq!(order.status, 202, "{}", order.body);
     crate::saga::wait_for(

@@ -4,14 +4,14 @@
 //! saga whose step never answers, and pruning.
 
 use crate::common::RedisServer;
-use crate::harness::App;
+use crate::harness::{App, order_body};
 use crate::saga::wait_for;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 async fn place(app: &App, token: &str, product: &Value, card: &str) -> String {
-    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 1 }], "payment": { "card_token": card } });
+    let body = order_body(&product["id"], 1, card);
     let reply = app.post("/api/v1/orders", Some(token), body).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     reply.body["id"].as_str().unwrap().to_string()
@@ -35,7 +35,7 @@ async fn views_are_written_with_the_events_and_events_are_public() {
     let product = app.product(&admin, "LAMP", 4000, 5).await;
     let alice = app.user("alice@shop.test").await;
     let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&product["id"], 1, "tok_ok");
     let placed = app
         .send(
             app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))
@@ -207,7 +207,7 @@ async fn redrive_prunes_what_is_past_retention() {
     let admin = app.admin().await;
     let product = app.product(&admin, "LAMP", 4000, 5).await;
     let alice = app.user("alice@shop.test").await;
-    let body = json!({ "items": [{ "product_id": product["id"], "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&product["id"], 1, "tok_ok");
     let placed = app
         .send(
             app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))

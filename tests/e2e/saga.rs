@@ -1,7 +1,7 @@
 //! The order saga end to end: each path ends in the right state, with the
 //! right events, stock and payments.
 
-use crate::harness::{App, Reply};
+use crate::harness::{App, Reply, order_body};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ async fn store(stock: i64) -> Store {
 
 impl Store {
     async fn order(&self, quantity: i64, card_token: &str) -> String {
-        let body = json!({ "items": [{ "product_id": self.lamp, "quantity": quantity }], "payment": { "card_token": card_token } });
+        let body = order_body(&self.lamp, quantity, card_token);
         let reply = self
             .app
             .post("/api/v1/orders", Some(&self.alice), body)

@@ -1,9 +1,9 @@
 //! Spin's Redis trigger runs one message at a time; a burst of orders must
 //! settle that way too, without redrive feeding the backlog.
 
-use crate::harness::App;
+use crate::harness::{App, order_body};
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ async fn a_burst_settles_with_one_message_at_a_time() {
     }
     let alice = app.user("alice@shop.test").await;
     let place = |i: usize| {
-        let body = json!({ "items": [{ "product_id": products[i % 4], "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+        let body = order_body(&products[i % 4], 1, "tok_ok");
         let request = app
             .request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))
             .json(&body);

@@ -4,7 +4,7 @@
 //! client's trace holds one connected tree of spans from every component
 //! the order crossed.
 
-use crate::harness::App;
+use crate::harness::{App, order_body};
 use crate::test_server::serve;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
-use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,7 +162,7 @@ async fn a_placed_order_is_one_trace_through_every_component() {
         .unwrap()
         .to_string();
     let alice = app.user("alice@traces.test").await;
-    let body = json!({ "items": [{ "product_id": lamp, "quantity": 1 }], "payment": { "card_token": "tok_ok" } });
+    let body = order_body(&lamp, 1, "tok_ok");
     let order = app
         .send(
             app.request(reqwest::Method::POST, "/api/v1/orders", Some(&alice))

@@ -192,7 +192,10 @@ pub fn issue(
     now: u64,
     ttl_seconds: u64,
 ) -> String {
-    sign(keys, Claims::new(identity, audience.into(), now, ttl_seconds))
+    sign(
+        keys,
+        Claims::new(identity, audience.into(), now, ttl_seconds),
+    )
 }
 
 /// Signs an identity token for `identity`, good for `hop` only, for the
