@@ -305,20 +305,39 @@ fn decorate(reply: &mut Reply, ctx: &Context, cors: &Cors, origin: Option<&str>)
     }
 }
 
+/// The access log line: serialised straight from borrowed fields (a
+/// `json!` value would allocate every key and value on every request).
+#[derive(serde::Serialize)]
+struct AccessLog<'a> {
+    level: &'static str,
+    msg: &'static str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: u64,
+    request_id: &'a str,
+    trace_id: String,
+    user: Option<&'a str>,
+}
+
 /// One JSON line per request on stdout (the component's log file).
 fn log(method: &Method, path: &str, status: StatusCode, started: Instant, ctx: &Context) {
-    let line = serde_json::json!({
-        "level": if status.is_server_error() { "error" } else { "info" },
-        "msg": "request",
-        "method": method.as_str(),
-        "path": path,
-        "status": status.as_u16(),
-        "duration_ms": started.elapsed().as_millis() as u64,
-        "request_id": ctx.request_id,
-        "trace_id": ctx.trace.trace_id_hex(),
-        "user": ctx.user,
-    });
-    println!("{line}");
+    let line = AccessLog {
+        level: if status.is_server_error() { "error" } else { "info" },
+        msg: "request",
+        method: method.as_str(),
+        path,
+        status: status.as_u16(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        request_id: &ctx.request_id,
+        trace_id: ctx.trace.trace_id_hex(),
+        user: ctx.user.as_deref(),
+    };
+    if let Ok(mut text) = serde_json::to_string(&line) {
+        text.push('\n');
+        // One write per line; a failed log write is not the client's problem.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    }
 }
 
 pub fn to_reply(response: Response<String>) -> Reply {

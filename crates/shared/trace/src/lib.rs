@@ -37,9 +37,9 @@ impl TraceContext {
         if version != "00" || parts.next().is_some() {
             return None;
         }
-        let trace_id: [u8; 16] = hex(trace)?.try_into().ok()?;
-        let parent_id: [u8; 8] = hex(parent)?.try_into().ok()?;
-        let flags: [u8; 1] = hex(flags)?.try_into().ok()?;
+        let trace_id: [u8; 16] = from_hex(trace)?;
+        let parent_id: [u8; 8] = from_hex(parent)?;
+        let flags: [u8; 1] = from_hex(flags)?;
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
@@ -96,20 +96,20 @@ fn nonzero<const N: usize>() -> [u8; N] {
     bytes
 }
 
-fn hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2)
-        || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
+/// Exactly `N` bytes as lowercase hex (the spec allows no upper case).
+fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    let mut bytes = [0u8; N];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(bytes)
 }
 
+/// Lowercase hex. Every request formats a few ids; `format!` per byte cost
+/// an allocation each.
 fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 #[cfg(test)]
