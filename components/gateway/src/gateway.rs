@@ -231,22 +231,28 @@ async fn forward(
     let method = req.method().clone();
     let idempotent = matches!(method, Method::GET | Method::HEAD)
         || req.headers().contains_key("idempotency-key");
-    // A client that sends its body slowly (or never) holds an instance: it
-    // gets a deadline of its own, shorter than the host's.
-    let body_timeout_ms: u64 = setting_as("request_body_timeout_ms").await?;
-    let body = bazaar_service::within(
-        std::time::Duration::from_millis(body_timeout_ms),
-        Limited::new(req.into_body(), max_body).collect(),
-    )
-    .await
-    .ok_or_else(|| {
-        Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the request body did not arrive within {body_timeout_ms} ms"),
+    // GET and HEAD carry no content anyone defines (RFC 9110 §9.3.1): the
+    // services get none, and the gateway spares the read and its timer.
+    let body = if matches!(method, Method::GET | Method::HEAD) {
+        Bytes::new()
+    } else {
+        // A client that sends its body slowly (or never) holds an instance:
+        // it gets a deadline of its own, shorter than the host's.
+        let body_timeout_ms: u64 = setting_as("request_body_timeout_ms").await?;
+        bazaar_service::within(
+            std::time::Duration::from_millis(body_timeout_ms),
+            Limited::new(req.into_body(), max_body).collect(),
         )
-    })?
-    .map_err(|_| too_large(max_body))?
-    .to_bytes();
+        .await
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {body_timeout_ms} ms"),
+            )
+        })?
+        .map_err(|_| too_large(max_body))?
+        .to_bytes()
+    };
     // Minted once the body is in, so its lifetime covers the upstream
     // deadline (retries included), not the client's upload too.
     if let Some(identity) = identity {
