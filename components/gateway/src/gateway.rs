@@ -212,7 +212,9 @@ async fn forward(
         .unwrap_or_default();
     let mut headers = HeaderMap::new();
     for (name, value) in req.headers() {
-        if !STRIPPED.contains(&name.as_str()) {
+        // `spin-*` headers are the host's word about this hop (route, URL,
+        // client address); the host sets the service's own.
+        if !STRIPPED.contains(&name.as_str()) && !name.as_str().starts_with("spin-") {
             headers.append(name, value.clone());
         }
     }
