@@ -331,7 +331,11 @@ struct AccessLog<'a> {
 /// One JSON line per request on stdout (the component's log file).
 fn log(method: &Method, path: &str, status: StatusCode, started: Instant, ctx: &Context) {
     let line = AccessLog {
-        level: if status.is_server_error() { "error" } else { "info" },
+        level: if status.is_server_error() {
+            "error"
+        } else {
+            "info"
+        },
         msg: "request",
         method: method.as_str(),
         path,

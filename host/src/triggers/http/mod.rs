@@ -328,26 +328,33 @@ fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: 
     } else {
         raw
     };
-    let mut set = |name: &str, value: &str| {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     };
-    set("spin-path-info", matched.path_info);
-    set("spin-full-url", &full_url);
-    set("spin-matched-route", matched_route);
-    set("spin-base-path", "/");
-    set("spin-raw-component-route", matched.raw_route);
-    set("spin-component-route", matched.component_route);
-    set("spin-client-addr", client);
+    // Names made once: parsing a custom header name allocates.
+    set(HeaderName::from_static("spin-path-info"), matched.path_info);
+    set(HeaderName::from_static("spin-full-url"), &full_url);
+    set(HeaderName::from_static("spin-matched-route"), matched_route);
+    set(HeaderName::from_static("spin-base-path"), "/");
+    set(
+        HeaderName::from_static("spin-raw-component-route"),
+        matched.raw_route,
+    );
+    set(
+        HeaderName::from_static("spin-component-route"),
+        matched.component_route,
+    );
+    set(HeaderName::from_static("spin-client-addr"), client);
     for (name, value) in matched.params {
-        set(
-            &format!(
-                "spin-path-match-{}",
-                name.to_ascii_lowercase().replace('_', "-")
-            ),
-            value,
+        let name = format!(
+            "spin-path-match-{}",
+            name.to_ascii_lowercase().replace('_', "-")
         );
+        if let Ok(name) = HeaderName::try_from(name) {
+            set(name, value);
+        }
     }
 }
 
