@@ -220,16 +220,25 @@ async fn redelivered_and_reordered_messages_change_nothing() {
     assert_eq!(stock_after, stock_before);
 }
 
+/// CI runs the chaos scenarios at a size that fits its time; a longer run
+/// is `BAZAAR_CHAOS_ORDERS=2000 cargo test -p bazaar --test e2e chaos`.
+fn chaos_orders(ci_default: usize) -> usize {
+    std::env::var("BAZAAR_CHAOS_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(ci_default)
+}
+
 #[tokio::test]
 async fn hundreds_of_orders_survive_faults_and_a_redis_restart() {
-    orders_survive_faults_and_a_redis_restart(200, &[], "chaos").await;
+    orders_survive_faults_and_a_redis_restart(chaos_orders(200), &[], "chaos").await;
 }
 
 /// The same with Spin's Redis trigger semantics: one message at a time.
 #[tokio::test]
 async fn orders_survive_faults_and_a_redis_restart_one_message_at_a_time() {
     orders_survive_faults_and_a_redis_restart(
-        100,
+        chaos_orders(200) / 2,
         &["--redis-max-concurrent-handlers", "1"],
         "chaos-serial",
     )

@@ -206,3 +206,34 @@ fn recorded(payment: &Payment) -> (&'static str, serde_json::Value) {
         _ => (saga::PAYMENT_DECLINED, serde_json::json!({})),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(status: &str) -> Payment {
+        Payment {
+            id: "p1".into(),
+            order_id: "o1".into(),
+            user_id: "u1".into(),
+            amount_cents: 1200,
+            currency: "EUR".into(),
+            status: status.into(),
+        }
+    }
+
+    /// A redelivered charge is answered from the recorded payment, so the
+    /// processor is never asked twice and a refunded charge stays refunded.
+    #[test]
+    fn a_recorded_payment_answers_as_it_ended() {
+        assert_eq!(
+            recorded(&payment("charged")),
+            (
+                saga::PAYMENT_CHARGED,
+                serde_json::json!({ "payment_id": "p1" })
+            )
+        );
+        assert_eq!(recorded(&payment("refunded")).0, saga::PAYMENT_REFUNDED);
+        assert_eq!(recorded(&payment("declined")).0, saga::PAYMENT_DECLINED);
+    }
+}

@@ -333,3 +333,18 @@ fn product(row: &RowResult) -> Product {
         version: row.get::<i64>(7).unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A redelivered command is answered from the recorded reservation: a
+    /// reservation that was released (or voided before it was made) must
+    /// never be reported as reserved again.
+    #[test]
+    fn a_recorded_reservation_answers_as_it_ended() {
+        assert_eq!(reply_for("reserved"), saga::STOCK_RESERVED);
+        assert_eq!(reply_for("rejected"), saga::STOCK_REJECTED);
+        assert_eq!(reply_for("released"), saga::STOCK_RELEASED);
+    }
+}
