@@ -262,6 +262,9 @@ async fn orders_survive_faults_and_a_redis_restart(
         &[
             ("SPIN_VARIABLE_REDIS_URL", &redis.url()),
             ("SPIN_VARIABLE_FAULT_PERCENT", "10"),
+            // Four customers place every order: the per-user write limit
+            // (tested in resilience.rs) would refuse a longer run's.
+            ("SPIN_VARIABLE_RATE_LIMIT_WRITES_PER_MINUTE", "0"),
         ],
         bazaar_args,
     );
