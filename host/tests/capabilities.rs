@@ -227,19 +227,20 @@ fn unreachable_or_misconfigured_key_value_server_stops_start_up() {
     );
 }
 
+async fn create_notes(host: &common::Host) {
+    let (status, body) = sql(
+        host,
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn sqlite_persists_and_uses_wal() {
     let app = AppDir::new(STORES);
     let host = start(&app);
-    assert_eq!(
-        sql(
-            &host,
-            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"
-        )
-        .await
-        .0,
-        200
-    );
+    create_notes(&host).await;
     assert_eq!(
         sql(
             &host,
@@ -296,15 +297,7 @@ async fn sqlite_long_reads_and_writes_that_look_like_reads() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"], serde_json::json!([[200000, 20000100000_i64]]));
 
-    assert_eq!(
-        sql(
-            &host,
-            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"
-        )
-        .await
-        .0,
-        200
-    );
+    create_notes(&host).await;
     let (status, body) = sql(
         &host,
         "WITH picked(body) AS (VALUES ('looked like a read')) \
