@@ -251,6 +251,39 @@ async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
         .await;
 }
 
+/// The scheduled saga redrive is the application's upkeep, not a client's
+/// call: its failures must not open the orders circuit for the customers.
+#[tokio::test]
+async fn failing_scheduled_redrives_do_not_open_the_circuit_for_clients() {
+    let upstream = Upstream::start().await;
+    let app = App::start_with(&[
+        ("SPIN_VARIABLE_ORDERS_URL", upstream.url.as_str()),
+        ("SPIN_VARIABLE_BREAKER_MIN_CALLS", "2"),
+        ("SPIN_VARIABLE_RETRY_MAX", "0"),
+    ]);
+    upstream.set(Behaviour::Fail(500));
+    // `bazaar up`'s default schedule posts the redrive every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upstream
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the redrive schedule never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    upstream.set(Behaviour::Ok);
+    let reply = app.get("/api/v1/orders", None).await;
+    assert_eq!(
+        reply.status, 200,
+        "the orders circuit refused a client after failed redrives: {}",
+        reply.body
+    );
+    assert_eq!(upstream.seen().last().unwrap().method, "GET");
+}
+
 #[tokio::test]
 async fn logins_sign_ups_and_writes_are_rate_limited() {
     let app = App::start_with(&[

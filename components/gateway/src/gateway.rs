@@ -91,7 +91,14 @@ async fn dispatch(
         // component of this application may ask, and the gateway asks
         // orders on its own account. To anyone else the route is absent.
         (&Method::POST, "/internal/saga/redrive") if chained(&req) => {
-            return forward(req, Service::Orders, Some(Identity::gateway()), ctx).await;
+            return forward(
+                req,
+                Service::Orders,
+                Some(Identity::gateway()),
+                ctx,
+                Traffic::Upkeep,
+            )
+            .await;
         }
         _ => {}
     }
@@ -112,7 +119,7 @@ async fn dispatch(
             {
                 limits::check(Rule::Writes, user).await?;
             }
-            forward(req, service, identity, ctx).await
+            forward(req, service, identity, ctx, Traffic::Clients).await
         }
         Routing::MethodNotAllowed(allowed) => Err(not_allowed(&allowed)),
         Routing::NotFound => Err(Problem::not_found(format!("no route for {path}"))),
@@ -197,11 +204,21 @@ pub async fn identity_token(
     ))
 }
 
+/// Whose call the gateway forwards: a client's, under the service's circuit
+/// breaker, or the application's own upkeep, which the breaker neither
+/// refuses nor counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Clients,
+    Upkeep,
+}
+
 async fn forward(
     req: Request,
     service: Service,
     identity: Option<bazaar_auth::Identity>,
     ctx: &Context,
+    traffic: Traffic,
 ) -> Result<Reply, Problem> {
     let max_body: usize = setting_as("max_body_bytes").await?;
     let base = setting(service.url_variable()).await?;
@@ -268,6 +285,7 @@ async fn forward(
         headers,
         body,
         idempotent,
+        guarded: traffic == Traffic::Clients,
     };
     let answer = upstream::send(&call).await?;
     let mut reply = Response::new(Full::new(answer.body));

@@ -27,6 +27,11 @@ pub struct Call {
     /// Whether sending it twice does what sending it once does: GET and
     /// HEAD, and writes that carry an `Idempotency-Key` the service honours.
     pub idempotent: bool,
+    /// Whether the call is clients' traffic, which the service's circuit
+    /// breaker admits and counts. The application's own upkeep (the
+    /// scheduled saga redrive) is neither refused by an open circuit nor
+    /// allowed to open one for the clients.
+    pub guarded: bool,
 }
 
 /// What a service answered.
@@ -74,7 +79,12 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
     let max_retries: u32 = setting_as("retry_max").await?;
     let retry_base_ms: u64 = setting_as("retry_base_ms").await?;
     let mut circuit = Circuit::load(service).await?;
-    let probe = match circuit.state.admit(now_ms()) {
+    let admission = if call.guarded {
+        circuit.state.admit(now_ms())
+    } else {
+        Admission::Call
+    };
+    let probe = match admission {
         Admission::Refuse { retry_after_ms } => return Err(circuit_open(service, retry_after_ms)),
         Admission::Probe => {
             circuit
@@ -94,7 +104,7 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
             attempt(call, remaining).await
         };
         let failed = outcome.failed();
-        if failed || probe || !circuit.state.quiet() {
+        if call.guarded && (failed || probe || !circuit.state.quiet()) {
             circuit.reload().await;
             if let Some(next) = circuit
                 .state
