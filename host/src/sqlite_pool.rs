@@ -15,11 +15,11 @@
 //!
 //! SQLite calls block, so writes, commits and long reads run on tokio's
 //! blocking pool with their connection moved there; short reads (a lookup
-//! by key, a page of rows) run on the async worker within a budget of VM
-//! instructions, because a WAL reader waits for no lock and the two thread
-//! hand-offs would cost more than the read. Statements are prepared through
-//! each connection's cache, so a service's handful of queries is parsed once
-//! per connection rather than once per request.
+//! by key, a page of rows) run on the async worker when they need no lock
+//! and stay within a budget of VM instructions ([`on_this_thread`]), because
+//! the two thread hand-offs would cost more than the read. Statements are
+//! prepared through each connection's cache, so a service's handful of
+//! queries is parsed once per connection rather than once per request.
 
 use anyhow::Context as _;
 use rusqlite::Connection;
@@ -221,6 +221,54 @@ impl SqliteFile {
     pub async fn writer(&self) -> Result<Writer, String> {
         self.writers.lease().await
     }
+}
+
+/// How many SQLite VM instructions a read may run on an async worker (see
+/// [`on_this_thread`]): a few hundred microseconds, enough for a lookup by
+/// key (~20) or a page of rows (~250 for 20 products).
+pub const INLINE_BUDGET: std::ffi::c_int = 10_000;
+
+thread_local! {
+    /// Set by the handlers [`on_this_thread`] installs, on the thread that
+    /// runs the statement.
+    static WOULD_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a read `f` on the calling (async) thread, provided it neither waits
+/// nor runs long: SQLite's busy handler refuses a lock at once instead of
+/// sleeping (a WAL reader rarely needs one: recovery, another process
+/// restarting the WAL), and a progress handler interrupts the statement
+/// after [`INLINE_BUDGET`] instructions. `None` if either happened: `f`
+/// changed nothing and must run again where it may wait
+/// ([`on_blocking_thread`]). Short reads so spare the two thread hand-offs
+/// of the blocking pool, which cost more than the read.
+pub fn on_this_thread<R>(conn: &Connection, f: impl FnOnce(&Connection) -> R) -> Option<R> {
+    fn refuse(_: i32) -> bool {
+        WOULD_BLOCK.set(true);
+        false
+    }
+    /// Puts the connection back as a blocking thread expects it, even if
+    /// `f` panics.
+    struct Restore<'a>(&'a Connection);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.progress_handler(0, None::<fn() -> bool>);
+            let _ = self.0.busy_timeout(BUSY_TIMEOUT);
+        }
+    }
+    WOULD_BLOCK.set(false);
+    let _ = conn.busy_handler(Some(refuse));
+    conn.progress_handler(
+        INLINE_BUDGET,
+        Some(|| {
+            WOULD_BLOCK.set(true);
+            true
+        }),
+    );
+    let restore = Restore(conn);
+    let result = f(conn);
+    drop(restore);
+    (!WOULD_BLOCK.replace(false)).then_some(result)
 }
 
 /// Runs `f` on tokio's blocking pool. A lease moved into `f` is dropped

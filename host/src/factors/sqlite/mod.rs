@@ -17,7 +17,7 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 
 use crate::app::runtime_config::DbLocation;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread};
+use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread, on_this_thread};
 use crate::telemetry::traces::{self, Span};
 use libsql::{LibsqlDatabase, RemoteSession};
 use opentelemetry::KeyValue;
@@ -236,10 +236,10 @@ async fn run_statement(
             match read_on_this_thread(&reader, &statement, &params) {
                 InlineRead::Done(result) => return result,
                 InlineRead::Writes => (statement, params.into_iter().map(from_sql).collect()),
-                // A long read re-runs from the start on the blocking pool:
-                // it changed nothing, and an autocommit read may see the
-                // database as it is when it runs.
-                InlineRead::TooLong => {
+                // Re-run from the start on the blocking pool: it changed
+                // nothing, and an autocommit read may see the database as it
+                // is when it runs.
+                InlineRead::Offload => {
                     return on_blocking_thread(move || query(&reader, &statement, &params)).await;
                 }
             }
@@ -257,50 +257,29 @@ async fn run_statement(
     on_writer(&mut session, writer, statement, params).await
 }
 
-/// How many SQLite VM instructions a read may run on an async worker before
-/// it is interrupted and moved to the blocking pool: a few hundred
-/// microseconds, enough for a lookup by key or a page of rows. Such reads
-/// cost less than the two thread hand-offs of the blocking pool, and a
-/// reader in WAL mode never waits for a lock; a read that scans more stops
-/// blocking the worker here.
-const INLINE_READ_BUDGET: std::ffi::c_int = 10_000;
-
 enum InlineRead {
     Done(Result<QueryResult, Error>),
     /// SQLite says the statement writes: it goes to the writer.
     Writes,
-    /// The read passed [`INLINE_READ_BUDGET`].
-    TooLong,
+    /// The read would have waited for a lock or run long.
+    Offload,
 }
 
-/// Runs a read on the calling (async) thread within
-/// [`INLINE_READ_BUDGET`].
+/// Runs a read on the calling (async) thread if it can run there
+/// ([`on_this_thread`]).
 fn read_on_this_thread(
     reader: &rusqlite::Connection,
     statement: &str,
     params: &[SqlValue],
 ) -> InlineRead {
-    match reads_only(reader, statement) {
-        Ok(true) => {}
-        Ok(false) => return InlineRead::Writes,
-        Err(e) => return InlineRead::Done(Err(e)),
+    match on_this_thread(reader, |reader| match reads_only(reader, statement) {
+        Ok(true) => InlineRead::Done(query(reader, statement, params)),
+        Ok(false) => InlineRead::Writes,
+        Err(e) => InlineRead::Done(Err(e)),
+    }) {
+        Some(read) => read,
+        None => InlineRead::Offload,
     }
-    thread_local! {
-        static OVER_BUDGET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    // SQLite calls the handler on this thread, after the budget's worth of
-    // instructions; `true` interrupts the statement.
-    let over_budget = || {
-        OVER_BUDGET.set(true);
-        true
-    };
-    reader.progress_handler(INLINE_READ_BUDGET, Some(over_budget));
-    let result = query(reader, statement, params);
-    reader.progress_handler(0, None::<fn() -> bool>);
-    if OVER_BUDGET.replace(false) {
-        return InlineRead::TooLong;
-    }
-    InlineRead::Done(result)
 }
 
 /// Whether `statement` is worth trying on a reader: it starts the way a
