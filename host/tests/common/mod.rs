@@ -121,7 +121,7 @@ pub fn start(mut cmd: Command) -> Host {
     let stderr = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&stderr);
     let mut err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
+    let stderr_reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = err.read(&mut buf) {
             if n == 0 {
@@ -159,6 +159,7 @@ pub fn start(mut cmd: Command) -> Host {
         child,
         base,
         stderr,
+        stderr_reader: Some(stderr_reader),
         stdout,
     }
 }
@@ -167,7 +168,15 @@ pub struct Host {
     child: Child,
     pub base: String,
     stderr: Arc<Mutex<String>>,
+    /// Reads `stderr` until the process closes it.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     stdout: Arc<Mutex<String>>,
+}
+
+/// How a stopped host ended, and all it wrote on stderr.
+pub struct Stopped {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
 }
 
 impl Host {
@@ -221,8 +230,9 @@ impl Host {
     }
 
     /// Stops the host with SIGTERM, as a service manager would, and waits
-    /// up to 30 s for it to exit (a host that hangs fails the test).
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// up to 30 s for it to exit (a host that hangs fails the test), then
+    /// for the last of its stderr.
+    pub fn stop(mut self) -> Stopped {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -230,7 +240,13 @@ impl Host {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
+                return Stopped {
+                    status,
+                    stderr: self.stderr(),
+                };
             }
             assert!(
                 Instant::now() < deadline,

@@ -137,6 +137,19 @@ impl WorkerState for Worker {
     }
 
     fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
+        // `ProxyHandler` reports a worker future dropped before it finished
+        // as "worker panicked", panic or not. Without a panic under way it
+        // was cancelled: the runtime is shutting down (or the connection's
+        // task went away), and the instance simply ends.
+        if result
+            .as_ref()
+            .is_err_and(|e| e.to_string() == "worker panicked" && !std::thread::panicking())
+        {
+            tracing::debug!(component = %self.runtime.id, instance = self.instance, "instance dropped unfinished (shutdown)");
+            metrics::instance_ended(&self.runtime.id, "http", InstanceEnd::Retired);
+            drop(store);
+            return;
+        }
         let end = match &result {
             Ok(()) => InstanceEnd::Retired,
             Err(error) if error.downcast_ref::<ExpirationError>().is_some() => {
