@@ -440,6 +440,53 @@ async fn a_subscriber_that_falls_behind_the_embedded_broker_loses_only_what_it_i
     assert!(host.is_running());
 }
 
+/// An idle instance is retired once its idle timeout passes, whether or
+/// not another message comes (its memory goes back then).
+#[tokio::test]
+async fn idle_redis_instances_are_retired_without_a_next_message() {
+    let app = app();
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let host = app.start(&[
+        "--redis",
+        "embedded",
+        "--idle-instance-timeout",
+        "300ms",
+        "--metrics-listen",
+        &metrics,
+    ]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    publish(&host, "flaky", b"one".to_vec()).await;
+    eventually(&host, "count:flaky", b"1").await;
+    let retired = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("bazaar_instances_ended_total{")
+                    && l.contains("component=\"flaky\"")
+                    && l.contains("trigger=\"redis\"")
+                    && l.contains("reason=\"retired\"")
+            })
+            .filter_map(|l| l.rsplit(" ").next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if retired(&text) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle instance was never retired:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn without_redis_configuration_the_embedded_broker_is_used() {
     let app = app();

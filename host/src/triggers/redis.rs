@@ -148,8 +148,19 @@ impl RedisHandler {
     /// The most recently used idle instance still within its idle timeout;
     /// older ones are dropped.
     fn take_idle(&self) -> Option<Warm> {
-        let timeout = self.runtime.limits.idle_instance_timeout;
         let mut idle = self.lock_idle();
+        self.retire_expired(&mut idle);
+        idle.pop()
+    }
+
+    /// Drops the idle instances past the idle timeout, so their memory goes
+    /// back when the messages stop, not when the next one arrives.
+    fn retire_idle(&self) {
+        self.retire_expired(&mut self.lock_idle());
+    }
+
+    fn retire_expired(&self, idle: &mut Vec<Warm>) {
+        let timeout = self.runtime.limits.idle_instance_timeout;
         idle.retain(|warm| {
             let keep = warm.idle_since.elapsed() < timeout;
             if !keep {
@@ -157,7 +168,6 @@ impl RedisHandler {
             }
             keep
         });
-        idle.pop()
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
@@ -204,6 +214,11 @@ impl RedisTrigger {
         let max_concurrent = u32::try_from(max_concurrent.max(1)).unwrap_or(u32::MAX);
         let limit = Arc::new(Semaphore::new(max_concurrent as usize));
         let mut subscribers = JoinSet::new();
+        let handlers: Vec<Arc<RedisHandler>> = subscriptions
+            .iter()
+            .flat_map(|s| s.handlers.iter().cloned())
+            .collect();
+        subscribers.spawn(retire_idle_instances(handlers));
         for subscription in subscriptions {
             subscribers.spawn(subscribe_forever(
                 subscription,
@@ -225,6 +240,27 @@ impl RedisTrigger {
             .handlers_in_flight
             .acquire_many(self.max_concurrent)
             .await;
+    }
+}
+
+/// Retires idle instances past their timeout every so often (at most a
+/// second late), whether messages come or not.
+async fn retire_idle_instances(handlers: Vec<Arc<RedisHandler>>) {
+    let Some(first) = handlers.first() else {
+        return;
+    };
+    let period = first
+        .runtime
+        .limits
+        .idle_instance_timeout
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for handler in &handlers {
+            handler.retire_idle();
+        }
     }
 }
 
