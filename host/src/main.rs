@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::manifest::Manifest;
-use crate::app::runtime_config::Directories;
+use crate::app::runtime_config::RuntimeConfigFile;
 use crate::app::{AppOptions, Follow, LoadedApp};
 use crate::component::Limits;
 use crate::factors::outbound_redis::{is_embedded, redact};
@@ -225,7 +225,8 @@ async fn up(args: UpArgs) -> Result<()> {
     if args.build {
         build::build_all(&manifest)?;
     }
-    let configured = Directories::load(args.runtime_config_file.as_deref())?;
+    let runtime_config = RuntimeConfigFile::read(args.runtime_config_file.as_deref())?;
+    let configured = runtime_config.directories();
     let state_dir = args
         .state_dir
         .clone()
@@ -261,7 +262,7 @@ async fn up(args: UpArgs) -> Result<()> {
         },
         state_dir,
         log_dir,
-        runtime_config_file: args.runtime_config_file.clone(),
+        runtime_config,
         perfmap: args.perfmap,
         follow,
         limits: Limits {

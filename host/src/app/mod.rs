@@ -27,7 +27,9 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::app::allowed_hosts::{AllowList, AllowedHost};
 use crate::app::manifest::{Manifest, RouteSpec};
-use crate::app::runtime_config::{DbLocation, KvLocation, Location, RuntimeConfig};
+use crate::app::runtime_config::{
+    DbLocation, KvLocation, Location, RuntimeConfig, RuntimeConfigFile,
+};
 use crate::app::template::Template;
 use crate::app::variables::AppVariables;
 use crate::bindings::redis_trigger::RedisTriggerPre;
@@ -48,7 +50,9 @@ pub struct AppOptions {
     pub state_dir: PathBuf,
     /// Where each component's stdout and stderr files go.
     pub log_dir: PathBuf,
-    pub runtime_config_file: Option<PathBuf>,
+    /// `--runtime-config-file`, read once (its directories are in the
+    /// fields above already).
+    pub runtime_config: RuntimeConfigFile,
     pub cache_dir: PathBuf,
     /// Tell `perf` where guest code is (`--perfmap`).
     pub perfmap: bool,
@@ -159,8 +163,7 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
             eprintln!("{warning}");
         }
     }
-    let runtime_config =
-        RuntimeConfig::load(options.runtime_config_file.as_deref(), &options.state_dir)?;
+    let runtime_config = RuntimeConfig::resolve(&options.runtime_config, &options.state_dir)?;
     check_labels_defined(manifest, &runtime_config)?;
     let redis_targets = redis::resolve_targets(manifest, &variables)?;
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::app::allowed_hosts::AllowedHost;
 use crate::app::manifest::Manifest;
-use crate::app::runtime_config::RuntimeConfig;
+use crate::app::runtime_config::{RuntimeConfig, RuntimeConfigFile};
 use crate::app::template::Template;
 
 const SPIN_TOML: &str = include_str!("../../../spin.toml");
@@ -102,12 +102,8 @@ proptest! {
         edits in prop::collection::vec(edit(), 1..6),
     ) {
         let text = apply(base, &edits);
-        let parsed = RuntimeConfig::parse(
-            Path::new("fuzzed/runtime-config.toml"),
-            &text,
-            Path::new("/state"),
-            Path::new("/cwd"),
-        );
+        let parsed = RuntimeConfigFile::parse(Path::new("fuzzed/runtime-config.toml"), &text)
+            .and_then(|file| RuntimeConfig::resolve_in(&file, Path::new("/state"), Path::new("/cwd")));
         if let Err(error) = parsed {
             let message = format!("{error:#}");
             prop_assert!(message.contains("fuzzed/runtime-config.toml"), "{message}");

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_KV_FILE: &str = "sqlite_key_value.db";
 pub const DEFAULT_SQLITE_FILE: &str = "sqlite_db.db";
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRuntimeConfig {
     /// Spin's `state_dir` and `log_dir` keys (see [`Directories`]).
@@ -30,7 +30,7 @@ struct RawRuntimeConfig {
     sqlite_database: BTreeMap<String, StoreConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreConfig {
     #[serde(rename = "type")]
@@ -76,20 +76,45 @@ pub struct Directories {
     pub log_dir: Option<PathBuf>,
 }
 
-impl Directories {
-    pub fn load(file: Option<&Path>) -> Result<Directories> {
-        let Some(path) = file else {
-            return Ok(Directories::default());
+/// A runtime config file, read and parsed once: its directories decide the
+/// state dir, which the labels' locations then resolve against.
+#[derive(Debug, Default)]
+pub struct RuntimeConfigFile {
+    path: Option<PathBuf>,
+    raw: RawRuntimeConfig,
+}
+
+impl RuntimeConfigFile {
+    /// The file at `path`, or none (Spin's defaults).
+    pub fn read(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else {
+            return Ok(RuntimeConfigFile::default());
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read runtime config {}", path.display()))?;
-        let raw = toml::from_str::<RawRuntimeConfig>(&text)
+        Self::parse(path, &text)
+    }
+
+    /// The file `path`, whose text is `text`; a syntax error names `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let raw = toml::from_str::<RawRuntimeConfig>(text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new(""));
-        Ok(Directories {
-            state_dir: raw.state_dir.map(|dir| base.join(dir)),
-            log_dir: raw.log_dir.map(|dir| base.join(dir)),
+        Ok(RuntimeConfigFile {
+            path: Some(path.to_path_buf()),
+            raw,
         })
+    }
+
+    pub fn directories(&self) -> Directories {
+        let base = self
+            .path
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new(""));
+        Directories {
+            state_dir: self.raw.state_dir.as_ref().map(|dir| base.join(dir)),
+            log_dir: self.raw.log_dir.as_ref().map(|dir| base.join(dir)),
+        }
     }
 }
 
@@ -103,25 +128,16 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// `default` labels live in `state_dir`; a runtime config file may move
     /// them and add more labels.
-    pub fn load(file: Option<&Path>, state_dir: &Path) -> Result<Self> {
+    pub fn resolve(file: &RuntimeConfigFile, state_dir: &Path) -> Result<Self> {
         let cwd = std::env::current_dir().context("cannot read the current directory")?;
-        match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read runtime config {}", path.display()))?;
-                Self::parse(path, &text, state_dir, &cwd)
-            }
-            None => Self::from_raw(RawRuntimeConfig::default(), None, state_dir, &cwd),
-        }
+        Self::resolve_in(file, state_dir, &cwd)
     }
 
-    /// The configuration `text` (the file `path`) says; relative paths
-    /// resolve against `path`'s folder (key-value) and `cwd` (SQLite), as in
-    /// Spin. Every error names `path` and the key.
-    pub fn parse(path: &Path, text: &str, state_dir: &Path, cwd: &Path) -> Result<Self> {
-        let raw = toml::from_str::<RawRuntimeConfig>(text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Self::from_raw(raw, Some(path), state_dir, cwd)
+    /// What `file` says; relative paths resolve against the file's folder
+    /// (key-value) and `cwd` (SQLite), as in Spin. Every error names the
+    /// file and the key.
+    pub fn resolve_in(file: &RuntimeConfigFile, state_dir: &Path, cwd: &Path) -> Result<Self> {
+        Self::from_raw(file.raw.clone(), file.path.as_deref(), state_dir, cwd)
     }
 
     fn from_raw(
@@ -266,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("runtime-config.toml");
         std::fs::write(&file, text).unwrap();
-        RuntimeConfig::load(Some(&file), Path::new("/state"))
+        RuntimeConfig::resolve(&RuntimeConfigFile::read(Some(&file))?, Path::new("/state"))
             .inspect(|c| {
                 let default =
                     KvLocation::Sqlite(Location::File(Path::new("/state").join(DEFAULT_KV_FILE)));
@@ -302,13 +318,10 @@ mod tests {
                     [key_value_store.abs]\ntype = \"spin\"\npath = \"/var/lib/kv.db\"\n\
                     [sqlite_database.rel]\ntype = \"spin\"\npath = \"data/rel.db\"\n\
                     [sqlite_database.abs]\ntype = \"spin\"\npath = \"/var/lib/abs.db\"\n";
-        let c = RuntimeConfig::parse(
-            Path::new("/etc/bazaar/runtime-config.toml"),
-            text,
-            Path::new("/state"),
-            Path::new("/work/app"),
-        )
-        .unwrap();
+        let file =
+            RuntimeConfigFile::parse(Path::new("/etc/bazaar/runtime-config.toml"), text).unwrap();
+        let c =
+            RuntimeConfig::resolve_in(&file, Path::new("/state"), Path::new("/work/app")).unwrap();
         let kv = |label: &str| match &c.key_value_stores[label] {
             KvLocation::Sqlite(Location::File(path)) => path.clone(),
             other => panic!("{label}: {other:?}"),
