@@ -226,7 +226,7 @@ impl SqliteFile {
 /// How many SQLite VM instructions a read may run on an async worker (see
 /// [`on_this_thread`]): a few hundred microseconds, enough for a lookup by
 /// key (~20) or a page of rows (~250 for 20 products).
-pub const INLINE_BUDGET: std::ffi::c_int = 10_000;
+const INLINE_BUDGET: std::ffi::c_int = 10_000;
 
 thread_local! {
     /// Set by the handlers [`on_this_thread`] installs, on the thread that

@@ -233,15 +233,22 @@ async fn run_statement(
     let (statement, params) = match reader {
         Some(reader) => {
             let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
-            match read_on_this_thread(&reader, &statement, &params) {
-                InlineRead::Done(result) => return result,
-                InlineRead::Writes => (statement, params.into_iter().map(from_sql).collect()),
-                // Re-run from the start on the blocking pool: it changed
-                // nothing, and an autocommit read may see the database as it
-                // is when it runs.
-                InlineRead::Offload => {
-                    return on_blocking_thread(move || query(&reader, &statement, &params)).await;
-                }
+            let (read, statement, params) =
+                match on_this_thread(&reader, |reader| read(reader, &statement, &params)) {
+                    Some(read) => (read, statement, params),
+                    // Again from the start on the blocking pool, SQLite's
+                    // verdict on writing included: nothing was changed, and
+                    // an autocommit read may see the database as it is then.
+                    None => {
+                        on_blocking_thread(move || {
+                            (read(&reader, &statement, &params), statement, params)
+                        })
+                        .await
+                    }
+                };
+            match read {
+                Read::Done(result) => return result,
+                Read::Writes => (statement, params.into_iter().map(from_sql).collect()),
             }
         }
         None => (statement, params),
@@ -257,28 +264,19 @@ async fn run_statement(
     on_writer(&mut session, writer, statement, params).await
 }
 
-enum InlineRead {
+/// What became of a statement tried on a reader.
+enum Read {
     Done(Result<QueryResult, Error>),
     /// SQLite says the statement writes: it goes to the writer.
     Writes,
-    /// The read would have waited for a lock or run long.
-    Offload,
 }
 
-/// Runs a read on the calling (async) thread if it can run there
-/// ([`on_this_thread`]).
-fn read_on_this_thread(
-    reader: &rusqlite::Connection,
-    statement: &str,
-    params: &[SqlValue],
-) -> InlineRead {
-    match on_this_thread(reader, |reader| match reads_only(reader, statement) {
-        Ok(true) => InlineRead::Done(query(reader, statement, params)),
-        Ok(false) => InlineRead::Writes,
-        Err(e) => InlineRead::Done(Err(e)),
-    }) {
-        Some(read) => read,
-        None => InlineRead::Offload,
+/// Runs `statement` on `reader` if SQLite says it only reads.
+fn read(reader: &rusqlite::Connection, statement: &str, params: &[SqlValue]) -> Read {
+    match reads_only(reader, statement) {
+        Ok(true) => Read::Done(query(reader, statement, params)),
+        Ok(false) => Read::Writes,
+        Err(e) => Read::Done(Err(e)),
     }
 }
 
