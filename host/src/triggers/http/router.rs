@@ -21,6 +21,9 @@ pub struct Route {
     raw: Arc<str>,
     segments: Vec<Segment>,
     wildcard: bool,
+    /// [`Route::rank`], made once: every request compares the routes it
+    /// matches by it.
+    rank: Box<[u8]>,
 }
 
 impl Route {
@@ -37,11 +40,14 @@ impl Route {
                 None => Segment::Literal(s.to_string()),
             })
             .collect();
-        Route {
+        let mut route = Route {
             raw: raw.into(),
             segments,
             wildcard,
-        }
+            rank: Box::default(),
+        };
+        route.rank = route.rank();
+        route
     }
 
     /// The route as written, e.g. `/api/...` (`spin-raw-component-route`).
@@ -98,7 +104,7 @@ impl Route {
     /// which beats the wildcard; where one route ends, ending exactly beats
     /// going on with a wildcard. Compared lexicographically, this key says
     /// it: the higher key is the more specific route.
-    fn rank(&self) -> Vec<u8> {
+    fn rank(&self) -> Box<[u8]> {
         const WILDCARD: u8 = 1;
         const PARAM: u8 = 2;
         const LITERAL: u8 = 3;
@@ -112,7 +118,7 @@ impl Route {
             })
             .collect();
         key.push(if self.wildcard { WILDCARD } else { EXACT_END });
-        key
+        key.into()
     }
 }
 
@@ -173,7 +179,7 @@ impl Router {
                     path_info,
                 })
             })
-            .max_by_key(|m| m.route.rank())
+            .max_by_key(|m| &m.route.rank)
     }
 
     /// Routes in manifest order, for the banner.
