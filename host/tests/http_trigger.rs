@@ -308,6 +308,52 @@ async fn outbound_requests_need_an_allowed_host() {
     );
 }
 
+/// A failed pooled request tells the guest what failed: a refused
+/// connection (nothing was sent, safe to retry) is not a server that took
+/// the request and hung up (it may have acted on it).
+#[tokio::test]
+async fn outbound_failures_say_whether_the_request_was_sent() {
+    let app = AppDir::new(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "out"
+[[trigger.http]]
+route = "/..."
+component = "web"
+[component.web]
+source = "{probe}"
+allowed_outbound_hosts = ["http://127.0.0.1:*"]
+"#,
+    );
+    let host = app.start(&[]);
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    // A server that reads the request and closes without answering.
+    let hang_up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_up_port = hang_up.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in hang_up.incoming() {
+            let mut stream = stream.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+        }
+    });
+    for (port, expected) in [
+        (closed_port, "ConnectionRefused"),
+        (hang_up_port, "HttpResponseIncomplete"),
+    ] {
+        let (status, body) = host
+            .get(&format!("/fetch?url=http://127.0.0.1:{port}/"))
+            .await;
+        assert_eq!(status, 502, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(expected), "port {port}: {error}");
+    }
+}
+
 #[tokio::test]
 async fn allowed_outbound_request_goes_over_a_real_socket() {
     let app = AppDir::new(

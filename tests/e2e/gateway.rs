@@ -54,6 +54,29 @@ async fn unknown_paths_and_methods() {
         .assert_problem(405);
 }
 
+/// The gateway holds each reply whole, so it says how long it is: a client
+/// (and the host's server, which then writes the response at once) need not
+/// wait for a chunked body's end.
+#[tokio::test]
+async fn replies_state_their_length() {
+    let app = App::start();
+    for path in ["/api/v1/products", "/api/v1/nothing-here", "/health"] {
+        let response = app
+            .request(reqwest::Method::GET, path, None)
+            .send()
+            .await
+            .unwrap();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(
+            headers.get("content-length").and_then(|v| v.to_str().ok()),
+            Some(body.len().to_string().as_str()),
+            "{path}"
+        );
+        assert!(headers.get("transfer-encoding").is_none(), "{path}");
+    }
+}
+
 #[tokio::test]
 async fn request_ids_are_kept_or_made() {
     let app = App::start();

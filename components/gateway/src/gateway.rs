@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::cors::{self, Cors};
 use crate::limits::{self, Rule};
 use crate::routes::{self, Routing, Service};
-use crate::upstream::{self, Call};
+use crate::upstream::{self, Call, Traffic};
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -65,6 +65,7 @@ pub async fn handle(req: Request) -> Reply {
         Err(problem) => to_reply(problem.into_response()),
     };
     decorate(&mut reply, &ctx, &cors, origin.as_deref());
+    declare_length(&mut reply, &method);
     log(&method, &path, reply.status(), started, &ctx);
     reply
 }
@@ -204,15 +205,6 @@ pub async fn identity_token(
     ))
 }
 
-/// Whose call the gateway forwards: a client's, under the service's circuit
-/// breaker, or the application's own upkeep, which the breaker neither
-/// refuses nor counts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Traffic {
-    Clients,
-    Upkeep,
-}
-
 async fn forward(
     req: Request,
     service: Service,
@@ -285,7 +277,7 @@ async fn forward(
         headers,
         body,
         idempotent,
-        guarded: traffic == Traffic::Clients,
+        traffic,
     };
     let answer = upstream::send(&call).await?;
     let mut reply = Response::new(Full::new(answer.body));
@@ -328,6 +320,27 @@ fn decorate(reply: &mut Reply, ctx: &Context, cors: &Cors, origin: Option<&str>)
             HeaderValue::from_static(cors::EXPOSE_HEADERS),
         );
         headers.append("vary", HeaderValue::from_static("origin"));
+    }
+}
+
+/// States the length of the body the gateway holds whole. Without it the
+/// body goes out chunked, and the host's HTTP server writes its end only
+/// when the body stream closes: a second write to the client's socket (and a
+/// second wake-up of the client) for every response. HEAD replies keep no
+/// length (the body a GET would have is not here to measure), nor do the
+/// statuses that have no body.
+fn declare_length(reply: &mut Reply, method: &Method) {
+    let status = reply.status();
+    if *method == Method::HEAD
+        || status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+    {
+        return;
+    }
+    if let Some(length) = http_body::Body::size_hint(reply.body()).exact() {
+        reply
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 

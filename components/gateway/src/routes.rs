@@ -106,23 +106,31 @@ pub enum Routing {
     NotFound,
 }
 
-fn matches(template: &str, path: &str) -> bool {
-    let want: Vec<&str> = bazaar_api::segments(template);
-    let got: Vec<&str> = bazaar_api::segments(path);
-    want.len() == got.len()
-        && want
-            .iter()
-            .zip(&got)
-            .all(|(w, g)| (w.starts_with('{') && w.ends_with('}')) || w == g)
+/// Whether `template` matches the path split into `got`: segment by
+/// segment, without allocating (this runs for every route on every request).
+fn matches(template: &str, got: &[&str]) -> bool {
+    let mut want = template.split('/').filter(|s| !s.is_empty());
+    let mut got = got.iter();
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if (w.starts_with('{') && w.ends_with('}')) || w == *g => {}
+            _ => return false,
+        }
+    }
 }
 
 pub fn route(method: &Method, path: &str) -> Routing {
-    let candidates: Vec<&(Method, &str, Service)> =
-        ROUTES.iter().filter(|(_, t, _)| matches(t, path)).collect();
-    match candidates.iter().find(|(m, _, _)| m == method) {
-        Some((_, _, service)) => Routing::To(*service),
-        None if candidates.is_empty() => Routing::NotFound,
-        None => Routing::MethodNotAllowed(candidates.iter().map(|(m, _, _)| m.clone()).collect()),
+    let got = bazaar_api::segments(path);
+    let matching = ROUTES.iter().filter(|(_, t, _)| matches(t, &got));
+    if let Some((_, _, service)) = matching.clone().find(|(m, _, _)| m == method) {
+        return Routing::To(*service);
+    }
+    let allowed: Vec<Method> = matching.map(|(m, _, _)| m.clone()).collect();
+    if allowed.is_empty() {
+        Routing::NotFound
+    } else {
+        Routing::MethodNotAllowed(allowed)
     }
 }
 

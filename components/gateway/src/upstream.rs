@@ -27,11 +27,23 @@ pub struct Call {
     /// Whether sending it twice does what sending it once does: GET and
     /// HEAD, and writes that carry an `Idempotency-Key` the service honours.
     pub idempotent: bool,
-    /// Whether the call is clients' traffic, which the service's circuit
-    /// breaker admits and counts. The application's own upkeep (the
-    /// scheduled saga redrive) is neither refused by an open circuit nor
-    /// allowed to open one for the clients.
-    pub guarded: bool,
+    pub traffic: Traffic,
+}
+
+/// Whose call the gateway forwards: clients', which the service's circuit
+/// breaker admits and counts, or the application's own upkeep (the
+/// scheduled saga redrive), which an open circuit does not refuse and which
+/// cannot open one for the clients.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    Clients,
+    Upkeep,
+}
+
+impl Call {
+    fn guarded(&self) -> bool {
+        self.traffic == Traffic::Clients
+    }
 }
 
 /// What a service answered.
@@ -79,7 +91,7 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
     let max_retries: u32 = setting_as("retry_max").await?;
     let retry_base_ms: u64 = setting_as("retry_base_ms").await?;
     let mut circuit = Circuit::load(service).await?;
-    let admission = if call.guarded {
+    let admission = if call.guarded() {
         circuit.state.admit(now_ms())
     } else {
         Admission::Call
@@ -104,7 +116,7 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
             attempt(call, remaining).await
         };
         let failed = outcome.failed();
-        if call.guarded && (failed || probe || !circuit.state.quiet()) {
+        if call.guarded() && (failed || probe || !circuit.state.quiet()) {
             circuit.reload().await;
             if let Some(next) = circuit
                 .state

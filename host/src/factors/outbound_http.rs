@@ -238,18 +238,55 @@ impl OutboundHttp {
     }
 }
 
-/// The guest's view of a pooled request's failure.
+/// The guest's view of a pooled request's failure. A failure to connect
+/// means nothing was sent; once connected, the request may have reached the
+/// server, and the guest must be able to tell the two apart: a refused
+/// connection is safe to retry, a connection that broke mid-exchange is not.
 fn client_error(error: hyper_util::client::legacy::Error) -> Error {
-    let mut source = std::error::Error::source(&error);
+    use std::io::ErrorKind;
+    let io = cause::<std::io::Error>(&error);
+    if error.is_connect() {
+        return match io {
+            None => Error::ConnectionRefused,
+            Some(io) => match io.kind() {
+                ErrorKind::ConnectionRefused => Error::ConnectionRefused,
+                ErrorKind::TimedOut => Error::ConnectionTimeout,
+                // Name lookups and unreachable networks: `wasmtime-wasi-http`
+                // tells them apart by the error's kind and text.
+                kind => Error::Connect(std::io::Error::new(kind, io.to_string())),
+            },
+        };
+    }
+    if let Some(hyper) = cause::<hyper::Error>(&error) {
+        if hyper.is_incomplete_message() {
+            return Error::HttpResponseIncomplete;
+        }
+        if hyper.is_parse() || hyper.is_parse_status() {
+            return Error::HttpProtocolError;
+        }
+    }
+    match io.map(std::io::Error::kind) {
+        Some(
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof,
+        ) => Error::ConnectionTerminated,
+        Some(ErrorKind::TimedOut) => Error::ConnectionReadTimeout,
+        _ => Error::InternalError(Some(error.to_string())),
+    }
+}
+
+/// The first error of type `E` in `error`'s chain of causes.
+fn cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut source = Some(error);
     while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return Error::Connect(std::io::Error::new(io.kind(), io.to_string()));
+        if let Some(found) = cause.downcast_ref::<E>() {
+            return Some(found);
         }
         source = cause.source();
     }
-    if error.is_connect() {
-        Error::ConnectionRefused
-    } else {
-        Error::InternalError(Some(error.to_string()))
-    }
+    None
 }

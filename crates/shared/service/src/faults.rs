@@ -4,10 +4,8 @@
 //! the points where a crash is hardest to recover from. Recovery (redrive,
 //! the outbox sweep, consumers dropping duplicates) must make up for each.
 
+use crate::{optional_setting, random_fraction};
 use bazaar_api::Problem;
-use std::cell::Cell;
-
-use crate::random_fraction;
 
 /// Where a fault strikes.
 #[derive(Clone, Copy, Debug)]
@@ -21,26 +19,13 @@ pub enum Fault {
     AfterClaim,
 }
 
-thread_local! {
-    /// The instance's `fault_percent`, read once.
-    static PERCENT: Cell<Option<f64>> = const { Cell::new(None) };
-}
-
 /// Fails with an "injected fault" problem with the `fault_percent`
 /// probability.
 pub async fn inject(at: Fault) -> Result<(), Problem> {
-    let percent = match PERCENT.get() {
-        Some(percent) => percent,
-        None => {
-            let percent = spin_sdk::variables::get("fault_percent")
-                .await
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0);
-            PERCENT.set(Some(percent));
-            percent
-        }
-    };
+    let percent = optional_setting("fault_percent")
+        .await
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
     if percent > 0.0 && random_fraction() * 100.0 < percent {
         return Err(Problem::internal(format!(
             "injected fault ({at:?}, fault_percent)"

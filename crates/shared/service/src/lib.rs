@@ -46,15 +46,27 @@ pub fn header(req: &Request, name: &str) -> Option<String> {
 /// on Spin and bazaar), so a request pays for a host call only the first
 /// time an instance reads a name; a changed value reaches the next instance.
 pub async fn setting(name: &str) -> Result<String, Problem> {
-    if let Some(value) = SETTINGS.with_borrow(|known| known.get(name).cloned()) {
+    if let Some(Some(value)) = SETTINGS.with_borrow(|known| known.get(name).cloned()) {
         return Ok(value);
     }
     let value = spin_sdk::variables::get(name).await.map_err(|e| {
         eprintln!("variable {name}: {e:?}");
         Problem::internal("the service is misconfigured")
     })?;
-    SETTINGS.with_borrow_mut(|known| known.insert(name.to_string(), value.clone()));
+    SETTINGS.with_borrow_mut(|known| known.insert(name.to_string(), Some(value.clone())));
     Ok(value)
+}
+
+/// A component variable that only some components declare (`None` where
+/// it is not, or cannot be read): kept for the instance's life like
+/// [`setting`], absence included.
+pub async fn optional_setting(name: &str) -> Option<String> {
+    if let Some(known) = SETTINGS.with_borrow(|known| known.get(name).cloned()) {
+        return known;
+    }
+    let value = spin_sdk::variables::get(name).await.ok();
+    SETTINGS.with_borrow_mut(|known| known.insert(name.to_string(), value.clone()));
+    value
 }
 
 /// A component variable that must parse as a `T` (a number, usually); a
@@ -71,8 +83,9 @@ pub async fn setting_as<T: std::str::FromStr>(name: &str) -> Result<T, Problem> 
 }
 
 thread_local! {
-    /// The variables this instance has read (see [`setting`]).
-    static SETTINGS: std::cell::RefCell<std::collections::BTreeMap<String, String>> =
+    /// The variables this instance has read (see [`setting`]); `None` for
+    /// an optional one it found absent.
+    static SETTINGS: std::cell::RefCell<std::collections::BTreeMap<String, Option<String>>> =
         const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
 }
 
