@@ -192,8 +192,22 @@ pub fn healthy(service: &str) -> Response<String> {
 }
 
 /// Collapses a handler's result into the response to send.
+/// The response a handler's result makes, with its length stated: the body
+/// is whole, and without a length the host sends it chunked, its end known
+/// only once the body stream closes (a later write, and for a chained caller
+/// a later wake-up).
 pub fn finish(result: ApiResult) -> Response<String> {
-    result.unwrap_or_else(Problem::into_response)
+    let mut response = result.unwrap_or_else(Problem::into_response);
+    let status = response.status();
+    if !(status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+    {
+        let length = HeaderValue::from(response.body().len());
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, length);
+    }
+    response
 }
 
 /// Parses a JSON request body; a malformed body or a field of the wrong type
