@@ -299,6 +299,7 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     let engine = app::engine(&options)?;
     let app = app::load(&manifest, &options, &engine).await?;
+    release_startup_heap();
     let listener = match &app.http {
         Some(_) => Some(bind(args.listen)?),
         None => None,
@@ -370,6 +371,19 @@ fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Compiling components (a cache miss: the first start after a build)
+/// allocates and frees tens of MiB, which glibc's allocator keeps in its
+/// arenas: without this the process serves with ~50 MiB more resident than
+/// when every component came from the cache.
+fn release_startup_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free memory to the kernel; it is
+    // safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {

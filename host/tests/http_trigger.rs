@@ -308,13 +308,8 @@ async fn outbound_requests_need_an_allowed_host() {
     );
 }
 
-/// A failed pooled request tells the guest what failed: a refused
-/// connection (nothing was sent, safe to retry) is not a server that took
-/// the request and hung up (it may have acted on it).
-#[tokio::test]
-async fn outbound_failures_say_whether_the_request_was_sent() {
-    let app = AppDir::new(
-        r#"
+/// One probe that may call any port on loopback.
+const LOOPBACK_OUT: &str = r#"
 spin_manifest_version = 2
 [application]
 name = "out"
@@ -324,8 +319,14 @@ component = "web"
 [component.web]
 source = "{probe}"
 allowed_outbound_hosts = ["http://127.0.0.1:*"]
-"#,
-    );
+"#;
+
+/// A failed pooled request tells the guest what failed: a refused
+/// connection (nothing was sent, safe to retry) is not a server that took
+/// the request and hung up (it may have acted on it).
+#[tokio::test]
+async fn outbound_failures_say_whether_the_request_was_sent() {
+    let app = AppDir::new(LOOPBACK_OUT);
     let host = app.start(&[]);
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -356,19 +357,7 @@ allowed_outbound_hosts = ["http://127.0.0.1:*"]
 
 #[tokio::test]
 async fn allowed_outbound_request_goes_over_a_real_socket() {
-    let app = AppDir::new(
-        r#"
-spin_manifest_version = 2
-[application]
-name = "out"
-[[trigger.http]]
-route = "/..."
-component = "web"
-[component.web]
-source = "{probe}"
-allowed_outbound_hosts = ["http://127.0.0.1:*"]
-"#,
-    );
+    let app = AppDir::new(LOOPBACK_OUT);
     let host = app.start(&[]);
     // The host's own well-known endpoint is a real HTTP server on loopback.
     let (status, body) = host

@@ -253,6 +253,28 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn finished_replies_state_their_length_unless_they_have_no_body() {
+        let reply = finish(Ok(json(StatusCode::OK, &serde_json::json!({ "a": "é" }))));
+        assert_eq!(
+            reply.headers()[header::CONTENT_LENGTH],
+            reply.body().len().to_string().as_str()
+        );
+        let problem = finish(Err(Problem::not_found("no such thing")));
+        assert_eq!(
+            problem.headers()[header::CONTENT_LENGTH],
+            problem.body().len().to_string().as_str()
+        );
+        let mut empty = Response::new(String::new());
+        *empty.status_mut() = StatusCode::NO_CONTENT;
+        assert!(
+            finish(Ok(empty))
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_none()
+        );
+    }
+
     #[derive(serde::Deserialize, Debug)]
     #[allow(dead_code)]
     struct Login {
