@@ -191,7 +191,6 @@ pub fn healthy(service: &str) -> Response<String> {
     )
 }
 
-/// Collapses a handler's result into the response to send.
 /// The response a handler's result makes, with its length stated: the body
 /// is whole, and without a length the host sends it chunked, its end known
 /// only once the body stream closes (a later write, and for a chained caller
