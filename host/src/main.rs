@@ -379,8 +379,8 @@ fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
 /// when every component came from the cache, with it ~25 MiB.
 fn release_startup_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only returns free memory to the kernel; it is
-    // safe to call at any time from any thread.
+    // SAFETY: `malloc_trim` only returns free memory to the kernel, and is
+    // safe to call from any thread (this is not a signal handler).
     unsafe {
         libc::malloc_trim(0);
     }

@@ -261,7 +261,7 @@ fn client_error(error: hyper_util::client::legacy::Error) -> Error {
         if hyper.is_incomplete_message() {
             return Error::HttpResponseIncomplete;
         }
-        if hyper.is_parse() || hyper.is_parse_status() {
+        if hyper.is_parse() {
             return Error::HttpProtocolError;
         }
     }
@@ -273,8 +273,21 @@ fn client_error(error: hyper_util::client::legacy::Error) -> Error {
             | ErrorKind::UnexpectedEof,
         ) => Error::ConnectionTerminated,
         Some(ErrorKind::TimedOut) => Error::ConnectionReadTimeout,
-        _ => Error::InternalError(Some(error.to_string())),
+        _ => Error::InternalError(Some(causes(&error))),
     }
+}
+
+/// The error and each of its causes, for a message the guest can act on
+/// (hyper-util's own text is only "client error (SendRequest)").
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The first error of type `E` in `error`'s chain of causes.
