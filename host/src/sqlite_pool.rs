@@ -242,7 +242,7 @@ thread_local! {
 /// changed nothing and must run again where it may wait
 /// ([`on_blocking_thread`]). Short reads so spare the two thread hand-offs
 /// of the blocking pool, which cost more than the read.
-pub fn on_this_thread<R>(conn: &Connection, f: impl FnOnce(&Connection) -> R) -> Option<R> {
+fn on_this_thread<R>(conn: &Connection, f: impl FnOnce(&Connection) -> R) -> Option<R> {
     fn refuse(_: i32) -> bool {
         WOULD_BLOCK.set(true);
         false
@@ -269,6 +269,21 @@ pub fn on_this_thread<R>(conn: &Connection, f: impl FnOnce(&Connection) -> R) ->
     let result = f(conn);
     drop(restore);
     (!WOULD_BLOCK.replace(false)).then_some(result)
+}
+
+/// Runs a read `f` on `reader`: on this thread if [`on_this_thread`]
+/// allows, else again from the start on the blocking pool with the lease
+/// moved there. `input` goes along and comes back, for a caller that needs
+/// it afterwards (a statement SQLite says writes goes on to the writer).
+pub async fn read<T: Send + 'static, R: Send + 'static>(
+    reader: Reader,
+    input: T,
+    f: impl Fn(&Connection, &T) -> R + Send + 'static,
+) -> (R, T) {
+    if let Some(result) = on_this_thread(&reader, |conn| f(conn, &input)) {
+        return (result, input);
+    }
+    on_blocking_thread(move || (f(&reader, &input), input)).await
 }
 
 /// Runs `f` on tokio's blocking pool. A lease moved into `f` is dropped

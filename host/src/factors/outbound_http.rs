@@ -273,33 +273,15 @@ fn client_error(error: hyper_util::client::legacy::Error) -> Error {
             | ErrorKind::UnexpectedEof,
         ) => Error::ConnectionTerminated,
         Some(ErrorKind::TimedOut) => Error::ConnectionReadTimeout,
-        _ => Error::InternalError(Some(causes(&error))),
+        // With its causes: hyper-util's own text is only "client error
+        // (SendRequest)".
+        _ => Error::InternalError(Some(format!("{:#}", anyhow::Error::from(error)))),
     }
-}
-
-/// The error and each of its causes, for a message the guest can act on
-/// (hyper-util's own text is only "client error (SendRequest)").
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The first error of type `E` in `error`'s chain of causes.
 fn cause<'a, E: std::error::Error + 'static>(
     error: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a E> {
-    let mut source = Some(error);
-    while let Some(cause) = source {
-        if let Some(found) = cause.downcast_ref::<E>() {
-            return Some(found);
-        }
-        source = cause.source();
-    }
-    None
+    std::iter::successors(Some(error), |e| e.source()).find_map(|e| e.downcast_ref::<E>())
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::app::runtime_config::Location;
 use crate::bindings::key_value::Error;
-use crate::sqlite_pool::{SqliteFile, on_blocking_thread, on_this_thread};
+use crate::sqlite_pool::{self, SqliteFile, on_blocking_thread};
 
 /// Spin's schema, so a store written by `bazaar` can be read by `spin up`
 /// and back.
@@ -44,17 +44,17 @@ impl SqliteKv {
     }
 
     /// A read by primary key, run on the calling (async) thread when it
-    /// needs no lock ([`on_this_thread`]): it visits a few B-tree pages, less
+    /// needs no lock ([`sqlite_pool::read`]): it visits a few B-tree pages, less
     /// work than the two thread hand-offs of the blocking pool.
     async fn lookup<R: Send + 'static>(
         &self,
         f: impl Fn(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
         match self.file.reader().await {
-            Ok(Some(reader)) => match on_this_thread(&reader, &f) {
-                Some(result) => result.map_err(other),
-                None => on_blocking_thread(move || f(&reader)).await.map_err(other),
-            },
+            Ok(Some(reader)) => sqlite_pool::read(reader, (), move |conn, ()| f(conn))
+                .await
+                .0
+                .map_err(other),
             Ok(None) => self.write(f).await,
             Err(e) => Err(Error::Other(e)),
         }

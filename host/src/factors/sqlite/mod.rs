@@ -17,7 +17,7 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 
 use crate::app::runtime_config::DbLocation;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::sqlite_pool::{SqliteFile, Writer, on_blocking_thread, on_this_thread};
+use crate::sqlite_pool::{self, SqliteFile, Writer, on_blocking_thread};
 use crate::telemetry::traces::{self, Span};
 use libsql::{LibsqlDatabase, RemoteSession};
 use opentelemetry::KeyValue;
@@ -233,19 +233,15 @@ async fn run_statement(
     let (statement, params) = match reader {
         Some(reader) => {
             let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
-            let (read, statement, params) =
-                match on_this_thread(&reader, |reader| read(reader, &statement, &params)) {
-                    Some(read) => (read, statement, params),
-                    // Again from the start on the blocking pool, SQLite's
-                    // verdict on writing included: nothing was changed, and
-                    // an autocommit read may see the database as it is then.
-                    None => {
-                        on_blocking_thread(move || {
-                            (read(&reader, &statement, &params), statement, params)
-                        })
-                        .await
-                    }
-                };
+            // A read moved to the blocking pool runs again from the start,
+            // SQLite's verdict on writing included: nothing was changed, and
+            // an autocommit read may see the database as it is then.
+            let (read, (statement, params)) = sqlite_pool::read(
+                reader,
+                (statement, params),
+                |reader, (statement, params)| read(reader, statement, params),
+            )
+            .await;
             match read {
                 Read::Done(result) => return result,
                 Read::Writes => (statement, params.into_iter().map(from_sql).collect()),
