@@ -323,24 +323,15 @@ fn decorate(reply: &mut Reply, ctx: &Context, cors: &Cors, origin: Option<&str>)
     }
 }
 
-/// States the length of the body the gateway holds whole. Without it the
-/// body goes out chunked, and the host's HTTP server writes its end only
-/// when the body stream closes: a second write to the client's socket (and a
-/// second wake-up of the client) for every response. HEAD replies keep no
-/// length (the body a GET would have is not here to measure), nor do the
-/// statuses that have no body.
+/// States the length of the body the gateway holds whole
+/// ([`bazaar_api::state_length`]). HEAD replies keep none: the body a GET
+/// would have is not here to measure.
 fn declare_length(reply: &mut Reply, method: &Method) {
-    let status = reply.status();
-    if *method == Method::HEAD
-        || status.is_informational()
-        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-    {
+    if *method == Method::HEAD {
         return;
     }
     if let Some(length) = http_body::Body::size_hint(reply.body()).exact() {
-        reply
-            .headers_mut()
-            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+        bazaar_api::state_length(reply, length);
     }
 }
 

@@ -191,22 +191,28 @@ pub fn healthy(service: &str) -> Response<String> {
     )
 }
 
-/// The response a handler's result makes, with its length stated: the body
-/// is whole, and without a length the host sends it chunked, its end known
-/// only once the body stream closes (a later write, and for a chained caller
-/// a later wake-up).
+/// The response a handler's result makes, with its length stated.
 pub fn finish(result: ApiResult) -> Response<String> {
     let mut response = result.unwrap_or_else(Problem::into_response);
+    let length = response.body().len() as u64;
+    state_length(&mut response, length);
+    response
+}
+
+/// States `length`, the size of the whole body `response` carries, unless
+/// its status has no body. Without it the host sends the body chunked, its
+/// end known only once the body stream closes: a second write to the
+/// socket, and a second wake-up of whoever reads it.
+pub fn state_length<B>(response: &mut Response<B>, length: u64) {
     let status = response.status();
-    if !(status.is_informational()
-        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED))
+    if status.is_informational()
+        || matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
     {
-        let length = HeaderValue::from(response.body().len());
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, length);
+        return;
     }
     response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
 }
 
 /// Parses a JSON request body; a malformed body or a field of the wrong type
