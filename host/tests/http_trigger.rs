@@ -195,6 +195,40 @@ async fn an_early_answer_reaches_a_client_still_sending_its_body() {
     );
 }
 
+/// Request headers are limited by their size, exactly: a head of 100 KiB
+/// fits hyper's read buffer whole (hyper alone would pass it on), and is a
+/// 431 with a problem document; one just under the limit reaches the
+/// component.
+#[tokio::test]
+async fn oversized_request_headers_are_431_from_the_host() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    let client = reqwest::Client::new();
+    let filler = |kib: usize| "f".repeat(kib * 1024);
+    let (status, problem) = common::send(
+        client
+            .get(host.url("/api/headers"))
+            .header("x-filler-1", filler(50))
+            .header("x-filler-2", filler(50)),
+    )
+    .await;
+    assert_eq!(status, 431, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("more than the 65536"),
+        "says the limit: {problem}"
+    );
+    let (status, echoed) = common::send(
+        client
+            .get(host.url("/api/headers"))
+            .header("x-filler-1", filler(30))
+            .header("x-filler-2", filler(30)),
+    )
+    .await;
+    assert_eq!(status, 200, "60 KiB of headers are served");
+    assert_eq!(echoed["x-filler-2"].as_str().map(str::len), Some(30 * 1024));
+}
+
 /// A `Host` header that is not an authority would move the path or query
 /// the component sees (`x/admin` + `/public` = `/admin/public`): 400.
 #[tokio::test]

@@ -78,6 +78,16 @@ async fn dispatch(
     cors: &Cors,
     origin: Option<&str>,
 ) -> Result<Reply, Problem> {
+    let max_header_bytes: usize = setting_as("max_header_bytes").await?;
+    let header_bytes = client_header_bytes(&req);
+    if header_bytes > max_header_bytes {
+        return Err(Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request headers take {header_bytes} bytes (names and values), more than the {max_header_bytes} this API accepts"
+            ),
+        ));
+    }
     if method == Method::OPTIONS && header(&req, "access-control-request-method").is_some() {
         return Ok(preflight(cors, origin));
     }
@@ -158,6 +168,19 @@ fn preflight(cors: &Cors, origin: Option<&str>) -> Reply {
         );
     }
     reply
+}
+
+/// The size of the headers the client sent (the host's `spin-*` aside).
+/// The gateway refuses what it could not pass on: a host limits the
+/// headers a component may put on an outgoing request, and a request over
+/// that limit would fail to send, which is the client's doing, not the
+/// service's (a 431, not a 502 after retries).
+fn client_header_bytes(req: &Request) -> usize {
+    req.headers()
+        .iter()
+        .filter(|(name, _)| !name.as_str().starts_with("spin-"))
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
 }
 
 /// Verifies the bearer token, once, for the whole request. No token means

@@ -39,6 +39,14 @@ static PRIVATE_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| "private".into());
 /// Where a chained request reports coming from, as in Spin.
 const CHAINED_CLIENT: &str = "0.0.0.0:0";
 
+/// The most request header bytes (names and values) a client may send. Hyper
+/// refuses a head larger than its read buffer only while the head is still
+/// incomplete, so one that arrives whole in a large read gets through; this
+/// makes the limit exact. It is half of `wasmtime-wasi-http`'s limit on the
+/// headers a guest builds (128 KiB, with per-field overhead), so a component
+/// can always copy what it was sent onto an outgoing request.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 pub struct HttpApp {
     info: serde_json::Value,
     router: Router,
@@ -79,6 +87,10 @@ impl HttpApp {
         mut req: Request<WasiBody>,
         client: SocketAddr,
     ) -> Response<WasiBody> {
+        let header_bytes = header_bytes(req.headers());
+        if header_bytes > MAX_HEADER_BYTES {
+            return headers_too_large(header_bytes);
+        }
         let path = req.uri().path().to_string();
         if let Some(rest) = path.strip_prefix(WELL_KNOWN) {
             return self.well_known(rest);
@@ -356,6 +368,31 @@ fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: 
             set(name, value);
         }
     }
+}
+
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+/// 431, with a problem document saying by how much.
+fn headers_too_large(bytes: usize) -> Response<WasiBody> {
+    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    let problem = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason(),
+        "status": status.as_u16(),
+        "detail": format!(
+            "the request headers take {bytes} bytes (names and values), more than the {MAX_HEADER_BYTES} this server accepts"
+        ),
+    });
+    full(
+        status,
+        "application/problem+json",
+        Bytes::from(problem.to_string()),
+    )
 }
 
 fn empty(status: StatusCode) -> Response<WasiBody> {
