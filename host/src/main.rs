@@ -1,6 +1,7 @@
 //! `bazaar`: runs a Spin application (`spin.toml`) on wasmtime, with Spin's
 //! semantics, so Bazaar can be developed and tested without the Spin CLI.
 
+mod allocator;
 mod app;
 mod bindings;
 mod build;
@@ -299,7 +300,7 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     let engine = app::engine(&options)?;
     let app = app::load(&manifest, &options, &engine).await?;
-    release_startup_heap();
+    allocator::release_startup_heap();
     let listener = match &app.http {
         Some(_) => Some(bind(args.listen)?),
         None => None,
@@ -371,19 +372,6 @@ fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Compiling components (a cache miss: the first start after a build)
-/// allocates and frees tens of MiB, which glibc's allocator keeps in its
-/// arenas: without this the process served with ~50 MiB more resident than
-/// when every component came from the cache, with it ~25 MiB.
-fn release_startup_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only returns free memory to the kernel, and is
-    // safe to call from any thread (this is not a signal handler).
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
