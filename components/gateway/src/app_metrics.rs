@@ -12,7 +12,6 @@ use bazaar_api::{Problem, StatusCode};
 use bazaar_gateway_resilience::Breaker;
 use bazaar_service::{header, setting};
 use bytes::Bytes;
-use http_body_util::Full;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,6 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::circuit::Circuit;
 use crate::gateway::{Context, Reply, identity_token};
 use crate::routes::Service;
+use crate::wasi_http::Body;
 
 type Labels = Vec<(String, String)>;
 
@@ -115,7 +115,7 @@ pub async fn scrape(req: &Request, ctx: &Context) -> Result<Reply, Problem> {
     let mut text = String::new();
     encode(&mut text, &registry)
         .map_err(|e| Problem::internal(format!("the metrics could not be encoded: {e}")))?;
-    let mut reply = Response::new(Full::new(Bytes::from(text)));
+    let mut reply = Response::new(Body::Whole(Bytes::from(text)));
     reply.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -8,7 +8,7 @@ use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as, signing_keys, 
 use bazaar_trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use spin_sdk::http::{HeaderValue, Request, Response};
 use std::time::Instant;
 
@@ -16,8 +16,9 @@ use crate::cors::{self, Cors};
 use crate::limits::{self, Rule};
 use crate::routes::{self, Routing, Service};
 use crate::upstream::{self, Call, Traffic};
+use crate::wasi_http::Body;
 
-pub type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Body>;
 
 /// Request headers a client may not pass on: the identity header, trace
 /// context, request id, forwarded address and deadline are the gateway's
@@ -293,23 +294,30 @@ async fn forward(
         let token = identity_token(service, method.as_str(), &path_and_query, &identity).await?;
         headers.insert(IDENTITY_HEADER, header_value(&token)?);
     }
+    let uri: http::Uri = format!("{}{path_and_query}", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("`{}` is not a URL", service.url_variable()),
+            )
+        })?;
     let call = Call {
         service,
         method,
-        url: format!("{}{path_and_query}", base.trim_end_matches('/')),
+        uri,
         headers,
         body,
         idempotent,
         traffic,
     };
     let answer = upstream::send(&call).await?;
-    let mut reply = Response::new(Full::new(answer.body));
-    *reply.status_mut() = answer.parts.status;
-    for (name, value) in &answer.parts.headers {
-        if !matches!(
-            name.as_str(),
-            "content-length" | "transfer-encoding" | "connection"
-        ) {
+    let mut reply = Response::new(Body::Upstream(answer.response));
+    *reply.status_mut() = answer.status;
+    for (name, value) in &answer.headers {
+        // The body goes on as the service sent it, so its stated length
+        // holds; hop-by-hop headers end here.
+        if !matches!(name.as_str(), "transfer-encoding" | "connection") {
             reply.headers_mut().append(name, value.clone());
         }
     }
@@ -347,13 +355,14 @@ fn decorate(reply: &mut Reply, ctx: &Context, cors: &Cors, origin: Option<&str>)
 }
 
 /// States the length of the body the gateway holds whole
-/// ([`bazaar_api::state_length`]). HEAD replies keep none: the body a GET
-/// would have is not here to measure.
+/// ([`bazaar_api::state_length`]); a service's body passed on keeps the
+/// length the service stated. HEAD replies keep none: the body a GET would
+/// have is not here to measure.
 fn declare_length(reply: &mut Reply, method: &Method) {
     if *method == Method::HEAD {
         return;
     }
-    if let Some(length) = http_body::Body::size_hint(reply.body()).exact() {
+    if let Some(length) = reply.body().len() {
         bazaar_api::state_length(reply, length);
     }
 }
@@ -398,11 +407,11 @@ fn log(method: &Method, path: &str, status: StatusCode, started: Instant, ctx: &
 }
 
 pub fn to_reply(response: Response<String>) -> Reply {
-    response.map(|body| Full::new(Bytes::from(body)))
+    response.map(|body| Body::Whole(Bytes::from(body)))
 }
 
 fn empty(status: StatusCode) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::new()));
+    let mut reply = Response::new(Body::Whole(Bytes::new()));
     *reply.status_mut() = status;
     reply
 }

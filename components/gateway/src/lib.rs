@@ -16,11 +16,12 @@ mod limits;
 mod openapi;
 mod routes;
 mod upstream;
+mod wasi_http;
 
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
 
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
-    gateway::handle(req).await
+    wasi_http::respond(gateway::handle(req).await)
 }

@@ -7,12 +7,12 @@ use bazaar_gateway_resilience::{Admission, Breaker, backoff_ms};
 use bazaar_service::{TIMEOUT_HEADER, random_fraction, setting_as};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use http_body_util::Full;
-use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::wasip3::http::types;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::circuit::Circuit;
 use crate::routes::Service;
+use crate::wasi_http;
 
 /// The longest pause between two attempts.
 const MAX_BACKOFF_MS: u64 = 1_000;
@@ -21,7 +21,7 @@ const MAX_BACKOFF_MS: u64 = 1_000;
 pub struct Call {
     pub service: Service,
     pub method: Method,
-    pub url: String,
+    pub uri: http::Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
     /// Whether sending it twice does what sending it once does: GET and
@@ -46,10 +46,12 @@ impl Call {
     }
 }
 
-/// What a service answered.
+/// What a service answered: its head, and the response whose body the
+/// gateway passes on unread.
 pub struct Answer {
-    pub parts: http::response::Parts,
-    pub body: Bytes,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub response: types::Response,
 }
 
 enum Outcome {
@@ -62,7 +64,7 @@ impl Outcome {
     /// Whether the call counts against the service's health.
     fn failed(&self) -> bool {
         match self {
-            Outcome::Answered(answer) => answer.parts.status.is_server_error(),
+            Outcome::Answered(answer) => answer.status.is_server_error(),
             Outcome::Unreachable(_) | Outcome::TimedOut => true,
         }
     }
@@ -74,7 +76,7 @@ impl Outcome {
     fn retryable(&self) -> bool {
         match self {
             Outcome::Answered(answer) => matches!(
-                answer.parts.status,
+                answer.status,
                 StatusCode::BAD_GATEWAY
                     | StatusCode::SERVICE_UNAVAILABLE
                     | StatusCode::GATEWAY_TIMEOUT
@@ -165,35 +167,24 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
 }
 
 /// One attempt, given `remaining` time: the request carries that budget
-/// so the service can stop when the gateway has stopped waiting.
+/// so the service can stop when the gateway has stopped waiting. The
+/// deadline covers the answer's head; its body is passed on as it comes.
 async fn attempt(call: &Call, remaining: Duration) -> Outcome {
-    let mut request = http::Request::builder()
-        .method(call.method.clone())
-        .uri(&call.url);
-    if let Some(headers) = request.headers_mut() {
-        headers.clone_from(&call.headers);
-        headers.insert(
-            TIMEOUT_HEADER,
-            HeaderValue::from(remaining.as_millis() as u64),
-        );
-    }
-    let request = match request.body(Full::new(call.body.clone())) {
+    let mut headers = call.headers.clone();
+    headers.insert(
+        TIMEOUT_HEADER,
+        HeaderValue::from(remaining.as_millis() as u64),
+    );
+    let request = match wasi_http::request(&call.method, &call.uri, &headers, call.body.clone()) {
         Ok(request) => request,
-        Err(e) => return Outcome::Unreachable(format!("cannot build the request: {e}")),
+        Err(e) => return Outcome::Unreachable(e),
     };
-    let exchange = async {
-        let response = spin_sdk::http::send(request)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .bytes()
-            .await
-            .map_err(|e| format!("the response broke off: {e:?}"))?;
-        Ok::<_, String>(Answer { parts, body })
-    };
-    match bazaar_service::within(remaining, exchange).await {
-        Some(Ok(answer)) => Outcome::Answered(answer),
+    match bazaar_service::within(remaining, wasi_http::send(request)).await {
+        Some(Ok((status, headers, response))) => Outcome::Answered(Answer {
+            status,
+            headers,
+            response,
+        }),
         Some(Err(error)) => Outcome::Unreachable(error),
         None => Outcome::TimedOut,
     }
