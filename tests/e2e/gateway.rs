@@ -54,9 +54,10 @@ async fn unknown_paths_and_methods() {
         .assert_problem(405);
 }
 
-/// The gateway holds each reply whole, so it says how long it is: a client
-/// (and the host's server, which then writes the response at once) need not
-/// wait for a chunked body's end.
+/// Replies say how long they are: the gateway's own, which it holds whole,
+/// and the services' it passes on, which state theirs. A client (and the
+/// host's server, which then writes the response at once) need not wait for
+/// a chunked body's end.
 #[tokio::test]
 async fn replies_state_their_length() {
     let app = App::start();

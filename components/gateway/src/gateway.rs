@@ -316,8 +316,12 @@ async fn forward(
     *reply.status_mut() = answer.status;
     for (name, value) in &answer.headers {
         // The body goes on as the service sent it, so its stated length
-        // holds; hop-by-hop headers end here.
-        if !matches!(name.as_str(), "transfer-encoding" | "connection") {
+        // holds (one of it: `wasi:http` refuses a repeated one). Hop-by-hop
+        // headers never reach a guest (wasmtime drops them from responses);
+        // refused here too, as they would fail the reply.
+        let repeated_length =
+            name == http::header::CONTENT_LENGTH && reply.headers().contains_key(name);
+        if !repeated_length && !matches!(name.as_str(), "transfer-encoding" | "connection") {
             reply.headers_mut().append(name, value.clone());
         }
     }

@@ -139,6 +139,9 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
             if let Some(next) = circuit.state.take_retry(&circuit.policy)
                 && Duration::from_millis(pause) < time_left
             {
+                // A failed answer's response (and the stream of its body)
+                // is let go now, not held through the pause.
+                drop(outcome);
                 circuit.save(next).await;
                 log_retry(call, retries, pause);
                 spin_sdk::time::sleep(Duration::from_millis(pause)).await;

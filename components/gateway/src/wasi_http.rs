@@ -56,7 +56,7 @@ pub fn request(
     let (request, _) = types::Request::new(headers, contents, trailers, None);
     let invalid = |part: &str| format!("cannot build the request: invalid {part} in {uri}");
     request
-        .set_method(&method.clone().into())
+        .set_method(&method.into())
         .map_err(|()| invalid("method"))?;
     request
         .set_scheme(uri.scheme().map(Into::into).as_ref())
