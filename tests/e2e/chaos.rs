@@ -490,19 +490,32 @@ async fn orders_survive_faults_and_a_redis_restart(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    let redrive_runs: Vec<Value> = std::fs::read_to_string(app.host_log("orders_stdout.txt"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["msg"] == "saga redrive")
-        .collect();
-    let total = |field: &str| -> u64 {
-        redrive_runs
-            .iter()
-            .filter_map(|l| l["outcome"][field].as_u64())
-            .sum()
+    // What the scheduled redrive has made up for so far, from its log.
+    let recovered = || {
+        let runs: Vec<Value> = std::fs::read_to_string(app.host_log("orders_stdout.txt"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["msg"] == "saga redrive")
+            .collect();
+        let total = |field: &str| -> u64 {
+            runs.iter()
+                .filter_map(|l| l["outcome"][field].as_u64())
+                .sum()
+        };
+        (total("redriven"), total("published"))
     };
-    let (redriven, published) = (total("redriven"), total("published"));
+    // A row a writer left claimed is swept once its lease
+    // (OUTBOX_LEASE_SECONDS, 10 s) has run out, at the next redrive (every
+    // 2 s): a run that settles quickly ends before that, so wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (redriven, published) = loop {
+        let (redriven, published) = recovered();
+        if published > 0 || Instant::now() >= deadline {
+            break (redriven, published);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let duplicates = app.log_count("order-saga_stdout.txt", "duplicate dropped")
         + app.log_count("inventory-step_stdout.txt", "duplicate dropped")
         + app.log_count("payments-step_stdout.txt", "duplicate dropped");
