@@ -20,7 +20,7 @@ pub const EMBEDDED_HOST: &str = "embedded.bazaar.invalid";
 
 /// Messages a slow subscriber may fall behind by before it misses some (a
 /// real server disconnects such a client; here it is told how many it lost).
-const SUBSCRIBER_BUFFER: usize = 4096;
+pub const SUBSCRIBER_BUFFER: usize = 4096;
 
 #[derive(Default)]
 pub struct EmbeddedBroker {

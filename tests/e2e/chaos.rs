@@ -35,30 +35,39 @@ async fn snapshot(
     out
 }
 
-/// Waits until no order in `ids` is pending (or confirmed with a
-/// cancellation in flight: its events end in a request).
+/// Waits until every order in `ids` reads as neither pending nor an error.
 async fn settle(app: &App, admin: &str, ids: &[String], within: Duration) {
     let deadline = Instant::now() + within;
     let mut open: Vec<String> = ids.to_vec();
     while !open.is_empty() {
         let mut still = Vec::new();
         for id in open {
-            let order = app
-                .get(&format!("/api/v1/orders/{id}"), Some(admin))
-                .await
-                .body;
-            if order["status"] == "pending" {
+            // An error answer (a busy service) tells nothing: asked again.
+            let order = app.get(&format!("/api/v1/orders/{id}"), Some(admin)).await;
+            if order.status != 200 || order.body["status"] == "pending" {
                 still.push(id);
             }
         }
         open = still;
-        assert!(
-            Instant::now() < deadline,
-            "{} orders never settled: {:?}\n{}",
-            open.len(),
-            open,
-            app.host.stderr()
-        );
+        if Instant::now() >= deadline {
+            let mut stories = String::new();
+            for id in open.iter().take(3) {
+                let events = app
+                    .all(&format!("/api/v1/orders/{id}/events"), Some(admin))
+                    .await;
+                stories.push_str(&format!(
+                    "order {id}\nevents: {}\n{}\n",
+                    Value::Array(events),
+                    app.log_lines_mentioning(id)
+                ));
+            }
+            panic!(
+                "{} orders never settled: {:?}\n{stories}host:\n{}",
+                open.len(),
+                open,
+                app.host.stderr()
+            );
+        }
         if !open.is_empty() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

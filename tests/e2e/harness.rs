@@ -274,6 +274,29 @@ impl App {
         }
     }
 
+    /// Every component log line that mentions `text`, each after its
+    /// file's name: the story of one order or message across the app.
+    pub fn log_lines_mentioning(&self, text: &str) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state.path().join(".spin/logs"))
+            .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        let mut out = String::new();
+        for file in files {
+            let name = file
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            for line in std::fs::read_to_string(&file).unwrap_or_default().lines() {
+                if line.contains(text) {
+                    out.push_str(&format!("{name}: {line}\n"));
+                }
+            }
+        }
+        out
+    }
+
     /// How many times `text` appears in the component log `file` so far.
     pub fn log_count(&self, file: &str, text: &str) -> usize {
         std::fs::read_to_string(self.host_log(file))

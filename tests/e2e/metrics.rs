@@ -185,6 +185,13 @@ async fn prometheus_scrapes_requests_instances_messages_and_store_operations() {
             )
             .await;
     }
+    // Every reply was handed on: the saga's backlog is back to none.
+    prometheus
+        .wait_for(
+            "bazaar_redis_backlog_messages{channel=\"bazaar.saga.replies\"}",
+            |v| v == 0.0,
+        )
+        .await;
     prometheus
         .wait_for(
             "bazaar_store_operations_total{kind=\"sqlite\",label=\"orders\",op=\"execute\",outcome=\"ok\"}",

@@ -6,13 +6,12 @@ use bazaar_api::{Method, Problem, StatusCode};
 use bazaar_gateway_resilience::{Admission, Breaker, backoff_ms};
 use bazaar_service::{TIMEOUT_HEADER, random_fraction, setting_as};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
-use spin_sdk::wasip3::http::types;
+use http::HeaderMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::circuit::Circuit;
 use crate::routes::Service;
-use crate::wasi_http;
+use crate::wasi_http::{self, Answer};
 
 /// The longest pause between two attempts.
 const MAX_BACKOFF_MS: u64 = 1_000;
@@ -44,14 +43,6 @@ impl Call {
     fn guarded(&self) -> bool {
         self.traffic == Traffic::Clients
     }
-}
-
-/// What a service answered: its head, and the response whose body the
-/// gateway passes on unread.
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub response: types::Response,
 }
 
 enum Outcome {
@@ -173,21 +164,19 @@ pub async fn send(call: &Call) -> Result<Answer, Problem> {
 /// so the service can stop when the gateway has stopped waiting. The
 /// deadline covers the answer's head; its body is passed on as it comes.
 async fn attempt(call: &Call, remaining: Duration) -> Outcome {
-    let mut headers = call.headers.clone();
-    headers.insert(
-        TIMEOUT_HEADER,
-        HeaderValue::from(remaining.as_millis() as u64),
-    );
-    let request = match wasi_http::request(&call.method, &call.uri, &headers, call.body.clone()) {
+    let timeout_ms = remaining.as_millis().to_string();
+    let request = match wasi_http::request(
+        &call.method,
+        &call.uri,
+        &call.headers,
+        (TIMEOUT_HEADER, &timeout_ms),
+        call.body.clone(),
+    ) {
         Ok(request) => request,
         Err(e) => return Outcome::Unreachable(e),
     };
     match bazaar_service::within(remaining, wasi_http::send(request)).await {
-        Some(Ok((status, headers, response))) => Outcome::Answered(Answer {
-            status,
-            headers,
-            response,
-        }),
+        Some(Ok(answer)) => Outcome::Answered(answer),
         Some(Err(error)) => Outcome::Unreachable(error),
         None => Outcome::TimedOut,
     }

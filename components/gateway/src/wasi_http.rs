@@ -32,15 +32,20 @@ impl Body {
     }
 }
 
-/// A request for `uri`. No content, when `body` is empty, is what
-/// `wasi:http` calls a zero-length body: the service reads none.
+/// A request for `uri` with `headers` and then `extra` (the call's own,
+/// added without copying the client's map first). No content, when `body`
+/// is empty, is what `wasi:http` calls a zero-length body: the service
+/// reads none.
 pub fn request(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    extra: (&str, &str),
     body: Bytes,
 ) -> Result<types::Request, String> {
-    let headers = Fields::from_list(&field_list(headers))
+    let mut fields = field_list(headers);
+    fields.push((extra.0.to_owned(), extra.1.as_bytes().to_vec()));
+    let headers = Fields::from_list(&fields)
         .map_err(|e| format!("cannot build the request's headers: {e:?}"))?;
     let (contents, trailers) = if body.is_empty() {
         // Dropped unwritten, the writer resolves the future with no trailers.
@@ -70,11 +75,16 @@ pub fn request(
     Ok(request)
 }
 
-/// Sends `request`; the answer's status and headers, and the response to
-/// pass on (or drop, which abandons its body).
-pub async fn send(
-    request: types::Request,
-) -> Result<(StatusCode, HeaderMap, types::Response), String> {
+/// What a service answered: its head, and the response whose body the
+/// gateway passes on unread (or drops, which abandons the body).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub response: types::Response,
+}
+
+/// Sends `request` and reads the answer's head.
+pub async fn send(request: types::Request) -> Result<Answer, String> {
     let response = spin_sdk::wasip3::http::client::send(request)
         .await
         .map_err(|e| format!("{e:?}"))?;
@@ -89,7 +99,11 @@ pub async fn send(
             headers.append(name, value);
         }
     }
-    Ok((status, headers, response))
+    Ok(Answer {
+        status,
+        headers,
+        response,
+    })
 }
 
 /// The `wasi:http` response for a reply: a service's body goes on as its

@@ -38,7 +38,7 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// The `# HELP` line of each series.
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "bazaar_http_requests_total",
         "HTTP requests a component answered, by trigger route (`private`: service chaining) and status class"
@@ -72,6 +72,14 @@ fn describe() {
     describe_counter!(
         "bazaar_redis_redeliveries_total",
         "Redis messages whose envelope id this process had already handed to the component"
+    );
+    describe_gauge!(
+        "bazaar_redis_backlog_messages",
+        "Redis messages received on a channel and not yet handed to its components"
+    );
+    describe_counter!(
+        "bazaar_redis_dropped_total",
+        "Redis messages dropped because the channel's backlog was full"
     );
     describe_counter!(
         "bazaar_store_operations_total",
@@ -191,6 +199,23 @@ pub fn redis_message(
 pub fn redis_redelivery(component: &Arc<str>, channel: &Arc<str>) {
     if enabled() {
         metrics::counter!("bazaar_redis_redeliveries_total", "component" => Arc::clone(component), "channel" => Arc::clone(channel))
+            .increment(1);
+    }
+}
+
+/// How many messages `channel`'s subscriber holds, received and not yet
+/// handed to its components.
+pub fn redis_backlog(channel: &Arc<str>, messages: usize) {
+    if enabled() {
+        metrics::gauge!("bazaar_redis_backlog_messages", "channel" => Arc::clone(channel))
+            .set(messages as f64);
+    }
+}
+
+/// A message dropped because `channel`'s backlog was full.
+pub fn redis_dropped(channel: &Arc<str>) {
+    if enabled() {
+        metrics::counter!("bazaar_redis_dropped_total", "channel" => Arc::clone(channel))
             .increment(1);
     }
 }

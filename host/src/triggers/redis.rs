@@ -305,13 +305,85 @@ impl Feed {
     }
 }
 
+/// How many messages a subscription holds, received and not yet handed to
+/// its components (as many as the embedded broker keeps per subscriber).
+/// Past it the oldest are dropped, and the count is logged: Redis itself
+/// would cut a subscriber that far behind (`client-output-buffer-limit
+/// pubsub`), losing everything after; this keeps the newest instead.
+const BACKLOG_LIMIT: usize = crate::redis_broker::SUBSCRIBER_BUFFER;
+
+/// Messages received on a subscription and not yet handed to its
+/// components, with how many were dropped since the last one was taken.
+#[derive(Default)]
+struct Backlog {
+    queue: Mutex<(VecDeque<Vec<u8>>, u64)>,
+    ready: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn push(&self, channel: &Arc<str>, payload: Vec<u8>) {
+        let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let (queue, dropped) = &mut *guard;
+        if queue.len() == BACKLOG_LIMIT {
+            queue.pop_front();
+            *dropped += 1;
+            metrics::redis_dropped(channel);
+        }
+        queue.push_back(payload);
+        metrics::redis_backlog(channel, queue.len());
+        drop(guard);
+        self.ready.notify_one();
+    }
+
+    /// The oldest message, and how many older ones were dropped.
+    async fn pop(&self, channel: &Arc<str>) -> (Vec<u8>, u64) {
+        loop {
+            {
+                let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let (queue, dropped) = &mut *guard;
+                if let Some(payload) = queue.pop_front() {
+                    metrics::redis_backlog(channel, queue.len());
+                    return (payload, std::mem::take(dropped));
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Reads the subscription's feed into its backlog and hands the backlog to
+/// the components, at once: the reader sees a dropped connection as soon as
+/// it drops and resubscribes while the handlers still work through what
+/// came before. (Reading only as fast as the handlers go, a subscriber with
+/// a backlog noticed a Redis restart only after working through it, and
+/// everything published to the new server until then was lost.)
 async fn subscribe_forever(sub: Subscription, clients: Arc<RedisClients>, limit: Arc<Semaphore>) {
+    let backlog = Backlog::default();
+    let handle = async {
+        loop {
+            let (payload, dropped) = backlog.pop(&sub.channel).await;
+            if dropped > 0 {
+                tracing::warn!(
+                    server = %redact(&sub.address),
+                    channel = &*sub.channel,
+                    missed = dropped,
+                    "subscriber fell behind; its oldest messages were dropped"
+                );
+            }
+            dispatch(&sub, payload, &limit).await;
+        }
+    };
+    futures::join!(read_forever(&sub, &clients, &backlog), handle);
+}
+
+/// Keeps the subscription's feed open, its messages going to `backlog`.
+async fn read_forever(sub: &Subscription, clients: &RedisClients, backlog: &Backlog) {
     let server = redact(&sub.address);
     let channel = &*sub.channel;
     let mut backoff = BACKOFF_START;
     let mut connected_before = false;
     loop {
-        match Feed::open(&clients, &sub.address, channel).await {
+        match Feed::open(clients, &sub.address, channel).await {
             Ok(mut feed) => {
                 let verb = if connected_before {
                     "resubscribed"
@@ -322,7 +394,7 @@ async fn subscribe_forever(sub: Subscription, clients: Arc<RedisClients>, limit:
                 connected_before = true;
                 backoff = BACKOFF_START;
                 while let Some(payload) = feed.next(channel).await {
-                    dispatch(&sub, payload, &limit).await;
+                    backlog.push(&sub.channel, payload);
                 }
                 tracing::warn!(%server, channel, "disconnected from Redis; reconnecting");
             }
