@@ -203,28 +203,24 @@ async fn an_early_answer_reaches_a_client_still_sending_its_body() {
 async fn oversized_request_headers_are_431_from_the_host() {
     let app = AppDir::new(ROUTES);
     let host = app.start(&[]);
-    let client = reqwest::Client::new();
-    let filler = |kib: usize| "f".repeat(kib * 1024);
-    let (status, problem) = common::send(
-        client
-            .get(host.url("/api/headers"))
-            .header("x-filler-1", filler(50))
-            .header("x-filler-2", filler(50)),
-    )
-    .await;
+    // Two headers of `kib` KiB each.
+    let with_filler = |kib: usize| {
+        let filler = "f".repeat(kib * 1024);
+        common::send(
+            reqwest::Client::new()
+                .get(host.url("/api/headers"))
+                .header("x-filler-1", &filler)
+                .header("x-filler-2", &filler),
+        )
+    };
+    let (status, problem) = with_filler(50).await;
     assert_eq!(status, 431, "{problem}");
     let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(
         detail.contains("more than the 65536"),
         "says the limit: {problem}"
     );
-    let (status, echoed) = common::send(
-        client
-            .get(host.url("/api/headers"))
-            .header("x-filler-1", filler(30))
-            .header("x-filler-2", filler(30)),
-    )
-    .await;
+    let (status, echoed) = with_filler(30).await;
     assert_eq!(status, 200, "60 KiB of headers are served");
     assert_eq!(echoed["x-filler-2"].as_str().map(str::len), Some(30 * 1024));
 }

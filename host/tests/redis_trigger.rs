@@ -99,6 +99,22 @@ async fn publish(host: &Host, channel: &str, payload: Vec<u8>) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Starts the app as [`start`] does, handling one message at a time (Spin's
+/// trigger), so that a burst leaves a backlog.
+fn start_one_at_a_time(app: &AppDir, redis: &str) -> Host {
+    let host = app.start(&["--redis", redis, "--redis-max-concurrent-handlers", "1"]);
+    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
+    host
+}
+
+/// Has the probe publish `m1` … `m<n>` to `channel`, as fast as it can.
+async fn publish_many(host: &Host, channel: &str, n: u64) {
+    let request =
+        reqwest::Client::new().post(host.url(&format!("/redis/publish-many/{channel}/{n}")));
+    let (status, body) = send(request).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 async fn value(host: &Host, key: &str) -> Option<Vec<u8>> {
     let (status, body) = host.get(&format!("/redis/get/{key}")).await;
     assert_eq!(status, 200, "{body}");
@@ -359,18 +375,8 @@ async fn a_subscriber_with_a_backlog_resubscribes_before_working_through_it() {
     const MESSAGES: u64 = 3_000;
     let mut server = RedisServer::start();
     let app = app();
-    let host = app.start(&[
-        "--redis",
-        &server.url(),
-        "--redis-max-concurrent-handlers",
-        "1",
-    ]);
-    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
-    let (status, body) = send(
-        reqwest::Client::new().post(host.url(&format!("/redis/publish-many/fanout/{MESSAGES}"))),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let host = start_one_at_a_time(&app, &server.url());
+    publish_many(&host, "fanout", MESSAGES).await;
     // One at a time, two subscribers: thousands of handler runs still ahead.
     server.restart();
     host.wait_for_stderr("resubscribed", 5, Duration::from_secs(60));
@@ -452,18 +458,8 @@ async fn redis_instances_are_reused_within_the_limits() {
 async fn a_subscriber_that_falls_behind_the_embedded_broker_loses_only_what_it_is_told() {
     const MESSAGES: u64 = 20_000;
     let app = app();
-    let mut host = app.start(&[
-        "--redis",
-        "embedded",
-        "--redis-max-concurrent-handlers",
-        "1",
-    ]);
-    host.wait_for_stderr("subscribed", 5, Duration::from_secs(30));
-    let (status, body) = send(
-        reqwest::Client::new().post(host.url(&format!("/redis/publish-many/fanout/{MESSAGES}"))),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let mut host = start_one_at_a_time(&app, "embedded");
+    publish_many(&host, "fanout", MESSAGES).await;
     // Published after the burst: reaching it means the subscriber is past
     // every message before it (up to 4,096 kept ones, for two subscribers,
     // one at a time, in a debug build of the host: hence the long bound).
