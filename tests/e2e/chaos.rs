@@ -18,10 +18,9 @@ async fn snapshot(
 ) -> BTreeMap<String, (Value, Value, Value)> {
     let mut out = BTreeMap::new();
     for id in ids {
-        let order = app
-            .get(&format!("/api/v1/orders/{id}"), Some(admin))
-            .await
-            .body;
+        let order = app.get(&format!("/api/v1/orders/{id}"), Some(admin)).await;
+        assert_eq!(order.status, 200, "order {id}: {}", order.body);
+        let order = order.body;
         let events = Value::Array(
             app.all(&format!("/api/v1/orders/{id}/events"), Some(admin))
                 .await,
