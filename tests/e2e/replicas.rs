@@ -158,12 +158,12 @@ async fn settle_orders_on(a: &App, b: &App) -> String {
             if finals.contains_key(id) {
                 continue;
             }
+            // An error answer (a busy replica) is no final state: asked again.
             let order = replicas[round % 2]
                 .get(&format!("/api/v1/orders/{id}"), Some(&alice))
-                .await
-                .body;
-            if order["status"] != "pending" {
-                finals.insert(id.clone(), order);
+                .await;
+            if order.status == 200 && order.body["status"] != "pending" {
+                finals.insert(id.clone(), order.body);
             }
         }
         round += 1;
