@@ -97,9 +97,10 @@ struct UpArgs {
     #[arg(long, default_value_t = 256)]
     memory_limit_mib: usize,
     /// The Redis server for the application's `redis_url` variable: a
-    /// `redis://` URL, or `embedded` for the in-process broker. Without this
-    /// flag, `redis_url` comes from SPIN_VARIABLE_REDIS_URL or the manifest,
-    /// and only if neither gives one, from the embedded broker.
+    /// `redis://` URL, or `embedded` for the in-process broker. `redis_url`
+    /// given as a variable (--variable, SPIN_VARIABLE_REDIS_URL, .env) still
+    /// wins; without either, it comes from the manifest's default, and only
+    /// if there is none, from the embedded broker.
     #[arg(long, value_name = "embedded|URL")]
     redis: Option<String>,
     /// Redis messages handled at the same time, across all subscriptions

@@ -250,7 +250,11 @@ impl App {
 
     /// A component log file in this app's state dir.
     pub fn host_log(&self, file: &str) -> PathBuf {
-        self.state.path().join(".spin/logs").join(file)
+        self.logs_dir().join(file)
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.state.path().join(".spin/logs")
     }
 
     /// Waits (up to 10 s: the log writer may trail the response) until the
@@ -277,7 +281,7 @@ impl App {
     /// Every component log line that mentions `text`, each after its
     /// file's name: the story of one order or message across the app.
     pub fn log_lines_mentioning(&self, text: &str) -> String {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state.path().join(".spin/logs"))
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.logs_dir())
             .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         files.sort();

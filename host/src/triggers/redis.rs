@@ -314,35 +314,43 @@ const BACKLOG_LIMIT: usize = crate::redis_broker::SUBSCRIBER_BUFFER;
 
 /// Messages received on a subscription and not yet handed to its
 /// components, with how many were dropped since the last one was taken.
-#[derive(Default)]
 struct Backlog {
+    channel: Arc<str>,
     queue: Mutex<(VecDeque<Vec<u8>>, u64)>,
     ready: tokio::sync::Notify,
 }
 
 impl Backlog {
-    fn push(&self, channel: &Arc<str>, payload: Vec<u8>) {
+    fn new(channel: Arc<str>) -> Self {
+        Backlog {
+            channel,
+            queue: Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn push(&self, payload: Vec<u8>) {
         let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let (queue, dropped) = &mut *guard;
         if queue.len() == BACKLOG_LIMIT {
             queue.pop_front();
             *dropped += 1;
-            metrics::redis_dropped(channel);
+            metrics::redis_dropped(&self.channel);
         }
         queue.push_back(payload);
-        metrics::redis_backlog(channel, queue.len());
+        metrics::redis_backlog(&self.channel, queue.len());
         drop(guard);
         self.ready.notify_one();
     }
 
     /// The oldest message, and how many older ones were dropped.
-    async fn pop(&self, channel: &Arc<str>) -> (Vec<u8>, u64) {
+    async fn pop(&self) -> (Vec<u8>, u64) {
         loop {
             {
                 let mut guard = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 let (queue, dropped) = &mut *guard;
                 if let Some(payload) = queue.pop_front() {
-                    metrics::redis_backlog(channel, queue.len());
+                    metrics::redis_backlog(&self.channel, queue.len());
                     return (payload, std::mem::take(dropped));
                 }
             }
@@ -358,10 +366,10 @@ impl Backlog {
 /// a backlog noticed a Redis restart only after working through it, and
 /// everything published to the new server until then was lost.)
 async fn subscribe_forever(sub: Subscription, clients: Arc<RedisClients>, limit: Arc<Semaphore>) {
-    let backlog = Backlog::default();
+    let backlog = Backlog::new(Arc::clone(&sub.channel));
     let handle = async {
         loop {
-            let (payload, dropped) = backlog.pop(&sub.channel).await;
+            let (payload, dropped) = backlog.pop().await;
             if dropped > 0 {
                 tracing::warn!(
                     server = %redact(&sub.address),
@@ -394,7 +402,7 @@ async fn read_forever(sub: &Subscription, clients: &RedisClients, backlog: &Back
                 connected_before = true;
                 backoff = BACKOFF_START;
                 while let Some(payload) = feed.next(channel).await {
-                    backlog.push(&sub.channel, payload);
+                    backlog.push(payload);
                 }
                 tracing::warn!(%server, channel, "disconnected from Redis; reconnecting");
             }
