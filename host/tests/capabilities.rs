@@ -102,8 +102,8 @@ async fn key_value_persists_across_restarts() {
             .0,
         200
     );
-    let (_, body) = host.get("/granted/kv/default/colour").await;
-    assert_eq!(body["value"], serde_json::Value::Null);
+    let deleted = host.get("/granted/kv/default/colour").await;
+    assert_eq!(deleted, (200, serde_json::json!({ "value": null })));
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ async fn sqlite_on_a_libsql_server() {
 
     // A guest that goes away inside a transaction leaves nothing behind and
     // no lock: the next writer gets in well before the request deadline.
-    session(
+    let body = session(
         &host,
         &[
             "BEGIN IMMEDIATE",
@@ -94,6 +94,7 @@ async fn sqlite_on_a_libsql_server() {
         ],
     )
     .await;
+    assert_eq!(body["results"], serde_json::json!([[], []]), "{body}");
     let body = session(
         &host,
         &[
@@ -120,8 +121,10 @@ async fn sqlite_on_a_libsql_server() {
             .body("SELECT * FROM nowhere"),
     )
     .await;
-    assert_ne!(status, 200, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("no such table"), "{body}");
+    let body = session(&host, &["SELECT count(*) FROM items"]).await;
+    assert_eq!(body["results"], serde_json::json!([[[4]]]), "{body}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! answers), none is a 5xx, and the server keeps serving.
 
 use crate::harness::{App, Reply};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Asserts a 4xx problem document, naming the case on failure.
@@ -159,8 +159,8 @@ async fn bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
     let detail = big_header.body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("more than the 32768"), "{detail}");
 
-    // A body that never finishes: the gateway stops waiting and says so.
-    let started = Instant::now();
+    // A body that never finishes: the gateway stops waiting and says so
+    // (`raw` gives up after 30 s, so waiting for the client fails).
     let (status, response) = raw(
         &app,
         "POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"email\":",
@@ -168,21 +168,11 @@ async fn bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
     .await;
     assert_eq!(status, 408, "{response}");
     assert!(response.contains("application/problem+json"), "{response}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
 
-    // Headers that never finish: the host hangs up.
-    let started = Instant::now();
+    // Headers that never finish: the host hangs up without a word (hyper's
+    // header read timeout; `raw` would give up after 30 s).
     let (status, response) = raw(&app, "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1").await;
-    assert!(status == 0 || status == 408, "{status}: {response}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!((status, response.as_str()), (0, ""));
 
     let health = app.get("/health", None).await;
     assert_eq!(health.status, 200, "{}", health.body);

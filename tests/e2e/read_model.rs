@@ -132,6 +132,7 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
         ("SPIN_VARIABLE_FAULT_PERCENT", "100"),
         ("SPIN_VARIABLE_SAGA_REPLY_TIMEOUT_SECONDS", "0.2"),
         ("SPIN_VARIABLE_SAGA_MAX_ATTEMPTS", "2"),
+        ("SPIN_VARIABLE_METRICS_TOKEN", "scrape-secret"),
     ]);
     let admin = app.admin().await;
     let product = app.product(&admin, "LAMP", 4000, 5).await;
@@ -168,6 +169,17 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
     );
     let order = app.get(&format!("/api/v1/orders/{id}"), Some(&alice)).await;
     assert_eq!(order.body["status"], "pending");
+    // The operator's gauges count it: open, parked, and (parked) not overdue.
+    let metrics = app.get("/metrics", Some("scrape-secret")).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let text = metrics.body.as_str().unwrap();
+    for line in [
+        "bazaar_sagas_open 1",
+        "bazaar_sagas_parked 1",
+        "bazaar_sagas_overdue 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 
     let restart = format!("/api/v1/admin/sagas/{id}/restart");
     let restarted = app.post(&restart, Some(&admin), json!({})).await;

@@ -128,8 +128,8 @@ fn app_in_front_of(upstream: &Upstream, env: &[(&str, &str)]) -> App {
 async fn a_slow_service_gets_504_at_its_deadline_and_learns_its_budget() {
     let upstream = Upstream::start().await;
     let app = app_in_front_of(&upstream, &[("SPIN_VARIABLE_PRODUCTS_TIMEOUT_MS", "400")]);
-    upstream.set(Behaviour::Slow(Duration::from_secs(60)));
-    let started = Instant::now();
+    // Slower than the test would wait: an answer at all is one at the deadline.
+    upstream.set(Behaviour::Slow(Duration::from_secs(3600)));
     let reply = app.get("/api/v1/products", None).await;
     reply.assert_problem(504);
     assert_eq!(reply.body["service"], "products", "{}", reply.body);
@@ -138,8 +138,6 @@ async fn a_slow_service_gets_504_at_its_deadline_and_learns_its_budget() {
         "{}",
         reply.body
     );
-    // Answered at the deadline, not when the upstream would have answered.
-    assert!(started.elapsed() < Duration::from_secs(30));
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1, "a time-out is not retried");
     let budget: u64 = seen[0].values("x-timeout-ms")[0].parse().unwrap();
@@ -249,6 +247,39 @@ async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
         .await;
     app.wait_for_log("gateway_stdout.txt", "circuit closed")
         .await;
+}
+
+/// What an operator scrapes says which circuit is open, and that the
+/// failing service did not answer for its own numbers.
+#[tokio::test]
+async fn the_application_metrics_show_an_open_circuit() {
+    let upstream = Upstream::start().await;
+    let app = app_in_front_of(
+        &upstream,
+        &[
+            ("SPIN_VARIABLE_BREAKER_MIN_CALLS", "4"),
+            ("SPIN_VARIABLE_BREAKER_OPEN_SECONDS", "600"),
+            ("SPIN_VARIABLE_RETRY_MAX", "0"),
+            ("SPIN_VARIABLE_METRICS_TOKEN", "scrape-secret"),
+        ],
+    );
+    upstream.set(Behaviour::Fail(500));
+    for _ in 0..4 {
+        assert_eq!(app.get("/api/v1/products", None).await.status, 500);
+    }
+    app.get("/api/v1/products", None).await.assert_problem(503);
+
+    let reply = app.get("/metrics", Some("scrape-secret")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let text = reply.body.as_str().unwrap();
+    for line in [
+        "bazaar_circuit_state{service=\"products\"} 2",
+        "bazaar_circuit_state{service=\"orders\"} 0",
+        "bazaar_app_metrics_up{service=\"products\"} 0",
+        "bazaar_app_metrics_up{service=\"orders\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 }
 
 /// The scheduled saga redrive is the application's upkeep, not a client's

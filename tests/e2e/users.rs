@@ -75,7 +75,8 @@ async fn invalid_registrations_are_422_with_the_field_named() {
 #[tokio::test]
 async fn tokens_are_issued_for_valid_credentials_only() {
     let app = App::start();
-    app.register("bob@shop.test", "Bob").await;
+    let registered = app.register("bob@shop.test", "Bob").await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
     let reply = app
         .post(
             "/api/v1/auth/token",
@@ -86,6 +87,11 @@ async fn tokens_are_issued_for_valid_credentials_only() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["token_type"], "Bearer");
     assert_eq!(reply.body["expires_in"], 3600);
+    // The token is the caller's: it opens their own profile.
+    let token = reply.body["access_token"].as_str().unwrap();
+    let me = app.get("/api/v1/users/me", Some(token)).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["email"], "bob@shop.test");
 
     let wrong_password = app
         .post(

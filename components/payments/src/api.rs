@@ -41,7 +41,8 @@ async fn list(req: &Request) -> ApiResult {
     if payments.iter().any(|p| p.user_id != identity.sub) && !identity.is_admin() {
         return Err(Problem::not_found(format!("no order {order_id}")));
     }
-    // An order has a payment or two: paged in memory, in id (time) order.
+    // An order has at most one payment (`order_id` is unique; a refund
+    // changes its status), paged in memory only to keep every list's shape.
     let payments: Vec<_> = payments
         .into_iter()
         .filter(|p| {

@@ -71,10 +71,6 @@ mod tests {
     fn the_same_key_names_the_same_charge() {
         assert_eq!(
             charge(&request(TOKEN_APPROVED)),
-            charge(&request(TOKEN_APPROVED))
-        );
-        assert_eq!(
-            charge(&request(TOKEN_APPROVED)),
             Answer::Approved {
                 charge_id: "ch_order-1".into()
             }
