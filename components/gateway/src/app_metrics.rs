@@ -1,5 +1,5 @@
-//! `GET /metrics`: what only the application knows, in Prometheus' text
-//! format — each service's circuit, the order saga's backlog and parked
+//! `GET /metrics`: what only the application knows, in the OpenMetrics
+//! text format — each service's circuit, the order saga's backlog and parked
 //! sagas, and each service's unpublished outbox messages. A route of the gateway component,
 //! so it works on Spin as on `bazaar up`; the host's own metrics are
 //! separate (`bazaar up --metrics-listen`).
@@ -83,9 +83,13 @@ pub async fn scrape(req: &Request, ctx: &Context) -> Result<Reply, Problem> {
         up.get_or_create(&service_label(service))
             .set(i64::from(numbers.is_some()));
         let Some(numbers) = numbers else { continue };
-        outbox
-            .get_or_create(&service_label(service))
-            .set(numbers["outbox_unpublished"].as_i64().unwrap_or_default());
+        // A number the service did not give is left out, not reported as 0:
+        // an absent series alerts (`absent()`), a false 0 would not.
+        if let Some(unpublished) = numbers["outbox_unpublished"].as_i64() {
+            outbox
+                .get_or_create(&service_label(service))
+                .set(unpublished);
+        }
         if service != Service::Orders {
             continue;
         }
@@ -106,8 +110,11 @@ pub async fn scrape(req: &Request, ctx: &Context) -> Result<Reply, Problem> {
                 "sagas_parked",
             ),
         ] {
+            let Some(value) = numbers[key].as_i64() else {
+                continue;
+            };
             let gauge = Gauge::<i64>::default();
-            gauge.set(numbers[key].as_i64().unwrap_or_default());
+            gauge.set(value);
             registry.register(name, help, gauge);
         }
     }
