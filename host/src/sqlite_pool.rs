@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::app::runtime_config::Location;
@@ -100,6 +100,12 @@ impl std::ops::Deref for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
+            // A lease dropped inside a transaction (its task was cancelled
+            // while a statement ran elsewhere) must not hand the next user a
+            // connection in the middle of it.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             self.pool.state().idle.push(conn);
             self.pool.returned.notify_one();
         }
@@ -273,17 +279,133 @@ fn on_this_thread<R>(conn: &Connection, f: impl FnOnce(&Connection) -> R) -> Opt
 
 /// Runs a read `f` on `reader`: on this thread if [`on_this_thread`]
 /// allows, else again from the start on the blocking pool with the lease
-/// moved there. `input` goes along and comes back, for a caller that needs
-/// it afterwards (a statement SQLite says writes goes on to the writer).
+/// moved there (and, given a `deadline`, [`watched`]). `input` goes along and
+/// comes back, for a caller that needs it afterwards (a statement SQLite
+/// says writes goes on to the writer).
 pub async fn read<T: Send + 'static, R: Send + 'static>(
     reader: Reader,
     input: T,
+    deadline: Option<Instant>,
     f: impl Fn(&Connection, &T) -> R + Send + 'static,
 ) -> (R, T) {
-    if let Some(result) = on_this_thread(&reader, |conn| f(conn, &input)) {
-        return (result, input);
+    let (result, input, _) = read_on(reader, input, deadline, false, f).await;
+    (result, input)
+}
+
+/// [`read`] on a connection the caller keeps: a session's writer, for a
+/// read inside its transaction. (An interrupted read rolls nothing back.)
+pub async fn read_keeping<T: Send + 'static, R: Send + 'static>(
+    lease: Lease,
+    input: T,
+    deadline: Instant,
+    f: impl Fn(&Connection, &T) -> R + Send + 'static,
+) -> (R, T, Lease) {
+    let (result, input, lease) = read_on(lease, input, Some(deadline), true, f).await;
+    (result, input, lease.expect("a kept lease comes back"))
+}
+
+/// A lease not kept is dropped where `f` ran, so its connection is free
+/// again the moment `f` is done, not when the awaiting task is next polled.
+async fn read_on<T: Send + 'static, R: Send + 'static>(
+    lease: Lease,
+    input: T,
+    deadline: Option<Instant>,
+    keep: bool,
+    f: impl Fn(&Connection, &T) -> R + Send + 'static,
+) -> (R, T, Option<Lease>) {
+    if let Some(result) = on_this_thread(&lease, |conn| f(conn, &input)) {
+        return (result, input, keep.then_some(lease));
     }
-    on_blocking_thread(move || (f(&reader, &input), input)).await
+    let ((result, input), lease) = on_blocking_thread_with(
+        lease,
+        move |_| keep,
+        move |conn| {
+            let result = match deadline {
+                Some(deadline) => watched(conn, deadline, |conn| f(conn, &input)),
+                None => f(conn, &input),
+            };
+            (result, input)
+        },
+    )
+    .await;
+    (result, input, lease)
+}
+
+/// Runs `f` on the blocking pool with `lease`'s connection, and gives the
+/// lease back if `keep` says so once `f` is done (else it is dropped there,
+/// so its connection is free the moment `f` ends). If the awaiting task
+/// goes away first (its request's deadline passed), the statement `f` is
+/// running is interrupted: nobody will read its result, and it holds the
+/// connection.
+pub async fn on_blocking_thread_with<R: Send + 'static>(
+    lease: Lease,
+    keep: impl FnOnce(&Connection) -> bool + Send + 'static,
+    f: impl FnOnce(&Connection) -> R + Send + 'static,
+) -> (R, Option<Lease>) {
+    let running = Arc::new(Mutex::new(true));
+    let cancel = InterruptOnDrop {
+        handle: Some(lease.get_interrupt_handle()),
+        running: Arc::clone(&running),
+    };
+    let result = on_blocking_thread(move || {
+        let result = f(&lease);
+        // Marked before the lease can go to anyone else, so an interrupt
+        // never reaches the next holder's statement.
+        *running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        let kept = keep(&lease).then_some(lease);
+        (result, kept)
+    })
+    .await;
+    cancel.disarm();
+    result
+}
+
+/// Interrupts a connection's statement when dropped armed, if it is still
+/// running.
+struct InterruptOnDrop {
+    handle: Option<rusqlite::InterruptHandle>,
+    running: Arc<Mutex<bool>>,
+}
+
+impl InterruptOnDrop {
+    fn disarm(mut self) {
+        self.handle = None;
+    }
+}
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // Held while interrupting: the statement cannot end and hand
+            // the connection on in between.
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if *running {
+                handle.interrupt();
+            }
+        }
+    }
+}
+
+/// How many SQLite VM instructions run between two looks at the clock by
+/// [`watched`]: microseconds of work.
+const WATCH_EVERY: std::ffi::c_int = 1_000;
+
+/// Runs `f` with SQLite interrupting its statement at `deadline` (the
+/// request timeout after the guest issued it, however long it queued): a
+/// guest's statement past its request's deadline serves no one, and must
+/// not keep a thread, or the file's one writer, forever (`WITH RECURSIVE`
+/// never ends by itself). An interrupted write inside a transaction rolls
+/// the transaction back.
+pub fn watched<R>(conn: &Connection, deadline: Instant, f: impl FnOnce(&Connection) -> R) -> R {
+    struct Unwatch<'a>(&'a Connection);
+    impl Drop for Unwatch<'_> {
+        fn drop(&mut self) {
+            self.0.progress_handler(0, None::<fn() -> bool>);
+        }
+    }
+    conn.progress_handler(WATCH_EVERY, Some(move || Instant::now() > deadline));
+    let _unwatch = Unwatch(conn);
+    f(conn)
 }
 
 /// Runs `f` on tokio's blocking pool. A lease moved into `f` is dropped

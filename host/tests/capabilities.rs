@@ -414,9 +414,21 @@ async fn concurrent_autocommit_writes_commit_together_each_on_its_own() {
     cmd.env("RUST_LOG", "bazaar=debug,warn");
     let host = app.start_with(cmd);
     session(&host, &["CREATE TABLE tags (name TEXT PRIMARY KEY)"]).await;
-    // Each name twice: one insert of each pair must fail, alone.
+    // Each name twice: one insert of each pair must fail, alone. Some use
+    // `OR ROLLBACK`, which rolls back the whole group it runs in: the
+    // others in it must still apply (and say so) as if each ran alone.
     let inserts: Vec<String> = (0..60)
-        .map(|i| format!("INSERT INTO tags (name) VALUES ('t{}')", i % 30))
+        .map(|i| {
+            let or_rollback = if i >= 30 && i % 3 == 0 {
+                " OR ROLLBACK"
+            } else {
+                ""
+            };
+            format!(
+                "INSERT{or_rollback} INTO tags (name) VALUES ('t{}')",
+                i % 30
+            )
+        })
         .collect();
     let statements: Vec<[&str; 1]> = inserts.iter().map(|i| [i.as_str()]).collect();
     let replies = futures::future::join_all(statements.iter().map(|one| session(&host, one))).await;
@@ -440,6 +452,67 @@ async fn concurrent_autocommit_writes_commit_together_each_on_its_own() {
         1,
         std::time::Duration::from_secs(10),
     );
+}
+
+/// A statement that would never end is interrupted at the request timeout,
+/// wherever it runs (a reader, the writer, a group of autocommit writes, a
+/// transaction), so it neither keeps the database's writer nor a thread.
+#[tokio::test]
+async fn endless_statements_stop_at_the_request_timeout() {
+    let app = AppDir::new(STORES);
+    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
+    let mut cmd = app.command(&[
+        "--runtime-config-file",
+        config.to_str().unwrap(),
+        "--request-timeout",
+        "3s",
+    ]);
+    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
+    let host = app.start_with(cmd);
+    session(
+        &host,
+        &[
+            "CREATE TABLE items (name TEXT)",
+            "INSERT INTO items VALUES ('a')",
+        ],
+    )
+    .await;
+    const ENDLESS: &str =
+        "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c)";
+    let read = format!("SELECT {ENDLESS}");
+    let write = format!("UPDATE items SET name = name WHERE {ENDLESS} > 0");
+    let runaways: [&[&str]; 4] = [&[&read], &[&write], &["BEGIN", &read], &["BEGIN", &write]];
+    let replies = futures::future::join_all(runaways.iter().map(|statements| {
+        send(
+            reqwest::Client::new()
+                .post(host.url("/granted/sql-session/default"))
+                .json(statements),
+        )
+    }))
+    .await;
+    for (statements, (status, body)) in runaways.iter().zip(&replies) {
+        // Either the request's deadline answered (504), or the guest heard
+        // of the interruption first and said so.
+        let interrupted = body["results"]
+            .as_array()
+            .and_then(|r| r.last())
+            .and_then(|r| r["error"].as_str())
+            .is_some_and(|e| e.contains("interrupted"));
+        assert!(
+            *status == 504 || (*status == 200 && interrupted),
+            "{statements:?}: {status} {body}"
+        );
+    }
+    // The writer is free again: a write gets in within the request timeout.
+    let body = session(
+        &host,
+        &[
+            "INSERT INTO items VALUES ('b')",
+            "SELECT count(*) FROM items",
+        ],
+    )
+    .await;
+    assert_eq!(body["results"], serde_json::json!([[], [[2]]]), "{body}");
 }
 
 /// A guest's SQL cannot reach files outside its database, load code, or

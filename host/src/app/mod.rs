@@ -186,8 +186,13 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
     announce_defaults(&runtime_config, &kv_used, &sqlite_used);
     let kv_stores =
         Arc::new(KvStores::open(only(&runtime_config.key_value_stores, &kv_used)).await?);
-    let databases =
-        Arc::new(Databases::open(only(&runtime_config.sqlite_databases, &sqlite_used)).await?);
+    let databases = Arc::new(
+        Databases::open(
+            only(&runtime_config.sqlite_databases, &sqlite_used),
+            options.limits.request_timeout,
+        )
+        .await?,
+    );
     let redis_clients = Arc::new(RedisClients::default());
 
     let logs_dir = &options.log_dir;

@@ -6,7 +6,7 @@ pub mod memory_limit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpCtx;
@@ -71,6 +71,7 @@ impl ComponentRuntime {
             },
             capabilities: Arc::clone(&self.capabilities),
             limits: MemoryLimit::new(Arc::clone(&self.id), self.limits.memory_bytes),
+            deadlines: Default::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
@@ -79,4 +80,9 @@ impl ComponentRuntime {
         store.epoch_deadline_async_yield_and_update(1);
         store
     }
+}
+
+/// A deadline that never comes, for a timeout too large to add to now.
+pub fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }

@@ -12,7 +12,8 @@ pub mod sqlite;
 pub mod variables;
 pub mod wasi;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -45,6 +46,53 @@ pub struct InstanceState {
     pub outbound: OutboundHttp,
     pub capabilities: Arc<Capabilities>,
     pub limits: MemoryLimit,
+    pub deadlines: Deadlines,
+}
+
+/// The deadlines of the requests (or messages) an instance is serving. Its
+/// host calls read the earliest: once that has passed, the instance is
+/// about to be discarded and the call serves no one, so a statement then
+/// stops at once instead of holding a database's writer (a guest blocked
+/// in a host call cannot be discarded until the call returns).
+#[derive(Clone, Default)]
+pub struct Deadlines(Arc<Mutex<Vec<(u64, Instant)>>>);
+
+impl Deadlines {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Instant)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts request `id` as served until the returned guard is dropped.
+    pub fn start(&self, id: u64, deadline: Instant) -> Serving {
+        self.lock().push((id, deadline));
+        Serving {
+            deadlines: self.clone(),
+            id,
+            deadline,
+        }
+    }
+
+    /// The earliest deadline of the requests being served.
+    pub fn earliest(&self) -> Option<Instant> {
+        self.lock().iter().map(|(_, deadline)| *deadline).min()
+    }
+}
+
+/// A request an instance is serving ([`Deadlines::start`]).
+pub struct Serving {
+    deadlines: Deadlines,
+    id: u64,
+    deadline: Instant,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        // A request that ran past its deadline stays counted: its instance
+        // is being discarded, and its host calls must know.
+        if Instant::now() < self.deadline {
+            self.deadlines.lock().retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl InstanceState {
@@ -87,6 +135,7 @@ fn sqlite_view(state: &mut InstanceState) -> SqliteView<'_> {
         grants: &state.capabilities.sqlite,
         table: &mut state.table,
         trace: state.trace.as_ref(),
+        deadline: state.deadlines.earliest(),
     }
 }
 

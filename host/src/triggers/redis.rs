@@ -117,6 +117,12 @@ impl RedisHandler {
             }
         };
         warm.store.data_mut().enter(trace);
+        let serving = (warm.store.data().deadlines).start(
+            0,
+            Instant::now()
+                .checked_add(limits.request_timeout)
+                .unwrap_or_else(crate::component::far_future),
+        );
         let guest = Arc::clone(&warm.guest);
         let call = warm.store.run_concurrent(async move |accessor| {
             guest
@@ -135,6 +141,7 @@ impl RedisHandler {
             }
             Ok(Ok(Ok(outcome))) => outcome.map_err(|e| format!("{e:?}")),
         };
+        drop(serving);
         warm.served += 1;
         if warm.served < limits.max_requests_per_instance {
             warm.idle_since = Instant::now();

@@ -51,7 +51,7 @@ impl SqliteKv {
         f: impl Fn(&rusqlite::Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> Result<R, Error> {
         match self.file.reader().await {
-            Ok(Some(reader)) => sqlite_pool::read(reader, (), move |conn, ()| f(conn))
+            Ok(Some(reader)) => sqlite_pool::read(reader, (), None, move |conn, ()| f(conn))
                 .await
                 .0
                 .map_err(other),

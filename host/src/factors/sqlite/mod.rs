@@ -13,11 +13,12 @@ use anyhow::Context as _;
 use rusqlite::types::Value as SqlValue;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
 use crate::app::runtime_config::DbLocation;
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::sqlite_pool::{self, SqliteFile, Writer, on_blocking_thread};
+use crate::sqlite_pool::{self, SqliteFile, Writer};
 use crate::telemetry::traces::{self, Span};
 use libsql::{LibsqlDatabase, RemoteSession};
 use opentelemetry::KeyValue;
@@ -43,16 +44,22 @@ enum Database {
     Remote(LibsqlDatabase),
 }
 
-/// A file: the file, and the autocommit writes queued for it.
+/// A file: the file, the autocommit writes queued for it, and how long
+/// one statement may run ([`sqlite_pool::watched`]).
 struct LocalDatabase {
     file: Arc<SqliteFile>,
     autocommits: Arc<group_commit::Queue>,
+    statement_limit: Duration,
 }
 
 impl Databases {
     /// Opens (or connects to) every database once now, so a bad path or an
-    /// unreachable server fails at start-up.
-    pub async fn open(locations: BTreeMap<String, DbLocation>) -> anyhow::Result<Self> {
+    /// unreachable server fails at start-up. A statement on a file runs at
+    /// most `statement_limit` (the request timeout).
+    pub async fn open(
+        locations: BTreeMap<String, DbLocation>,
+        statement_limit: Duration,
+    ) -> anyhow::Result<Self> {
         let mut files = BTreeMap::new();
         for (label, location) in locations {
             let database = match &location {
@@ -62,6 +69,7 @@ impl Databases {
                     Database::Local(LocalDatabase {
                         file,
                         autocommits: Arc::default(),
+                        statement_limit,
                     })
                 }
                 DbLocation::Libsql { url, token } => Database::Remote(
@@ -123,6 +131,9 @@ pub struct SqliteView<'a> {
     pub grants: &'a SqliteGrants,
     pub table: &'a mut ResourceTable,
     pub trace: Option<&'a opentelemetry::Context>,
+    /// The earliest deadline of the requests the instance serves
+    /// ([`crate::factors::Deadlines`]).
+    pub deadline: Option<Instant>,
 }
 
 impl SqliteView<'_> {
@@ -157,6 +168,7 @@ fn one_line(statement: &str) -> String {
 async fn execute(
     conn: ConnectionHandle,
     trace: Option<&opentelemetry::Context>,
+    request_deadline: Option<Instant>,
     statement: String,
     params: Vec<Value>,
 ) -> Result<QueryResult, Error> {
@@ -184,7 +196,7 @@ async fn execute(
         )
     });
     let started = std::time::Instant::now();
-    let result = run_statement(database, &session, statement, params).await;
+    let result = run_statement(database, &session, request_deadline, statement, params).await;
     traces::finish(span, &result);
     crate::telemetry::metrics::store_operation(
         "sqlite",
@@ -203,6 +215,7 @@ async fn execute(
 async fn run_statement(
     database: Arc<Database>,
     session: &tokio::sync::Mutex<Session>,
+    request_deadline: Option<Instant>,
     statement: String,
     params: Vec<Value>,
 ) -> Result<QueryResult, Error> {
@@ -218,11 +231,17 @@ async fn run_statement(
             return result;
         }
     };
+    // Interrupted at the statement limit after it was issued, or when the
+    // instance's requests are past their deadline, whichever comes first.
+    let deadline = Instant::now()
+        .checked_add(database.statement_limit)
+        .unwrap_or_else(crate::component::far_future)
+        .min(request_deadline.unwrap_or_else(crate::component::far_future));
     if let Some(writer) = session.transaction.take() {
         if may_end_a_transaction(&statement) {
-            return on_writer(&mut session, writer, statement, params).await;
+            return on_writer(&mut session, writer, statement, params, deadline).await;
         }
-        return in_transaction(&mut session, writer, &statement, params);
+        return in_transaction(&mut session, writer, statement, params, deadline).await;
     }
     let file = &database.file;
     let reader = if looks_like_a_read(&statement) {
@@ -239,6 +258,7 @@ async fn run_statement(
             let (read, (statement, params)) = sqlite_pool::read(
                 reader,
                 (statement, params),
+                Some(deadline),
                 |reader, (statement, params)| read(reader, statement, params),
             )
             .await;
@@ -250,14 +270,16 @@ async fn run_statement(
         None => (statement, params),
     };
     if group_commit::joins(&statement) {
-        let (result, last_insert_rowid, changes) =
-            database.autocommits.execute(file, statement, params).await;
+        let (result, last_insert_rowid, changes) = database
+            .autocommits
+            .execute(file, statement, params, deadline)
+            .await;
         session.last_insert_rowid = last_insert_rowid;
         session.changes = changes;
         return result;
     }
     let writer = file.writer().await.map_err(Error::Io)?;
-    on_writer(&mut session, writer, statement, params).await
+    on_writer(&mut session, writer, statement, params, deadline).await
 }
 
 /// What became of a statement tried on a reader.
@@ -307,18 +329,41 @@ fn may_end_a_transaction(statement: &str) -> bool {
     starts_with_one_of(statement, &["commit", "end", "rollback", "release"])
 }
 
-/// Runs a statement inside the session's open transaction, on this thread.
-/// The writer is the session's, so the statement waits for no lock, and
-/// SQLite writes changes to the file only when the transaction ends (which
-/// [`on_writer`] runs on a blocking thread): this is CPU work like the
-/// guest's own, and costs no thread hand-offs.
-fn in_transaction(
+/// Runs a statement inside the session's open transaction. The writer is
+/// the session's, so the statement waits for no lock, and SQLite writes
+/// changes to the file only when the transaction ends (which [`on_writer`]
+/// runs on a blocking thread): this is CPU work like the guest's own, done
+/// on this thread to spare two thread hand-offs. A read that runs long
+/// moves to the blocking pool as reads outside transactions do
+/// ([`sqlite_pool::read_keeping`]); a write cannot (interrupting it would
+/// roll the transaction back), so a long one keeps this worker until it
+/// ends or reaches the statement limit.
+async fn in_transaction(
     session: &mut Session,
     writer: Writer,
-    statement: &str,
+    statement: String,
     params: Vec<Value>,
+    deadline: Instant,
 ) -> Result<QueryResult, Error> {
-    let result = run(&writer, statement, params);
+    let (result, writer) = match reads_only(&writer, &statement) {
+        Ok(true) => {
+            let params: Vec<SqlValue> = params.into_iter().map(to_sql).collect();
+            let (result, _, writer) = sqlite_pool::read_keeping(
+                writer,
+                (statement, params),
+                deadline,
+                |conn, (statement, params)| query(conn, statement, params),
+            )
+            .await;
+            (result, writer)
+        }
+        Ok(false) => {
+            let result =
+                sqlite_pool::watched(&writer, deadline, |conn| run(conn, &statement, params));
+            (result, writer)
+        }
+        Err(e) => (Err(e), writer),
+    };
     session.last_insert_rowid = writer.last_insert_rowid();
     session.changes = writer.changes();
     // A statement can end the transaction anyway (an error that rolls it
@@ -332,16 +377,19 @@ async fn on_writer(
     writer: Writer,
     statement: String,
     params: Vec<Value>,
+    deadline: Instant,
 ) -> Result<QueryResult, Error> {
     // The writer is released on the blocking thread the moment a statement
     // leaves no transaction open, so the next writer in line is woken then,
     // not once this guest's task is next polled.
-    let (result, last_insert_rowid, changes, transaction) = on_blocking_thread(move || {
-        let result = run(&writer, &statement, params);
-        let (rowid, changes) = (writer.last_insert_rowid(), writer.changes());
-        let transaction = (!writer.is_autocommit()).then_some(writer);
-        (result, rowid, changes, transaction)
-    })
+    let ((result, last_insert_rowid, changes), transaction) = sqlite_pool::on_blocking_thread_with(
+        writer,
+        |conn| !conn.is_autocommit(),
+        move |conn| {
+            let result = sqlite_pool::watched(conn, deadline, |conn| run(conn, &statement, params));
+            (result, conn.last_insert_rowid(), conn.changes())
+        },
+    )
     .await;
     session.last_insert_rowid = last_insert_rowid;
     session.changes = changes;
@@ -413,6 +461,11 @@ impl ResultRows {
 fn io_error(e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => Error::DatabaseFull,
+        // Only the statement limit interrupts a statement a guest sees fail
+        // (an inline read past its budget runs again instead).
+        Some(rusqlite::ErrorCode::OperationInterrupted) => Error::Io(
+            "the statement was interrupted: it ran past its request's deadline (the request timeout)".into(),
+        ),
         _ => Error::Io(e.to_string()),
     }
 }
@@ -447,6 +500,22 @@ fn from_sql(v: SqlValue) -> Value {
 
 impl sqlite::Host for SqliteView<'_> {}
 
+fn busy() -> Error {
+    Error::Io("the connection is still running another statement: await it first".into())
+}
+
+/// Runs `f`, which blocks, on this thread with tokio's other tasks moved
+/// off it (on a runtime that can move them).
+fn block_in_place<R>(f: impl FnOnce() -> R) -> R {
+    let movable = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if movable {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 impl sqlite::HostConnection for SqliteView<'_> {
     fn open(
         &mut self,
@@ -455,8 +524,11 @@ impl sqlite::HostConnection for SqliteView<'_> {
         SqliteView::open(self, &database)
     }
 
-    /// The synchronous variant (SDKs before WASI 0.3) blocks its worker for
-    /// the statement, as such a guest expects.
+    /// The synchronous variant (SDKs before WASI 0.3) waits for the
+    /// statement, as such a guest expects, with tokio told that this worker
+    /// blocks (its other tasks move to another thread). A statement of the
+    /// same connection still running (the guest's own `execute-async`) could
+    /// only finish once this call returns: that is an error, not a wait.
     fn execute(
         &mut self,
         conn: Resource<ConnectionHandle>,
@@ -464,19 +536,31 @@ impl sqlite::HostConnection for SqliteView<'_> {
         parameters: Vec<Value>,
     ) -> wasmtime::Result<Result<QueryResult, Error>> {
         let conn = self.handle(&conn)?;
-        Ok(futures::executor::block_on(execute(
-            conn, self.trace, statement, parameters,
-        )))
+        if conn.session.try_lock().is_err() {
+            return Ok(Err(busy()));
+        }
+        let (trace, deadline) = (self.trace, self.deadline);
+        Ok(block_in_place(|| {
+            futures::executor::block_on(execute(conn, trace, deadline, statement, parameters))
+        }))
     }
 
     fn last_insert_rowid(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<i64> {
         let conn = self.handle(&conn)?;
-        Ok(futures::executor::block_on(conn.session.lock()).last_insert_rowid)
+        let session = conn
+            .session
+            .try_lock()
+            .map_err(|_| wasmtime::Error::msg(busy()))?;
+        Ok(session.last_insert_rowid)
     }
 
     fn changes(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<u64> {
         let conn = self.handle(&conn)?;
-        Ok(futures::executor::block_on(conn.session.lock()).changes)
+        let session = conn
+            .session
+            .try_lock()
+            .map_err(|_| wasmtime::Error::msg(busy()))?;
+        Ok(session.changes)
     }
 
     fn drop(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
@@ -508,12 +592,12 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
             Error,
         >,
     > {
-        let (conn, trace) = accessor.with(|mut access| {
+        let (conn, trace, deadline) = accessor.with(|mut access| {
             let view = access.get();
-            Ok::<_, wasmtime::Error>((view.handle(&conn)?, view.trace.cloned()))
+            Ok::<_, wasmtime::Error>((view.handle(&conn)?, view.trace.cloned(), view.deadline))
         })?;
         let QueryResult { columns, rows } =
-            match execute(conn, trace.as_ref(), statement, parameters).await {
+            match execute(conn, trace.as_ref(), deadline, statement, parameters).await {
                 Ok(result) => result,
                 Err(e) => return Ok(Err(e)),
             };

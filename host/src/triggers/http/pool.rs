@@ -20,7 +20,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-use crate::component::{ComponentRuntime, Limits};
+use crate::component::{ComponentRuntime, Limits, far_future};
 use crate::factors::InstanceState;
 use crate::telemetry::metrics::{self, InstanceEnd};
 
@@ -133,7 +133,18 @@ impl WorkerState for Worker {
         if self.served.fetch_add(1, Ordering::Relaxed) > 0 {
             metrics::instance_reused(&self.runtime.id, "http");
         }
-        Box::pin(tokio::time::sleep(self.runtime.limits.request_timeout))
+        let timeout = self.runtime.limits.request_timeout;
+        let serving = (store.data().deadlines).start(
+            request.id,
+            Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(far_future),
+        );
+        Box::pin(async move {
+            // Dropped when the request ends, or once this fires.
+            let _serving = serving;
+            tokio::time::sleep(timeout).await;
+        })
     }
 
     fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
