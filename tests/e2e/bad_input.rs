@@ -138,6 +138,16 @@ async fn bad_input_gets_a_4xx_problem_and_the_server_keeps_serving() {
         client_error(path, &reply);
     }
 
+    // A retention longer than time can name keeps everything; it is no trap.
+    let forever = app
+        .send(app.request(
+            reqwest::Method::POST,
+            "/api/v1/admin/saga/redrive?retention_seconds=1e12",
+            Some(&admin),
+        ))
+        .await;
+    assert_eq!(forever.status, 200, "{}", forever.body);
+
     let garbage_token = app.get("/api/v1/users/me", Some("\u{202e}.x.y")).await;
     client_error("garbage bearer token", &garbage_token);
     let huge_header = app

@@ -155,12 +155,21 @@ pub fn now_rfc3339() -> String {
 
 /// `seconds` ago.
 pub fn seconds_ago_rfc3339(seconds: f64) -> String {
-    rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds_f64(seconds))
+    seconds_from_now_rfc3339(-seconds)
 }
 
-/// `seconds` from now.
+/// `seconds` from now, kept within the years a timestamp can name: a
+/// setting or parameter of a billion seconds means "never", not a trap.
 pub fn seconds_from_now_rfc3339(seconds: f64) -> String {
-    rfc3339(time::OffsetDateTime::now_utc() + time::Duration::seconds_f64(seconds))
+    let now = time::OffsetDateTime::now_utc();
+    let at = time::Duration::checked_seconds_f64(seconds)
+        .and_then(|offset| now.checked_add(offset))
+        .unwrap_or(if seconds > 0.0 {
+            time::macros::datetime!(9999-12-31 23:59:59.999999 UTC)
+        } else {
+            time::macros::datetime!(0000-01-01 0:00 UTC)
+        });
+    rfc3339(at)
 }
 
 /// A uniformly random number in 0..1, for jitter.
@@ -174,13 +183,6 @@ pub fn random_fraction() -> f64 {
 
 fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(TIMESTAMP).unwrap_or_default()
-}
-
-/// Seconds elapsed since an RFC 3339 timestamp (`None` if unparsable).
-pub fn seconds_since(timestamp: &str) -> Option<f64> {
-    let at = time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    Some((time::OffsetDateTime::now_utc() - at).as_seconds_f64())
 }
 
 thread_local! {
@@ -272,10 +274,24 @@ mod tests {
 
     #[test]
     fn now_and_offsets_agree() {
-        let elapsed = seconds_since(&seconds_ago_rfc3339(30.0)).unwrap();
+        let parse = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let elapsed =
+            (time::OffsetDateTime::now_utc() - parse(&seconds_ago_rfc3339(30.0))).as_seconds_f64();
         assert!((29.0..31.0).contains(&elapsed), "{elapsed}");
         assert!(seconds_from_now_rfc3339(5.0) > now_rfc3339());
-        assert_eq!(seconds_since("not a time"), None);
+        // Offsets past what a timestamp can name saturate, in text order too.
+        assert_eq!(
+            seconds_from_now_rfc3339(1e12),
+            "9999-12-31T23:59:59.999999Z"
+        );
+        assert_eq!(seconds_ago_rfc3339(1e12), "0000-01-01T00:00:00.000000Z");
+        assert_eq!(
+            seconds_ago_rfc3339(f64::INFINITY),
+            "0000-01-01T00:00:00.000000Z"
+        );
         let r = random_fraction();
         assert!((0.0..1.0).contains(&r), "{r}");
     }
