@@ -136,6 +136,36 @@ async fn component_output_goes_to_log_files() {
     );
 }
 
+/// A guest that prints faster than the log file takes it waits for room
+/// (the host queues a few MiB per component); nothing is lost or reordered.
+#[tokio::test]
+async fn a_flood_of_output_arrives_whole_and_in_order() {
+    let app = AppDir::new(ONE);
+    let host = app.start(&[]);
+    const LINES: usize = 12_000;
+    let (status, body) = host.get(&format!("/print/{LINES}")).await;
+    assert_eq!((status, &body["printed"]), (200, &serde_json::json!(LINES)));
+    let log = app.path().join(".spin/logs/web_stdout.txt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let numbers = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let numbers: Vec<usize> = text
+            .lines()
+            .filter_map(|line| line.split(' ').next()?.parse().ok())
+            .collect();
+        if numbers.len() >= LINES || std::time::Instant::now() > deadline {
+            break numbers;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        numbers.iter().copied().eq(0..LINES),
+        "{} lines, first out of order at {:?}",
+        numbers.len(),
+        numbers.iter().enumerate().find(|(i, n)| i != *n)
+    );
+}
+
 #[test]
 fn start_up_errors_are_clear() {
     let app = AppDir::new(&ONE.replace("{probe}", "missing/web.wasm"));

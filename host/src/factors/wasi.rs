@@ -9,15 +9,22 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::mpsc;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::{Arc, mpsc};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 use tokio::io::AsyncWrite;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
 use wasmtime_wasi::cli::AsyncStdoutStream;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 /// Bytes a guest may have in flight to one stream before it waits.
 const STREAM_BUDGET: usize = 64 * 1024;
+
+/// Bytes of a component's output queued for its writer thread, all its
+/// instances together: a guest that prints faster than the disk takes it
+/// then waits (asynchronously) instead of growing the host's memory.
+const QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// One component's two log files, shared by all its instances. Guests'
 /// writes are queued to a thread of the component's own, which appends them
@@ -60,6 +67,7 @@ impl ComponentLogs {
         };
         let sinks = [sink("stdout")?, sink("stderr")?];
         let (queue, lines) = mpsc::channel();
+        let room = PollSemaphore::new(Arc::new(Semaphore::new(QUEUE_BYTES)));
         std::thread::Builder::new()
             .name(format!("logs-{component}"))
             .spawn(move || append_all(sinks, lines))
@@ -68,10 +76,12 @@ impl ComponentLogs {
             stdout: Writer {
                 stream: Stream::Stdout,
                 queue: queue.clone(),
+                room: room.clone(),
             },
             stderr: Writer {
                 stream: Stream::Stderr,
                 queue,
+                room,
             },
         })
     }
@@ -102,11 +112,12 @@ const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// The writer thread: appends what arrives in batches, flushing after each,
 /// until every instance and the component's runtime are gone.
-fn append_all(mut sinks: [Sink; 2], lines: mpsc::Receiver<(Stream, Vec<u8>)>) {
+fn append_all(mut sinks: [Sink; 2], lines: mpsc::Receiver<Queued>) {
     while let Ok(first) = lines.recv() {
         std::thread::sleep(BATCH_WINDOW);
         let mut next = Some(first);
-        while let Some((stream, bytes)) = next {
+        // Each write's room in the queue is given back once it is written.
+        while let Some((stream, bytes, _room)) = next {
             let sink = &mut sinks[stream as usize];
             if let Err(error) = sink.write(&bytes) {
                 tracing::warn!("cannot write a component log: {error}");
@@ -136,23 +147,35 @@ impl Sink {
     }
 }
 
-/// A guest stream's end: queues the bytes for the writer thread.
+/// Bytes on their way to the writer thread, and the room they take.
+type Queued = (Stream, Vec<u8>, OwnedSemaphorePermit);
+
+/// A guest stream's end: queues the bytes for the writer thread once there
+/// is room for them.
 #[derive(Clone)]
 struct Writer {
     stream: Stream,
-    queue: mpsc::Sender<(Stream, Vec<u8>)>,
+    queue: mpsc::Sender<Queued>,
+    room: PollSemaphore,
 }
 
 impl AsyncWrite for Writer {
     fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut TaskContext<'_>,
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        let n = buf.len().min(STREAM_BUDGET);
+        let permits = u32::try_from(n).expect("a write is at most STREAM_BUDGET bytes");
+        let Some(room) = ready!(self.room.poll_acquire_many(cx, permits)) else {
+            // The semaphore is never closed; were it, the bytes would go
+            // nowhere, as at shutdown.
+            return Poll::Ready(Ok(n));
+        };
         // The thread ends only when every sender is gone, so a send fails
         // only while the host shuts down; the bytes are then dropped.
-        let _ = self.queue.send((self.stream, buf.to_vec()));
-        Poll::Ready(Ok(buf.len()))
+        let _ = self.queue.send((self.stream, buf[..n].to_vec(), room));
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {

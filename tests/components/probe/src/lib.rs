@@ -55,6 +55,15 @@ async fn handle(req: Request) -> impl IntoResponse {
                 serde_json::json!({ "instance": instance_id(), "served": served }),
             )
         }
+        ("GET", ["print", lines]) => {
+            // Numbered lines of 1 KiB, more than the host queues at once.
+            let lines: usize = lines.parse().unwrap_or(0);
+            let filler = "x".repeat(1000);
+            for n in 0..lines {
+                println!("{n:08} {filler}");
+            }
+            json(200, serde_json::json!({ "printed": lines }))
+        }
         ("GET", ["log", text]) => {
             println!("stdout says {text}");
             eprintln!("stderr says {text}");
