@@ -334,6 +334,7 @@ async fn up(args: UpArgs) -> Result<()> {
 /// ones whose component exists.
 fn schedules(args: &UpArgs, manifest: &Manifest) -> Result<Vec<triggers::schedule::Schedule>> {
     if !args.schedule.is_empty() || args.no_dev_defaults {
+        check_schedules(manifest, &args.schedule)?;
         return Ok(args.schedule.clone());
     }
     let defaults = DEV_SCHEDULES
@@ -344,6 +345,27 @@ fn schedules(args: &UpArgs, manifest: &Manifest) -> Result<Vec<triggers::schedul
         .into_iter()
         .filter(|s| manifest.components.contains_key(&s.component))
         .collect())
+}
+
+/// A schedule must call a component that serves HTTP: anything else would
+/// only log a failure at every tick.
+fn check_schedules(manifest: &Manifest, schedules: &[triggers::schedule::Schedule]) -> Result<()> {
+    let http: Vec<&str> = manifest
+        .http_triggers
+        .iter()
+        .map(|t| t.component.as_str())
+        .collect();
+    for schedule in schedules {
+        if !http.contains(&schedule.component.as_str()) {
+            anyhow::bail!(
+                "--schedule calls `{}`, which is not a component with an HTTP trigger in {} (those are: {})",
+                schedule.component,
+                manifest.path.display(),
+                http.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn redis_address(flag: &str) -> String {

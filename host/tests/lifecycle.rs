@@ -167,6 +167,17 @@ async fn a_flood_of_output_arrives_whole_and_in_order() {
 }
 
 #[test]
+fn a_schedule_must_call_an_http_component() {
+    let app = AppDir::new(ONE);
+    let stderr = app.fail(&["--schedule", "http://nosuch.spin.internal/tick@1s"]);
+    assert!(
+        stderr.contains("--schedule calls `nosuch`, which is not a component with an HTTP trigger")
+            && stderr.contains("(those are: web)"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn start_up_errors_are_clear() {
     let app = AppDir::new(&ONE.replace("{probe}", "missing/web.wasm"));
     let stderr = app.fail(&[]);

@@ -1,6 +1,7 @@
 //! One component at run time: its grants, environment and logs, and how to
 //! make a fresh `Store` for one of its instances. Each trigger adds its own
-//! pre-linked code and its own instance policy (`http_pool`, `redis_trigger`).
+//! pre-linked code and its own instance policy (`triggers::http::pool`,
+//! `triggers::redis`).
 
 pub mod memory_limit;
 

@@ -78,7 +78,8 @@ pub fn is_id(text: &str) -> bool {
         })
 }
 
-/// Whether `text` is a position in a list numbered from 1 (`seq`).
+/// Whether `text` is a position in a list numbered from 1 (`seq`), or 0:
+/// before the first.
 pub fn is_position(text: &str) -> bool {
     text.parse::<i64>().is_ok_and(|n| n >= 0)
 }

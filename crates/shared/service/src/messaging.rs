@@ -231,9 +231,6 @@ impl Database {
         Ok(published)
     }
 
-    /// Deletes published outbox rows and consumed message ids older than
-    /// `before`, one bounded batch of each. A consumed id must outlive any
-    /// redelivery of its message; the retention is days, redelivery seconds.
     /// `GET /internal/metrics` of a service whose only number for operators
     /// is its outbox: the gateway's `GET /metrics` asks it.
     pub async fn outbox_metrics(&self) -> bazaar_api::ApiResult {
@@ -258,6 +255,9 @@ impl Database {
             .unwrap_or_default())
     }
 
+    /// Deletes published outbox rows and consumed message ids older than
+    /// `before`, one bounded batch of each. A consumed id must outlive any
+    /// redelivery of its message; the retention is days, redelivery seconds.
     pub async fn prune(&self, before: &str) -> Result<Pruned, Problem> {
         self.rows(
             "DELETE FROM outbox WHERE id IN

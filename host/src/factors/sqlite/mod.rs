@@ -163,7 +163,7 @@ fn one_line(statement: &str) -> String {
     statement.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Runs one statement of a session, and counts it (see [`crate::metrics`]);
+/// Runs one statement of a session, and counts it (see [`crate::telemetry::metrics`]);
 /// when traced, in a span named by the statement, as Spin names it.
 async fn execute(
     conn: ConnectionHandle,
