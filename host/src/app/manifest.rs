@@ -259,13 +259,8 @@ impl Manifest {
             for (field, value) in [("address", address), ("channel", &trigger.channel)] {
                 let template = Template::parse(value)
                     .with_context(|| format!("{file}: key `{key}.{field}`"))?;
-                for reference in template.references() {
-                    if !raw.variables.contains_key(reference) {
-                        bail!(
-                            "{file}: key `{key}.{field}`: refers to `{reference}`, which is not declared in `[variables]`"
-                        );
-                    }
-                }
+                check_references(&template, &raw.variables)
+                    .with_context(|| format!("{file}: key `{key}.{field}`"))?;
             }
         }
         let dir = match path.parent() {
@@ -289,6 +284,20 @@ impl Manifest {
     }
 }
 
+/// Fails if `template` refers to a variable the application does not
+/// declare: no setting could give it a value.
+fn check_references(template: &Template, declared: &BTreeMap<String, VariableDecl>) -> Result<()> {
+    match template
+        .references()
+        .find(|name| !declared.contains_key(*name))
+    {
+        Some(name) => {
+            bail!("refers to `{name}`, which is not declared in the application's `[variables]`")
+        }
+        None => Ok(()),
+    }
+}
+
 fn validate_component(
     app_variables: &BTreeMap<String, VariableDecl>,
     component: &Component,
@@ -296,17 +305,14 @@ fn validate_component(
     for (name, value) in &component.variables {
         validate_variable_name(name).with_context(|| format!("key `variables.{name}`"))?;
         let template = Template::parse(value).with_context(|| format!("key `variables.{name}`"))?;
-        for reference in template.references() {
-            if !app_variables.contains_key(reference) {
-                bail!(
-                    "key `variables.{name}`: refers to `{reference}`, which is not declared in the application's `[variables]`"
-                );
-            }
-        }
+        check_references(&template, app_variables)
+            .with_context(|| format!("key `variables.{name}`"))?;
     }
     for host in &component.allowed_outbound_hosts {
         // Entries with `{{ variable }}` are checked once resolved, at start-up.
         let template = Template::parse(host)
+            .with_context(|| format!("key `allowed_outbound_hosts`: {host:?}"))?;
+        check_references(&template, app_variables)
             .with_context(|| format!("key `allowed_outbound_hosts`: {host:?}"))?;
         if template.is_literal() {
             crate::app::allowed_hosts::AllowedHost::parse(host)
@@ -438,6 +444,21 @@ source = "web.wasm"
         let msg = format!("{:#}", parse(&text).unwrap_err());
         assert!(msg.contains("secret_token"), "{msg}");
         assert!(msg.contains("not declared"), "{msg}");
+    }
+
+    #[test]
+    fn allowed_hosts_must_reference_declared_variables() {
+        let text = MINIMAL.replace(
+            "source = \"web.wasm\"",
+            "source = \"web.wasm\"\nallowed_outbound_hosts = [\"https://{{ api_host }}\"]",
+        );
+        let msg = format!("{:#}", parse(&text).unwrap_err());
+        assert!(
+            msg.contains("component `web`")
+                && msg.contains("key `allowed_outbound_hosts`")
+                && msg.contains("refers to `api_host`, which is not declared"),
+            "{msg}"
+        );
     }
 
     #[test]
