@@ -56,6 +56,10 @@ impl AllowedHost {
         if scheme.is_empty() {
             bail!("the scheme is empty");
         }
+        // Spin's rules: a scheme is letters, or `*`.
+        if scheme != "*" && !scheme.chars().all(char::is_alphabetic) {
+            bail!("the scheme {scheme:?} may only be letters, or `*`");
+        }
         let (host, port) = split_host_and_port(rest)?;
         if host.is_empty() {
             bail!("the host is empty");
@@ -80,10 +84,9 @@ impl AllowedHost {
             h => HostPattern::Exact(h.to_ascii_lowercase()),
         };
         let port = match port {
-            None if default_port(scheme).is_none()
-                && scheme != "*"
-                && host != HostPattern::ToSelf =>
-            {
+            // As in Spin, `*` and schemes without a well-known port (e.g.
+            // `rediss`, whose clients differ) need the port spelled out.
+            None if default_port(scheme).is_none() => {
                 bail!("no port was given and the scheme {scheme:?} has no default port")
             }
             None => PortPattern::Default,
@@ -172,7 +175,6 @@ pub fn default_port(scheme: &str) -> Option<u16> {
         "http" => Some(80),
         "https" => Some(443),
         "redis" => Some(6379),
-        "rediss" => Some(6380),
         "mysql" => Some(3306),
         "postgres" => Some(5432),
         "mqtt" => Some(1883),
@@ -314,6 +316,9 @@ mod tests {
             "http://[::1]x",
             "http://[not-ip]",
             "http://10.0.0.0/33",
+            "*://example.com",
+            "rediss://cache.example.com",
+            "h2+c://example.com:80",
         ] {
             assert!(AllowedHost::parse(bad).is_err(), "{bad}");
         }

@@ -50,6 +50,10 @@ pub struct Application {
     /// Accepted for Spin compatibility; `bazaar` has no use for it.
     #[serde(default, rename = "authors")]
     _authors: Vec<String>,
+    /// Accepted for Spin compatibility: the environments (`spin-up:3.2`, …)
+    /// Spin checks the app against at build time.
+    #[serde(default, rename = "targets")]
+    _targets: Vec<String>,
     #[serde(default)]
     pub trigger: ApplicationTriggers,
 }
@@ -158,11 +162,13 @@ impl<'de> Deserialize<'de> for RouteSpec {
     }
 }
 
-/// Spin's HTTP executor: only the Spin (wasi:http) executor is supported.
+/// Spin's HTTP executor: only the Spin (wasi:http) executor is supported,
+/// `type = "http"` as Spin spells it, or its alias `"spin"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum Executor {
-    Spin,
+    #[serde(alias = "spin")]
+    Http,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +189,10 @@ pub struct Component {
     pub environment: BTreeMap<String, String>,
     #[serde(default)]
     pub build: Option<BuildConfig>,
+    /// Accepted for Spin compatibility: settings for other tools
+    /// (`[component.<id>.tool.<tool>]`, e.g. `spin-test`).
+    #[serde(default, rename = "tool")]
+    _tool: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,6 +469,27 @@ source = "web.wasm"
                 && msg.contains("refers to `api_host`, which is not declared"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn spins_executor_spellings_targets_and_tool_tables_are_accepted() {
+        for executor in ["http", "spin"] {
+            let text = MINIMAL.replace(
+                "component = \"web\"",
+                &format!("component = \"web\"\nexecutor = {{ type = \"{executor}\" }}"),
+            );
+            parse(&text).unwrap_or_else(|e| panic!("{executor}: {e:#}"));
+        }
+        let text = MINIMAL.replace(
+            "name = \"app\"",
+            "name = \"app\"\ntargets = [\"spin-up:3.2\"]",
+        ) + "[component.web.tool.spin-test]\nsource = \"tests.wasm\"\n";
+        parse(&text).unwrap();
+        let wagi = MINIMAL.replace(
+            "component = \"web\"",
+            "component = \"web\"\nexecutor = { type = \"wagi\" }",
+        );
+        assert!(parse(&wagi).is_err());
     }
 
     #[test]

@@ -31,9 +31,8 @@ impl Template {
             parts.push(Part::Reference(name.to_string()));
             rest = &after[end + 2..];
         }
-        if rest.contains("}}") {
-            bail!("unmatched `}}}}` in {text:?}");
-        }
+        // A `}}` outside an expression is text, as in Spin (JSON in a
+        // variable's value, say).
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
@@ -92,8 +91,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed_expressions() {
-        for bad in ["{{ x", "x }}", "{{ Bad }}", "{{}}"] {
+        for bad in ["{{ x", "{{ Bad }}", "{{}}"] {
             assert!(Template::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn closing_braces_alone_are_text() {
+        let t = Template::parse(r#"{"a":{"b":{{ x }}}}"#).unwrap();
+        assert_eq!(t.references().collect::<Vec<_>>(), ["x"]);
+        assert_eq!(t.render(|_| Ok("1".into())).unwrap(), r#"{"a":{"b":1}}"#);
+        assert!(Template::parse("x }}").unwrap().is_literal());
     }
 }
