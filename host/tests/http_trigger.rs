@@ -307,6 +307,8 @@ async fn chaining_reaches_a_private_component_in_process() {
     assert_eq!(inner["spin-path-info"], "/headers");
     assert_eq!(inner["spin-client-addr"], "0.0.0.0:0");
     assert_eq!(inner["spin-matched-route"], "/...");
+    // As in Spin: the chaining host is no `Host`, so the URL says localhost.
+    assert_eq!(inner["spin-full-url"], "http://localhost/headers");
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@
 //! instance first opens the database. `BEGIN IMMEDIATE` takes the write lock
 //! before reading the applied versions, so two instances starting at once
 //! cannot both apply the same migration, and a migration that fails leaves
-//! nothing half-applied.
+//! nothing half-applied. [`transaction`] is that transaction, for the
+//! services' own writes too.
 
 use spin_sdk::sqlite::{Connection, Error, Value};
 
@@ -33,18 +34,39 @@ pub async fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), 
     .collect()
     .await?;
     let current = applied_version(conn).await?;
+    let run = async |statement: &'static str| {
+        conn.execute(statement, []).await?.collect().await.map(drop)
+    };
     for migration in migrations.iter().filter(|m| m.version > current) {
-        conn.execute("BEGIN IMMEDIATE", []).await?.collect().await?;
-        let outcome = apply(conn, migration).await;
-        let end = if outcome.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        conn.execute(end, []).await?.collect().await?;
-        outcome?;
+        transaction(run, async || apply(conn, migration).await).await?;
     }
     Ok(())
+}
+
+/// Runs `work` in a write transaction (`BEGIN IMMEDIATE`, so its reads
+/// already hold the write lock), `run` being how a statement is run:
+/// committed if `work` succeeds, else rolled back. A failed rollback is not
+/// reported: the work's error is the one that matters, and SQLite may
+/// already have rolled back (an interrupted or `OR ROLLBACK` statement).
+pub async fn transaction<T, E>(
+    run: impl AsyncFn(&'static str) -> Result<(), E>,
+    work: impl AsyncFnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    run("BEGIN IMMEDIATE").await?;
+    match work().await {
+        Ok(value) => match run("COMMIT").await {
+            Ok(()) => Ok(value),
+            Err(error) => {
+                // A commit that failed may leave the transaction open.
+                let _ = run("ROLLBACK").await;
+                Err(error)
+            }
+        },
+        Err(error) => {
+            let _ = run("ROLLBACK").await;
+            Err(error)
+        }
+    }
 }
 
 /// The last migration applied; an error if the table does not exist yet.

@@ -78,22 +78,19 @@ fn redis_unavailable(e: impl std::fmt::Debug) -> Problem {
 }
 
 impl Database {
-    /// Runs `work` in a write transaction (`BEGIN IMMEDIATE`, so its reads
-    /// already hold the write lock): committed if `work` succeeds, rolled
-    /// back if it fails.
+    /// Runs `work` in a write transaction
+    /// ([`bazaar_migrations::transaction`]).
     pub async fn transaction<T, E: From<Problem>>(
         &self,
         work: impl AsyncFnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
-        self.rows("BEGIN IMMEDIATE", vec![]).await?;
-        let outcome = work().await;
-        let end = if outcome.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
+        let run = async |statement: &'static str| {
+            self.rows(statement, vec![])
+                .await
+                .map(drop)
+                .map_err(E::from)
         };
-        self.rows(end, vec![]).await?;
-        outcome
+        bazaar_migrations::transaction(run, work).await
     }
 
     /// Records `message_id` as consumed; `false` if it already was (a

@@ -113,7 +113,8 @@ impl HttpApp {
             params: &params,
             path_info: &path_info,
         };
-        set_spin_headers(&mut req, &matched, &client.to_string());
+        let full_url = req.uri().to_string();
+        set_spin_headers(&mut req, &matched, &full_url, &client.to_string());
         self.dispatch(component, route.raw(), route.raw(), Some(client), req)
             .await
     }
@@ -138,7 +139,24 @@ impl HttpApp {
             params: &[],
             path_info: &path_info,
         };
-        set_spin_headers(&mut req, &matched, CHAINED_CLIENT);
+        // As Spin: a `Host` naming the chaining domain is dropped, and the
+        // full URL names the `Host` left, else `localhost`.
+        let chaining_host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|h| h.split(':').next().unwrap_or(h).ends_with(".spin.internal"));
+        if chaining_host {
+            req.headers_mut().remove(http::header::HOST);
+        }
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let full_url = format!("http://{host}{path}");
+        set_spin_headers(&mut req, &matched, &full_url, CHAINED_CLIENT);
         Ok(self
             .dispatch(target, &PRIVATE_ROUTE, matched.raw_route, None, req)
             .await)
@@ -322,8 +340,12 @@ fn absolutize(req: &mut Request<WasiBody>) -> Result<(), StatusCode> {
     Ok(())
 }
 
-fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: &str) {
-    let full_url = req.uri().to_string();
+fn set_spin_headers(
+    req: &mut Request<WasiBody>,
+    matched: &Matched<'_>,
+    full_url: &str,
+    client: &str,
+) {
     let headers = req.headers_mut();
     // Clients must not be able to forge what the host tells the component.
     let forged: Vec<HeaderName> = headers
@@ -347,7 +369,7 @@ fn set_spin_headers(req: &mut Request<WasiBody>, matched: &Matched<'_>, client: 
     };
     // Names made once: parsing a custom header name allocates.
     set(HeaderName::from_static("spin-path-info"), matched.path_info);
-    set(HeaderName::from_static("spin-full-url"), &full_url);
+    set(HeaderName::from_static("spin-full-url"), full_url);
     set(HeaderName::from_static("spin-matched-route"), matched_route);
     set(HeaderName::from_static("spin-base-path"), "/");
     set(
