@@ -42,8 +42,18 @@ type = "spin"
 "#;
 
 fn start(app: &AppDir) -> common::Host {
+    start_timing_out_after(app, "30s")
+}
+
+/// [`start`] with `timeout` as the request timeout.
+fn start_timing_out_after(app: &AppDir, timeout: &str) -> common::Host {
     let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
-    let mut cmd = app.command(&["--runtime-config-file", config.to_str().unwrap()]);
+    let mut cmd = app.command(&[
+        "--runtime-config-file",
+        config.to_str().unwrap(),
+        "--request-timeout",
+        timeout,
+    ]);
     cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
     app.start_with(cmd)
 }
@@ -327,15 +337,7 @@ async fn sqlite_sessions_keep_transactions_to_themselves() {
     let app = AppDir::new(STORES);
     // A guest waiting on a write lock that is never released would run into
     // this deadline and answer 504 instead of 200.
-    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
-    let mut cmd = app.command(&[
-        "--runtime-config-file",
-        config.to_str().unwrap(),
-        "--request-timeout",
-        "10s",
-    ]);
-    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
-    let host = app.start_with(cmd);
+    let host = start_timing_out_after(&app, "10s");
     let body = session(
         &host,
         &[
@@ -460,15 +462,7 @@ async fn concurrent_autocommit_writes_commit_together_each_on_its_own() {
 #[tokio::test]
 async fn endless_statements_stop_at_the_request_timeout() {
     let app = AppDir::new(STORES);
-    let config = app.write("runtime-config.toml", RUNTIME_CONFIG);
-    let mut cmd = app.command(&[
-        "--runtime-config-file",
-        config.to_str().unwrap(),
-        "--request-timeout",
-        "3s",
-    ]);
-    cmd.env("SPIN_VARIABLE_API_TOKEN", "s3cr3t-t0ken");
-    let host = app.start_with(cmd);
+    let host = start_timing_out_after(&app, "3s");
     session(
         &host,
         &[

@@ -372,6 +372,17 @@ impl App {
             .await
     }
 
+    /// Asserts that the gateway's `GET /metrics`, scraped with `token`,
+    /// has each of `lines` (a series and its value) as a line of its own.
+    pub async fn assert_app_metrics(&self, token: &str, lines: &[&str]) {
+        let reply = self.get("/metrics", Some(token)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let text = reply.body.as_str().unwrap();
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "no `{line}` in:\n{text}");
+        }
+    }
+
     pub async fn register(&self, email: &str, name: &str) -> Reply {
         self.post(
             "/api/v1/users",

@@ -170,16 +170,15 @@ async fn a_saga_whose_step_never_answers_is_parked_then_restarted() {
     let order = app.get(&format!("/api/v1/orders/{id}"), Some(&alice)).await;
     assert_eq!(order.body["status"], "pending");
     // The operator's gauges count it: open, parked, and (parked) not overdue.
-    let metrics = app.get("/metrics", Some("scrape-secret")).await;
-    assert_eq!(metrics.status, 200, "{}", metrics.body);
-    let text = metrics.body.as_str().unwrap();
-    for line in [
-        "bazaar_sagas_open 1",
-        "bazaar_sagas_parked 1",
-        "bazaar_sagas_overdue 0",
-    ] {
-        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
-    }
+    app.assert_app_metrics(
+        "scrape-secret",
+        &[
+            "bazaar_sagas_open 1",
+            "bazaar_sagas_parked 1",
+            "bazaar_sagas_overdue 0",
+        ],
+    )
+    .await;
 
     let restart = format!("/api/v1/admin/sagas/{id}/restart");
     let restarted = app.post(&restart, Some(&admin), json!({})).await;
