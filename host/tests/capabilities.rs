@@ -456,6 +456,26 @@ async fn concurrent_autocommit_writes_commit_together_each_on_its_own() {
     );
 }
 
+/// An instance holds at most 256 stores and 256 connections at once, as in
+/// Spin; closing them makes room again.
+#[tokio::test]
+async fn open_stores_and_connections_are_capped_per_instance() {
+    let app = AppDir::new(STORES);
+    let host = start(&app);
+    for (kind, error) in [
+        ("kv", "StoreTableFull"),
+        ("sql", "too many connections opened"),
+    ] {
+        for _ in 0..2 {
+            let (status, body) = host.get(&format!("/granted/hold/{kind}/default/300")).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["held"], 256, "{kind}: {body}");
+            let said = body["error"].as_str().unwrap_or_default();
+            assert!(said.contains(error), "{kind}: {body}");
+        }
+    }
+}
+
 /// A statement that would never end is interrupted at the request timeout,
 /// wherever it runs (a reader, the writer, a group of autocommit writes, a
 /// transaction), so it neither keeps the database's writer nor a thread.

@@ -73,6 +73,7 @@ impl ComponentRuntime {
             capabilities: Arc::clone(&self.capabilities),
             limits: MemoryLimit::new(Arc::clone(&self.id), self.limits.memory_bytes),
             deadlines: Default::default(),
+            open: Default::default(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);

@@ -47,7 +47,21 @@ pub struct InstanceState {
     pub capabilities: Arc<Capabilities>,
     pub limits: MemoryLimit,
     pub deadlines: Deadlines,
+    /// Key-value stores and SQLite connections the guest holds open.
+    pub open: OpenHandles,
 }
+
+/// How many store handles an instance holds, each kind capped at
+/// [`MAX_OPEN_HANDLES`] as Spin caps them: a guest that opens in a loop
+/// without closing gets an error, not a host that grows without bound.
+#[derive(Default)]
+pub struct OpenHandles {
+    pub key_value: usize,
+    pub sqlite: usize,
+}
+
+/// Spin's capacity of each instance's store and connection tables.
+pub const MAX_OPEN_HANDLES: usize = 256;
 
 /// The deadlines of the requests (or messages) an instance is serving. Its
 /// host calls read the earliest: once that has passed, the instance is
@@ -127,6 +141,7 @@ fn kv_view(state: &mut InstanceState) -> KvView<'_> {
         grants: &state.capabilities.key_value,
         table: &mut state.table,
         trace: state.trace.as_ref(),
+        open: &mut state.open.key_value,
     }
 }
 
@@ -136,6 +151,7 @@ fn sqlite_view(state: &mut InstanceState) -> SqliteView<'_> {
         table: &mut state.table,
         trace: state.trace.as_ref(),
         deadline: state.deadlines.earliest(),
+        open: &mut state.open.sqlite,
     }
 }
 

@@ -132,6 +132,8 @@ pub struct KvView<'a> {
     pub grants: &'a KvGrants,
     pub table: &'a mut ResourceTable,
     pub trace: Option<&'a opentelemetry::Context>,
+    /// Stores the instance holds open ([`crate::factors::OpenHandles`]).
+    pub open: &'a mut usize,
 }
 
 /// Runs one operation on the backend of `store`, counted (and timed) as
@@ -182,6 +184,7 @@ impl key_value::Host for KvView<'_> {}
 impl key_value::HostStore for KvView<'_> {
     fn drop(&mut self, store: Resource<StoreHandle>) -> wasmtime::Result<()> {
         self.table.delete(store)?;
+        *self.open = self.open.saturating_sub(1);
         Ok(())
     }
 }
@@ -201,10 +204,14 @@ impl<T> key_value::HostStoreWithStore<T> for KeyValue {
             let Some(backend) = view.grants.stores.backends.get(&label).map(Arc::clone) else {
                 return Ok(Err(Error::NoSuchStore));
             };
+            if *view.open >= crate::factors::MAX_OPEN_HANDLES {
+                return Ok(Err(Error::StoreTableFull));
+            }
             let handle = view.table.push(StoreHandle {
                 label: label.into(),
                 backend,
             })?;
+            *view.open += 1;
             Ok(Ok(handle))
         })
     }

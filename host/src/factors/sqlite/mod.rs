@@ -134,6 +134,8 @@ pub struct SqliteView<'a> {
     /// The earliest deadline of the requests the instance serves
     /// ([`crate::factors::Deadlines`]).
     pub deadline: Option<Instant>,
+    /// Connections the instance holds open ([`crate::factors::OpenHandles`]).
+    pub open: &'a mut usize,
 }
 
 impl SqliteView<'_> {
@@ -146,12 +148,18 @@ impl SqliteView<'_> {
         let Some(database) = self.grants.databases.files.get(label).map(Arc::clone) else {
             return Ok(Err(Error::NoSuchDatabase));
         };
+        if *self.open >= crate::factors::MAX_OPEN_HANDLES {
+            // Spin's words for it.
+            return Ok(Err(Error::Io("too many connections opened".into())));
+        }
         let handle = ConnectionHandle {
             label: label.into(),
             database,
             session: Arc::default(),
         };
-        Ok(Ok(self.table.push(handle)?))
+        let handle = self.table.push(handle)?;
+        *self.open += 1;
+        Ok(Ok(handle))
     }
 
     fn handle(&self, r: &Resource<ConnectionHandle>) -> wasmtime::Result<ConnectionHandle> {
@@ -565,6 +573,7 @@ impl sqlite::HostConnection for SqliteView<'_> {
 
     fn drop(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
         self.table.delete(conn)?;
+        *self.open = self.open.saturating_sub(1);
         Ok(())
     }
 }

@@ -55,6 +55,32 @@ async fn handle(req: Request) -> impl IntoResponse {
                 serde_json::json!({ "instance": instance_id(), "served": served }),
             )
         }
+        ("GET", ["hold", kind, label, count]) => {
+            // Opens up to `count` stores or connections, all held at once.
+            let count: usize = count.parse().unwrap_or(0);
+            let (mut stores, mut conns) = (Vec::new(), Vec::new());
+            let mut error = None;
+            for _ in 0..count {
+                let opened = match *kind {
+                    "kv" => key_value::Store::open(label)
+                        .await
+                        .map(|s| stores.push(s))
+                        .map_err(|e| format!("{e:?}")),
+                    _ => sqlite::Connection::open(label)
+                        .await
+                        .map(|c| conns.push(c))
+                        .map_err(|e| format!("{e:?}")),
+                };
+                if let Err(e) = opened {
+                    error = Some(e);
+                    break;
+                }
+            }
+            json(
+                200,
+                serde_json::json!({ "held": stores.len() + conns.len(), "error": error }),
+            )
+        }
         ("GET", ["print", lines]) => {
             // Numbered lines of 1 KiB, more than the host queues at once.
             let lines: usize = lines.parse().unwrap_or(0);
