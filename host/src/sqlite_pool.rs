@@ -165,13 +165,29 @@ impl Pool {
                 room
             };
             if let (true, Some(path)) = (open_new, &self.path) {
-                let conn = Connection::open(path).and_then(configure).map_err(|e| {
-                    self.state().opened -= 1;
-                    e.to_string()
-                })?;
-                if let Some(guard) = self.guard {
-                    guard(&conn);
+                // Opening reads the file: not on an async worker. The slot
+                // taken above is given back unless a connection fills it,
+                // even if this task is dropped while it opens.
+                struct Slot<'a>(Option<&'a Pool>);
+                impl Drop for Slot<'_> {
+                    fn drop(&mut self) {
+                        if let Some(pool) = self.0 {
+                            pool.state().opened -= 1;
+                        }
+                    }
                 }
+                let mut slot = Slot(Some(self));
+                let (path, guard) = (path.clone(), self.guard);
+                let conn = on_blocking_thread(move || {
+                    let conn = Connection::open(path).and_then(configure)?;
+                    if let Some(guard) = guard {
+                        guard(&conn);
+                    }
+                    Ok::<_, rusqlite::Error>(conn)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                slot.0 = None;
                 return Ok(conn);
             }
             returned.await;
