@@ -188,21 +188,27 @@ async fn only_idempotent_requests_are_retried() {
     assert_eq!(upstream.count(), 7);
 }
 
-#[tokio::test]
-async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
+/// An app in front of a products service that fails every call, after the
+/// four failures that open its circuit for `open_seconds` (no retries).
+async fn tripped_circuit(open_seconds: &str, env: &[(&str, &str)]) -> (Upstream, App) {
     let upstream = Upstream::start().await;
-    let app = app_in_front_of(
-        &upstream,
-        &[
-            ("SPIN_VARIABLE_BREAKER_MIN_CALLS", "4"),
-            ("SPIN_VARIABLE_BREAKER_OPEN_SECONDS", "1"),
-            ("SPIN_VARIABLE_RETRY_MAX", "0"),
-        ],
-    );
+    let mut all = vec![
+        ("SPIN_VARIABLE_BREAKER_MIN_CALLS", "4"),
+        ("SPIN_VARIABLE_BREAKER_OPEN_SECONDS", open_seconds),
+        ("SPIN_VARIABLE_RETRY_MAX", "0"),
+    ];
+    all.extend_from_slice(env);
+    let app = app_in_front_of(&upstream, &all);
     upstream.set(Behaviour::Fail(500));
     for _ in 0..4 {
         assert_eq!(app.get("/api/v1/products", None).await.status, 500);
     }
+    (upstream, app)
+}
+
+#[tokio::test]
+async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
+    let (upstream, app) = tripped_circuit("1", &[]).await;
     assert_eq!(upstream.count(), 4);
 
     // Open: refused without calling the service, with a time to come back.
@@ -253,20 +259,8 @@ async fn a_failing_service_trips_its_circuit_and_a_probe_closes_it() {
 /// failing service did not answer for its own numbers.
 #[tokio::test]
 async fn the_application_metrics_show_an_open_circuit() {
-    let upstream = Upstream::start().await;
-    let app = app_in_front_of(
-        &upstream,
-        &[
-            ("SPIN_VARIABLE_BREAKER_MIN_CALLS", "4"),
-            ("SPIN_VARIABLE_BREAKER_OPEN_SECONDS", "600"),
-            ("SPIN_VARIABLE_RETRY_MAX", "0"),
-            ("SPIN_VARIABLE_METRICS_TOKEN", "scrape-secret"),
-        ],
-    );
-    upstream.set(Behaviour::Fail(500));
-    for _ in 0..4 {
-        assert_eq!(app.get("/api/v1/products", None).await.status, 500);
-    }
+    let (_upstream, app) =
+        tripped_circuit("600", &[("SPIN_VARIABLE_METRICS_TOKEN", "scrape-secret")]).await;
     app.get("/api/v1/products", None).await.assert_problem(503);
 
     app.assert_app_metrics(

@@ -84,7 +84,10 @@ impl ComponentRuntime {
     }
 }
 
-/// A deadline that never comes, for a timeout too large to add to now.
-pub fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+/// `timeout` from now; a timeout too large to add to now is a deadline
+/// that never comes.
+pub fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

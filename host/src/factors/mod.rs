@@ -76,8 +76,10 @@ impl Deadlines {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts request `id` as served until the returned guard is dropped.
-    pub fn start(&self, id: u64, deadline: Instant) -> Serving {
+    /// Counts request `id`, due within `timeout`, as served until the
+    /// returned guard is dropped.
+    pub fn start(&self, id: u64, timeout: std::time::Duration) -> Serving {
+        let deadline = crate::component::deadline_after(timeout);
         self.lock().push((id, deadline));
         Serving {
             deadlines: self.clone(),

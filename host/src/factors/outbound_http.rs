@@ -29,7 +29,8 @@ use crate::telemetry::traces::{self, Span};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 
-const CHAINING_SUFFIX: &str = ".spin.internal";
+/// The domain of service chaining: `<component>.spin.internal`.
+pub const CHAINING_SUFFIX: &str = ".spin.internal";
 
 /// Whoever serves `http://<component>.spin.internal`: the HTTP trigger
 /// implements it, so this capability needs no knowledge of triggers.

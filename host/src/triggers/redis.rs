@@ -117,12 +117,7 @@ impl RedisHandler {
             }
         };
         warm.store.data_mut().enter(trace);
-        let serving = (warm.store.data().deadlines).start(
-            0,
-            Instant::now()
-                .checked_add(limits.request_timeout)
-                .unwrap_or_else(crate::component::far_future),
-        );
+        let serving = warm.store.data().deadlines.start(0, limits.request_timeout);
         let guest = Arc::clone(&warm.guest);
         let call = warm.store.run_concurrent(async move |accessor| {
             guest

@@ -241,10 +241,8 @@ async fn run_statement(
     };
     // Interrupted at the statement limit after it was issued, or when the
     // instance's requests are past their deadline, whichever comes first.
-    let deadline = Instant::now()
-        .checked_add(database.statement_limit)
-        .unwrap_or_else(crate::component::far_future)
-        .min(request_deadline.unwrap_or_else(crate::component::far_future));
+    let limit = crate::component::deadline_after(database.statement_limit);
+    let deadline = request_deadline.map_or(limit, |request| request.min(limit));
     if let Some(writer) = session.transaction.take() {
         if may_end_a_transaction(&statement) {
             return on_writer(&mut session, writer, statement, params, deadline).await;

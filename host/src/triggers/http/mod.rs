@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
-use crate::factors::outbound_http::ServiceChaining;
+use crate::factors::outbound_http::{CHAINING_SUFFIX, ServiceChaining};
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{self, Span};
 use crate::triggers::http::pool::Call;
@@ -145,7 +145,7 @@ impl HttpApp {
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .is_some_and(|h| h.split(':').next().unwrap_or(h).ends_with(".spin.internal"));
+            .is_some_and(|h| h.split(':').next().unwrap_or(h).ends_with(CHAINING_SUFFIX));
         if chaining_host {
             req.headers_mut().remove(http::header::HOST);
         }

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
-use crate::component::{ComponentRuntime, Limits, far_future};
+use crate::component::{ComponentRuntime, Limits};
 use crate::factors::InstanceState;
 use crate::telemetry::metrics::{self, InstanceEnd};
 
@@ -134,12 +134,7 @@ impl WorkerState for Worker {
             metrics::instance_reused(&self.runtime.id, "http");
         }
         let timeout = self.runtime.limits.request_timeout;
-        let serving = (store.data().deadlines).start(
-            request.id,
-            Instant::now()
-                .checked_add(timeout)
-                .unwrap_or_else(far_future),
-        );
+        let serving = store.data().deadlines.start(request.id, timeout);
         Box::pin(async move {
             // Dropped when the request ends, or once this fires.
             let _serving = serving;
