@@ -1,5 +1,5 @@
 //! The HTTP trigger through real sockets: routing, Spin's headers, private
-//! routes, service chaining and the outbound allow-list.
+//! routes, service chaining, self requests and the outbound allow-list.
 
 mod common;
 
@@ -32,7 +32,7 @@ environment = { COMPONENT = "catch-all" }
 [component.api]
 source = "{probe}"
 environment = { COMPONENT = "api" }
-allowed_outbound_hosts = ["http://back.spin.internal"]
+allowed_outbound_hosts = ["http://back.spin.internal", "http://self"]
 [component.me]
 source = "{probe}"
 environment = { COMPONENT = "me" }
@@ -309,6 +309,46 @@ async fn chaining_reaches_a_private_component_in_process() {
     assert_eq!(inner["spin-matched-route"], "/...");
     // As in Spin: the chaining host is no `Host`, so the URL says localhost.
     assert_eq!(inner["spin-full-url"], "http://localhost/headers");
+}
+
+#[tokio::test]
+async fn self_requests_reach_the_application_through_its_routes() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&[]);
+    // As in Spin: `http://self.alt` is the application's own listener, so
+    // the request is routed (to `user`, not the caller) and arrives as from
+    // any local client.
+    let (status, body) = host
+        .get("/api/fetch?url=http://self.alt/api/users/42?x=1")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], 200, "{body}");
+    let inner: serde_json::Value = serde_json::from_str(body["body"].as_str().unwrap()).unwrap();
+    assert_eq!(inner["component"], "user", "{inner}");
+    assert_eq!(inner["spin-path-match-user-id"], "42", "{inner}");
+    assert_eq!(inner["uri"], host.url("/api/users/42?x=1"), "{inner}");
+    assert_eq!(
+        inner["spin-full-url"],
+        host.url("/api/users/42?x=1"),
+        "{inner}"
+    );
+    let client = inner["spin-client-addr"].as_str().unwrap();
+    assert!(client.starts_with("127.0.0.1:"), "{inner}");
+    // Without `http://self` in its allow-list, a component may not.
+    let (status, body) = host.get("/fetch?url=http://self.alt/api").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied"),
+        "{body}"
+    );
+    host.wait_for_stderr(
+        r#"add \"http://self\" to the component's allowed_outbound_hosts"#,
+        1,
+        std::time::Duration::from_secs(10),
+    );
 }
 
 #[tokio::test]

@@ -422,6 +422,74 @@ async fn served_after(host: &Host, messages: u64) -> Vec<u8> {
     value(host, "served:flaky").await.unwrap()
 }
 
+/// As in Spin, chaining and self requests belong to the HTTP trigger: a
+/// Redis-triggered instance allowed both still cannot make them, and the
+/// log says why.
+#[tokio::test]
+async fn a_redis_triggered_instance_cannot_chain_or_call_the_application() {
+    let mut manifest = APP.to_string();
+    manifest.push_str(
+        r#"
+[[trigger.redis]]
+channel = "asker"
+component = "asker"
+[component.asker]
+source = "{relay}"
+allowed_outbound_hosts = ["{{ redis_url }}", "http://probe.spin.internal", "http://self"]
+variables = { name = "asker", next_channel = "", redis_url = "{{ redis_url }}" }
+"#,
+    );
+    for (name, next) in [
+        ("left", ""),
+        ("right", ""),
+        ("hop-a", "hop-b"),
+        ("hop-b", "hop-c"),
+        ("hop-c", ""),
+        ("flaky", ""),
+    ] {
+        manifest.push_str(&relay(name, next));
+    }
+    let app = AppDir::new(&manifest);
+    let host = app.start(&["--redis", "embedded"]);
+    host.wait_for_stderr("subscribed", 6, Duration::from_secs(30));
+    for url in [
+        "http://probe.spin.internal/headers",
+        "http://self.alt/headers",
+    ] {
+        publish(&host, "asker", format!("fetch {url}").into_bytes()).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let fetched = loop {
+            let fetched = value(&host, "fetched:asker").await.unwrap_or_default();
+            let fetched = String::from_utf8(fetched).unwrap();
+            if fetched.starts_with(url) || Instant::now() > deadline {
+                break fetched;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            fetched,
+            format!("{url} error ErrorCode::HttpRequestUriInvalid"),
+            "{url}"
+        );
+    }
+    host.wait_for_stderr(
+        "only a component serving HTTP requests can reach the application itself",
+        2,
+        Duration::from_secs(10),
+    );
+    // The HTTP-triggered probe, allowed nothing of the kind, is denied
+    // rather than refused: the allow-list is checked first.
+    let (status, body) = host.get("/fetch?url=http://self.alt/headers").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied"),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn redis_instances_are_reused_within_the_limits() {
     let app = app();

@@ -7,7 +7,9 @@
 //! the scheme's well-known port. As in Spin, the host may also be an IP
 //! network in CIDR notation (`http://10.0.0.0/8`, `http://[fd00::/8]:8080`),
 //! which covers requests to IP addresses inside it, and an IPv6 address is
-//! written in brackets (`http://[::1]:3000`).
+//! written in brackets (`http://[::1]:3000`). `http://self` (or
+//! `https://self`, `*://*:*`) lets the component call its own application
+//! at `http://self.alt/...`.
 
 use anyhow::{Result, bail};
 
@@ -29,8 +31,8 @@ enum HostPattern {
     Any,
     /// `*.example.com`: any name ending in `.example.com`.
     Subdomains(String),
-    /// `self`: requests back into this application. Accepted, as Spin
-    /// accepts it, but such requests are not routed yet, so it allows nothing.
+    /// `self` (or `self.alt`): requests back into this application, which
+    /// [`AllowedHost::allows_self`] answers for; no named host matches it.
     ToSelf,
     /// An IP network: requests to an address inside it.
     Network(ipnet::IpNet),
@@ -138,6 +140,17 @@ impl AllowedHost {
         };
         scheme_ok && host_ok && port_ok
     }
+
+    /// Whether a request to this application itself (a "self request") is
+    /// covered: as in Spin, an entry for `self` or any host, over `http` or
+    /// `https`, whatever its port.
+    pub fn allows_self(&self) -> bool {
+        let scheme_ok = match &self.scheme {
+            Pattern::Any => true,
+            Pattern::Exact(s) => s == "http" || s == "https",
+        };
+        scheme_ok && matches!(self.host, HostPattern::Any | HostPattern::ToSelf)
+    }
 }
 
 /// `host[:port]`, where the host may be `[IPv6]` or an IP network
@@ -193,6 +206,10 @@ impl AllowList {
 
     pub fn allows(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
         self.0.iter().any(|h| h.allows(scheme, host, port))
+    }
+
+    pub fn allows_self(&self) -> bool {
+        self.0.iter().any(AllowedHost::allows_self)
     }
 }
 
@@ -302,6 +319,24 @@ mod tests {
             "192.168.1.200",
             Some(9)
         ));
+    }
+
+    #[test]
+    fn self_requests() {
+        let allows_self = |entry: &str| AllowedHost::parse(entry).unwrap().allows_self();
+        for entry in ["http://self", "https://self", "http://self.alt", "*://*:*"] {
+            assert!(allows_self(entry), "{entry}");
+        }
+        for entry in [
+            "redis://self:6379",
+            "http://localhost",
+            "http://*.spin.internal",
+        ] {
+            assert!(!allows_self(entry), "{entry}");
+        }
+        // `self` names no host a request can name.
+        assert!(!allows("http://self", "http", "self", None));
+        assert!(!allows("http://self", "http", "self.alt", None));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::app::variables::AppVariables;
 use crate::bindings::redis_trigger::RedisTriggerPre;
 use crate::component::{ComponentRuntime, Limits};
 use crate::factors::key_value::{KvGrants, KvStores};
-use crate::factors::outbound_http::{HttpClients, HttpGrants, ServiceChaining};
+use crate::factors::outbound_http::{AppRequests, HttpClients, HttpGrants};
 use crate::factors::outbound_redis::{RedisClients, RedisGrants};
 use crate::factors::sqlite::{Databases, SqliteGrants};
 use crate::factors::variables::ComponentVariables;
@@ -287,9 +287,9 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
             Arc::new(HttpApp::new(info, router, http_pools))
         });
     if let Some(http) = &http {
-        let http: Arc<dyn ServiceChaining> = Arc::clone(http) as _;
+        let http: Arc<dyn AppRequests> = Arc::clone(http) as _;
         http_clients
-            .chaining
+            .app
             .set(Arc::downgrade(&http))
             .map_err(|_| anyhow::anyhow!("application linked twice"))?;
     }

@@ -59,7 +59,9 @@ impl ComponentRuntime {
         self.next_instance.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub fn new_store(&self, engine: &Engine) -> Store<InstanceState> {
+    /// A store for one instance; `serves_http` when the HTTP trigger makes
+    /// it (chaining and self requests are for those alone, as in Spin).
+    pub fn new_store(&self, engine: &Engine, serves_http: bool) -> Store<InstanceState> {
         let state = InstanceState {
             trace: None,
             table: ResourceTable::new(),
@@ -68,6 +70,7 @@ impl ComponentRuntime {
             outbound: OutboundHttp {
                 component: Arc::clone(&self.id),
                 capabilities: Arc::clone(&self.capabilities),
+                serves_http,
                 trace: None,
             },
             capabilities: Arc::clone(&self.capabilities),

@@ -1,9 +1,14 @@
-//! Outbound HTTP from guests: the allow-list check, and service chaining.
+//! Outbound HTTP from guests: the allow-list check, service chaining and
+//! self requests.
 //!
 //! A request to `http://<component>.spin.internal/...` never touches a
 //! socket: it is handed to that component's handler in-process, which is how
 //! Bazaar's gateway reaches its private services. As in Spin, the target must
 //! still be listed in `allowed_outbound_hosts` (or `http://*.spin.internal`).
+//! A request to `http://self.alt/...` (a "self request", allowed by
+//! `http://self`) goes to the application's own listener, as from any client,
+//! through its routes. Both belong to the HTTP trigger: as in Spin, only
+//! instances serving HTTP requests can make them.
 //!
 //! Requests to plain `http://` hosts go through one keep-alive connection
 //! pool shared by every component (hyper-util's client), so a service called
@@ -17,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -32,19 +38,28 @@ use opentelemetry::trace::SpanKind;
 /// The domain of service chaining: `<component>.spin.internal`.
 pub const CHAINING_SUFFIX: &str = ".spin.internal";
 
-/// Whoever serves `http://<component>.spin.internal`: the HTTP trigger
+/// The host that names the application itself, as in Spin (some SDKs need
+/// a host in every URL).
+pub const SELF_HOST: &str = "self.alt";
+
+/// The requests that stay inside the application: the HTTP trigger
 /// implements it, so this capability needs no knowledge of triggers.
-pub trait ServiceChaining: Send + Sync {
+pub trait AppRequests: Send + Sync {
+    /// Serves a request to `http://<target>.spin.internal` in-process.
     fn chain(
         self: Arc<Self>,
         target: String,
         request: Request<WasiBody>,
     ) -> Pin<Box<dyn Future<Output = Result<http::Response<WasiBody>, Error>> + Send>>;
+
+    /// Where the application listens, for self requests; `None` until it
+    /// does.
+    fn origin(&self) -> Option<SocketAddr>;
 }
 
-/// The chaining target, set once the HTTP trigger exists (components are
-/// created before the trigger that runs them, hence the late binding).
-pub type ChainingLink = Arc<OnceLock<Weak<dyn ServiceChaining>>>;
+/// The HTTP trigger, set once it exists (components are created before the
+/// trigger that runs them, hence the late binding).
+pub type AppLink = Arc<OnceLock<Weak<dyn AppRequests>>>;
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 type SendFuture =
@@ -68,16 +83,16 @@ fn pooled_client() -> PooledClient {
         .build(connector)
 }
 
-/// The application's outbound HTTP: the chaining target and the pool.
+/// The application's outbound HTTP: the HTTP trigger and the pool.
 pub struct HttpClients {
-    pub chaining: ChainingLink,
+    pub app: AppLink,
     pub pool: PooledClient,
 }
 
 impl HttpClients {
     pub fn new() -> Self {
         HttpClients {
-            chaining: Arc::new(OnceLock::new()),
+            app: Arc::new(OnceLock::new()),
             pool: pooled_client(),
         }
     }
@@ -93,6 +108,9 @@ pub struct HttpGrants {
 pub struct OutboundHttp {
     pub component: Arc<str>,
     pub capabilities: Arc<Capabilities>,
+    /// Whether the instance serves HTTP requests: only those may chain and
+    /// make self requests, as in Spin.
+    pub serves_http: bool,
     /// The span of the request or message being served, when traced.
     pub trace: Option<opentelemetry::Context>,
 }
@@ -102,10 +120,19 @@ impl OutboundHttp {
         &self.capabilities.http
     }
 
-    fn chaining(&self) -> Result<Arc<dyn ServiceChaining>, Error> {
+    /// The HTTP trigger, for a request that stays inside the application.
+    fn app(&self, destination: &str) -> Result<Arc<dyn AppRequests>, Error> {
+        if !self.serves_http {
+            tracing::warn!(
+                component = %self.component,
+                destination,
+                "outbound request refused: only a component serving HTTP requests can reach the application itself, as in Spin"
+            );
+            return Err(Error::HttpRequestUriInvalid);
+        }
         self.grants()
             .clients
-            .chaining
+            .app
             .get()
             .and_then(Weak::upgrade)
             .ok_or(Error::InternalError(Some(
@@ -114,10 +141,15 @@ impl OutboundHttp {
     }
 
     fn deny(&self, destination: &str) -> SendFuture {
+        let entry = if destination.ends_with(SELF_HOST) {
+            "http://self"
+        } else {
+            destination
+        };
         tracing::warn!(
             component = %self.component,
             destination,
-            "outbound request denied: add {destination:?} to the component's allowed_outbound_hosts"
+            "outbound request denied: add {entry:?} to the component's allowed_outbound_hosts"
         );
         Box::new(async { Err(Error::HttpRequestDenied) })
     }
@@ -136,14 +168,21 @@ impl WasiHttpHooks for OutboundHttp {
     ) -> SendFuture {
         let uri = request.uri().clone();
         let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
-        let Some(host) = uri.host().map(str::to_ascii_lowercase) else {
-            return self.deny(&format!("{scheme}://(no host)"));
-        };
+        // As in Spin, a URL with no host names the application too.
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .map_or_else(|| SELF_HOST.to_string(), str::to_ascii_lowercase);
         let destination = match uri.port_u16() {
             Some(port) => format!("{scheme}://{host}:{port}"),
             None => format!("{scheme}://{host}"),
         };
-        if !self.grants().allowed.allows(&scheme, &host, uri.port_u16()) {
+        let allowed = if host == SELF_HOST {
+            self.grants().allowed.allows_self()
+        } else {
+            self.grants().allowed.allows(&scheme, &host, uri.port_u16())
+        };
+        if !allowed {
             return self.deny(&destination);
         }
         let span = self.client_span(&request, &host);
@@ -209,12 +248,33 @@ impl OutboundHttp {
     ) -> SendFuture {
         if let Some(target) = host.strip_suffix(CHAINING_SUFFIX) {
             let target = target.to_string();
-            let chaining = self.chaining();
+            let app = self.app(host);
             request.headers_mut().remove(http::header::HOST);
             return Box::new(async move {
-                let response = chaining?.chain(target, request).await?;
+                let response = app?.chain(target, request).await?;
                 Ok((response, done()))
             });
+        }
+        let mut scheme = scheme;
+        if host == SELF_HOST {
+            // To the application's own address, as from any client (the
+            // `Host` is the one the client derives from the URL).
+            let origin = self.app(host).and_then(|app| {
+                app.origin().ok_or(Error::InternalError(Some(
+                    "the application is not listening yet".into(),
+                )))
+            });
+            let origin = match origin {
+                Ok(origin) => origin,
+                Err(error) => return Box::new(async move { Err(error) }),
+            };
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            match format!("http://{origin}{path}").parse() {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return Box::new(async { Err(Error::HttpRequestUriInvalid) }),
+            }
+            request.headers_mut().remove(http::header::HOST);
+            scheme = "http";
         }
         let own_timeouts = options.is_some_and(|o| {
             o.connect_timeout.is_some()

@@ -105,7 +105,7 @@ impl RedisHandler {
                 warm
             }
             None => {
-                let mut store = runtime.new_store(self.pre.engine());
+                let mut store = runtime.new_store(self.pre.engine(), false);
                 let guest = Arc::new(self.pre.instantiate_async(&mut store).await?);
                 metrics::instance_created(&runtime.id, "redis");
                 Warm {

@@ -17,11 +17,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
-use crate::factors::outbound_http::{CHAINING_SUFFIX, ServiceChaining};
+use crate::factors::outbound_http::{AppRequests, CHAINING_SUFFIX};
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{self, Span};
 use crate::triggers::http::pool::Call;
@@ -52,6 +52,8 @@ pub struct HttpApp {
     router: Router,
     handlers: BTreeMap<String, ProxyHandler<ComponentPool>>,
     next_request: AtomicU64,
+    /// The address [`serve`] listens on: where self requests go.
+    origin: OnceLock<SocketAddr>,
 }
 
 /// The parts of a route match that become `spin-*` headers.
@@ -74,6 +76,7 @@ impl HttpApp {
             router,
             handlers,
             next_request: AtomicU64::new(0),
+            origin: OnceLock::new(),
         }
     }
 
@@ -259,7 +262,7 @@ impl HttpApp {
     }
 }
 
-impl ServiceChaining for HttpApp {
+impl AppRequests for HttpApp {
     fn chain(
         self: Arc<Self>,
         target: String,
@@ -267,6 +270,10 @@ impl ServiceChaining for HttpApp {
     ) -> Pin<Box<dyn Future<Output = Result<Response<WasiBody>, wasmtime_wasi_http::Error>> + Send>>
     {
         Box::pin(async move { HttpApp::chain(&self, &target, request).await })
+    }
+
+    fn origin(&self) -> Option<SocketAddr> {
+        self.origin.get().copied()
     }
 }
 
@@ -510,6 +517,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let _ = app.origin.set(listener.local_addr()?);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request headers (slowloris) is cut off;

@@ -37,7 +37,7 @@ impl HandlerState for ComponentPool {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
         let runtime = &self.runtime;
-        let mut store = runtime.new_store(self.pre.engine());
+        let mut store = runtime.new_store(self.pre.engine(), true);
         let service = self.pre.instantiate_async(&mut store).await?;
         let instance = runtime.next_instance();
         tracing::debug!(component = %runtime.id, instance, "instantiated");

@@ -3,7 +3,9 @@
 //! `next_channel` when that variable is set. A payload containing `fail`
 //! makes it return an error instead, so tests can check that failures are
 //! isolated. It also stores, under `served:<name>`, how many messages the
-//! instance that handled this one has handled, so tests can see reuse.
+//! instance that handled this one has handled, so tests can see reuse. A
+//! payload `fetch <url>` makes it send a GET there and store what came of it
+//! under `fetched:<name>`: `<url> status <code>` or `<url> error <error>`.
 
 use spin_sdk::redis::Connection;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +33,13 @@ async fn on_message(message: Vec<u8>) -> Result<(), String> {
     conn.set(format!("served:{name}"), served.to_string().as_bytes())
         .await
         .map_err(|e| format!("set: {e:?}"))?;
+    if let Some(url) = message.strip_prefix(b"fetch ") {
+        let url = String::from_utf8_lossy(url);
+        let outcome = format!("{url} {}", fetch(&url).await);
+        conn.set(format!("fetched:{name}"), outcome.as_bytes())
+            .await
+            .map_err(|e| format!("set: {e:?}"))?;
+    }
     let next = variable("next_channel").await?;
     if !next.is_empty() {
         conn.publish(next, &message)
@@ -44,4 +53,15 @@ async fn variable(name: &str) -> Result<String, String> {
     variables::get(name)
         .await
         .map_err(|e| format!("variable {name}: {e:?}"))
+}
+
+async fn fetch(url: &str) -> String {
+    let request = match spin_sdk::http::Request::get(url).body(spin_sdk::http::EmptyBody::new()) {
+        Ok(request) => request,
+        Err(e) => return format!("error {e}"),
+    };
+    match spin_sdk::http::send(request).await {
+        Ok(response) => format!("status {}", response.status().as_u16()),
+        Err(e) => format!("error {e:?}"),
+    }
 }
