@@ -372,16 +372,18 @@ mod tests {
             msg.contains("key_value_store.shared.url`: missing"),
             "{msg}"
         );
-        let msg =
-            load("[key_value_store.shared]\ntype = \"redis\"\nurl = \"http://user:pw@cache\"\n")
-                .unwrap_err()
-                .to_string();
+        let msg = load(
+            "[key_value_store.shared]\ntype = \"redis\"\nurl = \"http://user:hunter2@cache\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             msg.contains("expected a redis:// or rediss:// URL"),
             "{msg}"
         );
+        // A word that cannot turn up in the temporary file's random name.
         assert!(
-            !msg.contains("pw"),
+            !msg.contains("hunter2"),
             "the password must not be printed: {msg}"
         );
         let msg = load(
