@@ -8,6 +8,7 @@ mod build;
 mod component;
 mod factors;
 mod redis_broker;
+mod redis_url;
 mod sqlite_pool;
 mod telemetry;
 mod triggers;
@@ -23,8 +24,8 @@ use crate::app::manifest::Manifest;
 use crate::app::runtime_config::RuntimeConfigFile;
 use crate::app::{AppOptions, Follow, LoadedApp};
 use crate::component::Limits;
-use crate::factors::outbound_redis::{is_embedded, redact};
-use crate::redis_broker::EMBEDDED_ADDRESS;
+use crate::redis_broker::{EMBEDDED_ADDRESS, is_embedded};
+use crate::redis_url::redact;
 use crate::triggers::redis::RedisTrigger;
 use std::collections::BTreeMap;
 

@@ -18,6 +18,11 @@ use tokio::sync::broadcast;
 pub const EMBEDDED_ADDRESS: &str = "redis://embedded.bazaar.invalid";
 pub const EMBEDDED_HOST: &str = "embedded.bazaar.invalid";
 
+/// Whether `address` names the embedded broker.
+pub fn is_embedded(address: &str) -> bool {
+    url::Url::parse(address).is_ok_and(|u| u.host_str() == Some(EMBEDDED_HOST))
+}
+
 /// Messages a slow subscriber may fall behind by before it misses some (a
 /// real server disconnects such a client; here it is told how many it lost).
 pub const SUBSCRIBER_BUFFER: usize = 4096;

@@ -9,6 +9,7 @@
 //! against the current directory. An entry without `path` is in memory, gone
 //! when the host stops.
 
+use crate::redis_url::{is_redis_url, redact};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -265,13 +266,13 @@ fn redis_url(key: &str, url: Option<String>) -> Result<String> {
             "{key}.url`: missing; type \"redis\" needs the server's address, e.g. \"redis://localhost:6379\""
         );
     };
-    match url::Url::parse(&url) {
-        Ok(parsed) if matches!(parsed.scheme(), "redis" | "rediss") && parsed.has_host() => Ok(url),
-        _ => bail!(
+    if !is_redis_url(&url) {
+        bail!(
             "{key}.url`: expected a redis:// or rediss:// URL with a host, found {:?}",
-            crate::factors::outbound_redis::redact(&url)
-        ),
+            redact(&url)
+        );
     }
+    Ok(url)
 }
 
 #[cfg(test)]

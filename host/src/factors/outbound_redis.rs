@@ -19,7 +19,8 @@ use wasmtime::component::{Accessor, HasData, Resource, ResourceTable};
 
 use crate::app::allowed_hosts::AllowList;
 use crate::bindings::redis::{self as spin_redis, Error, RedisParameter, RedisResult};
-use crate::redis_broker::{CommandError, EMBEDDED_HOST, EmbeddedBroker};
+use crate::redis_broker::{CommandError, EmbeddedBroker, is_embedded};
+use crate::redis_url::redact;
 use crate::telemetry::traces::{self, Span};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
@@ -164,23 +165,6 @@ const CHANGES_THE_CONNECTION: &[&str] = &[
     "READWRITE",
     "ASKING",
 ];
-
-/// Whether `address` names the embedded broker.
-pub fn is_embedded(address: &str) -> bool {
-    url::Url::parse(address).is_ok_and(|u| u.host_str() == Some(EMBEDDED_HOST))
-}
-
-/// `redis://user:secret@host` → `redis://host`: addresses appear in logs.
-pub fn redact(address: &str) -> String {
-    match url::Url::parse(address) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        Err(_) => "(unparsable address)".into(),
-    }
-}
 
 impl RedisConnection {
     /// Runs one command; both backends answer with Redis's reply types.

@@ -27,7 +27,9 @@ use wasmtime::Store;
 use crate::bindings::redis_trigger::{self as bindings, RedisTriggerPre};
 use crate::component::ComponentRuntime;
 use crate::factors::InstanceState;
-use crate::factors::outbound_redis::{RedisClients, is_embedded, redact};
+use crate::factors::outbound_redis::RedisClients;
+use crate::redis_broker::is_embedded;
+use crate::redis_url::{is_redis_url, redact};
 use crate::telemetry::metrics::{self, InstanceEnd, MessageOutcome};
 use crate::telemetry::traces::{self, Span};
 use opentelemetry::KeyValue;
@@ -550,11 +552,13 @@ pub fn resolve_targets(
                 variables.render(&crate::app::template::Template::parse(text)?)
             };
             let address = render(address).with_context(context)?;
-            url::Url::parse(&address)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "redis" | "rediss"))
-                .with_context(|| format!("address {} is not a redis:// URL", redact(&address)))
-                .with_context(context)?;
+            if !is_redis_url(&address) {
+                return Err(anyhow::anyhow!(
+                    "address {} is not a redis:// or rediss:// URL with a host",
+                    redact(&address)
+                ))
+                .with_context(context);
+            }
             let channel = render(&trigger.channel).with_context(context)?;
             Ok((address, channel, trigger.component.clone()))
         })

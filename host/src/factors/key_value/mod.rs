@@ -17,7 +17,7 @@ use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTab
 
 use crate::app::runtime_config::KvLocation;
 use crate::bindings::key_value::{self, Error};
-use crate::factors::outbound_redis::redact;
+use crate::redis_url::redact;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{self, Span};
 use opentelemetry::trace::SpanKind;

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::bindings::key_value::Error;
-use crate::factors::outbound_redis::redact;
+use crate::redis_url::redact;
 
 /// How long start-up waits for the server before naming it unreachable,
 /// and how long one operation may wait for its answer.
