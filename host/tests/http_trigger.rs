@@ -25,6 +25,9 @@ component = "user"
 [[trigger.http]]
 route = { private = true }
 component = "back"
+[[trigger.http]]
+route = { private = true }
+component = "BACK-2"
 
 [component.catch-all]
 source = "{probe}"
@@ -32,7 +35,7 @@ environment = { COMPONENT = "catch-all" }
 [component.api]
 source = "{probe}"
 environment = { COMPONENT = "api" }
-allowed_outbound_hosts = ["http://back.spin.internal", "http://self"]
+allowed_outbound_hosts = ["http://back.spin.internal", "http://BACK-2.spin.internal", "http://self"]
 [component.me]
 source = "{probe}"
 environment = { COMPONENT = "me" }
@@ -42,6 +45,9 @@ environment = { COMPONENT = "user" }
 [component.back]
 source = "{probe}"
 environment = { COMPONENT = "back" }
+[component.BACK-2]
+source = "{probe}"
+environment = { COMPONENT = "BACK-2" }
 "#;
 
 #[tokio::test]
@@ -309,6 +315,16 @@ async fn chaining_reaches_a_private_component_in_process() {
     assert_eq!(inner["spin-matched-route"], "/...");
     // As in Spin: the chaining host is no `Host`, so the URL says localhost.
     assert_eq!(inner["spin-full-url"], "http://localhost/headers");
+    // Ids may be UPPERCASE words, as in Spin, and are reached as written.
+    let (status, body) = host
+        .get("/api/fetch?url=http://BACK-2.spin.internal/headers")
+        .await;
+    assert_eq!(body["status"], 200, "{body}");
+    let inner: serde_json::Value = serde_json::from_str(body["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (status, &inner["component"]),
+        (200, &serde_json::json!("BACK-2"))
+    );
 }
 
 #[tokio::test]

@@ -340,21 +340,37 @@ fn validate_component(
     Ok(())
 }
 
-/// Spin's rule for component ids: lowercase words of letters and digits
-/// joined by single hyphens (they become `<id>.spin.internal` host names).
+/// Spin's rule for component ids (its `KebabId`): words joined by single
+/// hyphens, each all lowercase or all UPPERCASE letters and digits (`:`
+/// allowed inside a word), the first starting with a letter and the others
+/// with a letter or a digit.
 fn validate_component_id(id: &str) -> Result<()> {
-    let valid_word = |w: &str| {
-        w.starts_with(|c: char| c.is_ascii_lowercase())
-            && w.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    };
-    if id.split('-').all(valid_word) {
-        Ok(())
-    } else {
-        bail!(
-            "expected a component id of lowercase letters, digits and single hyphens, starting with a letter"
-        )
+    if id.contains('_') {
+        bail!("expected a component id with words separated by `-`, not `_`");
     }
+    for (index, word) in id.split('-').enumerate() {
+        let mut chars = word.chars();
+        let Some(first) = chars.next() else {
+            bail!("expected a component id of non-empty words separated by single `-`");
+        };
+        if !(first.is_ascii_alphabetic() || (index > 0 && first.is_ascii_digit())) {
+            bail!(
+                "expected a component id whose first word starts with a letter, and others with a letter or a digit; {word:?} does not"
+            );
+        }
+        let upper = first.is_ascii_uppercase();
+        for c in chars {
+            if !(c.is_ascii_digit() || c == ':' || c.is_ascii_alphabetic()) {
+                bail!("expected a component id of letters, digits and `-`; found {c:?}");
+            }
+            if c.is_ascii_alphabetic() && c.is_ascii_uppercase() != upper {
+                bail!(
+                    "expected each word of a component id to be all lowercase or all UPPERCASE; {word:?} is not"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Spin's rule for variable names: lowercase letters, digits and
@@ -514,8 +530,10 @@ source = "web.wasm"
 
     #[test]
     fn ids_and_names_follow_spin_rules() {
-        assert!(validate_component_id("order-saga2").is_ok());
-        for bad in ["Order", "order_saga", "-x", "x--y", "2x", ""] {
+        for good in ["order-saga2", "api-2", "API-gateway", "v1:beta"] {
+            assert!(validate_component_id(good).is_ok(), "{good}");
+        }
+        for bad in ["Order", "order_saga", "-x", "x--y", "2x", "", "a.b", "x-"] {
             assert!(validate_component_id(bad).is_err(), "{bad}");
         }
         assert!(validate_variable_name("jwt_secret").is_ok());

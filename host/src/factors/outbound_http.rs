@@ -246,8 +246,11 @@ impl OutboundHttp {
         scheme: &str,
         host: &str,
     ) -> SendFuture {
-        if let Some(target) = host.strip_suffix(CHAINING_SUFFIX) {
-            let target = target.to_string();
+        if host.ends_with(CHAINING_SUFFIX) {
+            // The component id as the URL writes it: ids may be UPPERCASE
+            // words, and Spin looks them up as written.
+            let written = request.uri().host().unwrap_or(host);
+            let target = written[..written.len() - CHAINING_SUFFIX.len()].to_string();
             let app = self.app(host);
             request.headers_mut().remove(http::header::HOST);
             return Box::new(async move {
