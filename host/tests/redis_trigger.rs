@@ -304,6 +304,36 @@ async fn outbound_connections_are_not_shared_between_guests() {
     );
 }
 
+/// As in Spin, a command the server refuses (a set operation on a string)
+/// is `other`, with the server's words.
+async fn refused_commands_are_other_errors(redis: &str) {
+    let app = app();
+    let host = start(&app, redis);
+    let (status, body) = execute(
+        &host,
+        "",
+        serde_json::json!([["SET", "plain", "v"], ["SADD", "plain", "m"]]),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("Error::Other(\"") && error.contains("WRONGTYPE"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn server_refused_commands() {
+    let server = RedisServer::start();
+    refused_commands_are_other_errors(&server.url()).await;
+}
+
+#[tokio::test]
+async fn embedded_refused_commands() {
+    refused_commands_are_other_errors("embedded").await;
+}
+
 #[tokio::test]
 async fn server_fan_out() {
     let server = RedisServer::start();

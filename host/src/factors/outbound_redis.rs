@@ -172,7 +172,7 @@ impl RedisConnection {
         match self {
             RedisConnection::Embedded(broker) => broker
                 .execute(command, args)
-                .map_err(|CommandError(msg)| classify(msg)),
+                .map_err(|CommandError(msg)| Error::Other(msg)),
             RedisConnection::Server(lease) => {
                 let name = command.to_ascii_uppercase();
                 if REFUSED.contains(&name.as_str()) {
@@ -203,18 +203,11 @@ impl RedisConnection {
                     lease.changed.store(true, Ordering::Relaxed);
                 }
                 lease.in_flight.fetch_sub(1, Ordering::Relaxed);
-                result.map_err(|e| classify(e.to_string()))
+                // As in Spin, a server's refusal (`WRONGTYPE` included) is
+                // `other`: `type-error` is for replies of the wrong shape.
+                result.map_err(|e| Error::Other(e.to_string()))
             }
         }
-    }
-}
-
-/// Spin's error mapping: wrong value types are `type-error`.
-fn classify(message: String) -> Error {
-    if message.contains("WRONGTYPE") || message.contains("not an integer") {
-        Error::TypeError
-    } else {
-        Error::Other(message)
     }
 }
 
