@@ -124,6 +124,78 @@ async fn parked(app: &App, admin: &str) -> Vec<Value> {
         .await
 }
 
+async fn open_sagas(app: &App, admin: &str) -> Vec<Value> {
+    app.all("/api/v1/admin/sagas?state=open", Some(admin)).await
+}
+
+/// After an incident: a saga backed off far into the future (here its
+/// first deadline, 600 s away) is listed as open with that deadline; no
+/// redrive touches it until an administrator expedites the open sagas,
+/// and then the next redrive re-sends it, as an attempt.
+#[tokio::test]
+async fn an_administrator_expedites_backed_off_sagas() {
+    let app = App::start_with(&[
+        ("SPIN_VARIABLE_FAULT_PERCENT", "100"),
+        ("SPIN_VARIABLE_SAGA_REPLY_TIMEOUT_SECONDS", "600"),
+    ]);
+    let admin = app.admin().await;
+    let product = app.product(&admin, "LAMP", 4000, 5).await;
+    let alice = app.user("alice@shop.test").await;
+    let id = place(&app, &alice, &product, "tok_ok").await;
+
+    app.get("/api/v1/admin/sagas?state=open", Some(&alice))
+        .await
+        .assert_problem(403);
+    app.post("/api/v1/admin/sagas/expedite", Some(&alice), json!({}))
+        .await
+        .assert_problem(403);
+    app.get("/api/v1/admin/sagas?state=closed", Some(&admin))
+        .await
+        .assert_problem(400);
+    let open = open_sagas(&app, &admin).await;
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        (&open[0]["order_id"], &open[0]["attempts"]),
+        (&json!(id), &json!(0)),
+        "{open:?}"
+    );
+    let placed_deadline = open[0]["next_attempt_at"].as_str().unwrap().to_string();
+    let run = redrive(&app, &admin, "").await;
+    assert_eq!(run["redriven"], 0, "not due for 600 s: {run}");
+
+    let expedited = app
+        .post("/api/v1/admin/sagas/expedite", Some(&admin), json!({}))
+        .await;
+    assert_eq!(expedited.status, 202, "{}", expedited.body);
+    assert_eq!(expedited.body["expedited"], 1, "{}", expedited.body);
+    // Due now: this redrive (or the schedule's, whichever comes first)
+    // re-sends it, as its first attempt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let saga = loop {
+        redrive(&app, &admin, "").await;
+        let open = open_sagas(&app, &admin).await;
+        if open[0]["attempts"] == 1 {
+            break open[0].clone();
+        }
+        assert!(Instant::now() < deadline, "never re-sent: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        saga["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("inventory.reserve yet (attempt 1)"),
+        "{saga}"
+    );
+    assert_ne!(saga["next_attempt_at"], json!(placed_deadline), "{saga}");
+    // Backed off again (minutes away): the runs after it leave it alone.
+    let run = redrive(&app, &admin, "").await;
+    assert_eq!(run["redriven"], 0, "{run}");
+    assert_eq!(open_sagas(&app, &admin).await[0]["attempts"], 1);
+    let order = app.get(&format!("/api/v1/orders/{id}"), Some(&alice)).await;
+    assert_eq!(order.body["status"], "pending");
+}
+
 /// A step that never answers: the saga re-sends with growing deadlines,
 /// then parks; an administrator sees why and restarts it.
 #[tokio::test]

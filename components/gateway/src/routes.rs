@@ -79,6 +79,11 @@ pub const ROUTES: &[(Method, &str, Service)] = &[
     (Method::GET, "/api/v1/admin/sagas", Service::Orders),
     (
         Method::POST,
+        "/api/v1/admin/sagas/expedite",
+        Service::Orders,
+    ),
+    (
+        Method::POST,
         "/api/v1/admin/sagas/{id}/restart",
         Service::Orders,
     ),

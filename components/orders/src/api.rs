@@ -34,7 +34,8 @@ pub async fn route(req: Request) -> ApiResult {
             Ok(json(StatusCode::OK, &gauges))
         }
         (Method::POST, ["api", "v1", "admin", "saga", "redrive"]) => admin_redrive(&req).await,
-        (Method::GET, ["api", "v1", "admin", "sagas"]) => parked_sagas(&req).await,
+        (Method::GET, ["api", "v1", "admin", "sagas"]) => list_sagas(&req).await,
+        (Method::POST, ["api", "v1", "admin", "sagas", "expedite"]) => expedite(&req).await,
         (Method::POST, ["api", "v1", "admin", "sagas", id, "restart"]) => {
             restart_saga(&req, id).await
         }
@@ -413,25 +414,47 @@ async fn admin_redrive(req: &Request) -> ApiResult {
     redrive(req).await
 }
 
-/// Parked sagas: those that ran out of redrive attempts, with why.
-async fn parked_sagas(req: &Request) -> ApiResult {
-    admin(req, SERVICE, "see parked sagas").await?;
-    match query_param(req.uri().query(), "state").as_deref() {
-        Some("parked") => {}
-        _ => {
-            return Err(Problem::bad_request(
-                "give `state=parked`: only parked sagas are listed",
-            ));
-        }
-    }
+/// Sagas as administrators follow them: `state=parked` (out of redrive
+/// attempts, with why) or `state=open` (in flight, with their attempts and
+/// when each is next due).
+async fn list_sagas(req: &Request) -> ApiResult {
+    admin(req, SERVICE, "see sagas").await?;
+    let state = query_param(req.uri().query(), "state");
     let ask = PageRequest::from_query(req.uri().query(), bazaar_api::is_id)?;
-    let parked = OrderStore::open()
-        .await?
-        .parked(ask.cursor.as_deref(), ask.fetch())
-        .await?;
+    let store = OrderStore::open().await?;
+    let cursor = ask.cursor.as_deref();
+    match state.as_deref() {
+        Some("parked") => {
+            let parked = store.parked(cursor, ask.fetch()).await?;
+            Ok(json(
+                StatusCode::OK,
+                &ask.page(parked, |s| s.order_id.clone()),
+            ))
+        }
+        Some("open") => {
+            let open = store.open_sagas(cursor, ask.fetch()).await?;
+            Ok(json(
+                StatusCode::OK,
+                &ask.page(open, |s| s.order_id.clone()),
+            ))
+        }
+        _ => Err(Problem::bad_request("give `state=open` or `state=parked`")),
+    }
+}
+
+/// After an incident: every open saga backed off into the future is due
+/// now, for the next redrive runs to re-send (each re-send still counts
+/// as an attempt). Parked sagas stay parked: restart those one by one.
+async fn expedite(req: &Request) -> ApiResult {
+    admin(req, SERVICE, "expedite sagas").await?;
+    let expedited = OrderStore::open().await?.expedite(&now_rfc3339()).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "level": "info", "msg": "sagas expedited", "expedited": expedited })
+    );
     Ok(json(
-        StatusCode::OK,
-        &ask.page(parked, |s| s.order_id.clone()),
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "expedited": expedited }),
     ))
 }
 

@@ -229,6 +229,16 @@ pub struct ParkedSaga {
     pub last_error: String,
 }
 
+/// An open saga (neither settled nor parked), as administrators see it:
+/// how often it has been re-sent and when it is next due.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpenSaga {
+    pub order_id: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
 /// How many sagas are open, parked and overdue, and outbox messages
 /// unpublished, now.
 #[derive(Debug, serde::Serialize)]
@@ -825,6 +835,43 @@ impl OrderStore {
                 }
             })
             .collect())
+    }
+
+    /// Open sagas (not settled, not parked), by order id.
+    pub async fn open_sagas(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OpenSaga>, Problem> {
+        let rows = self
+            .rows(
+                "SELECT order_id, attempts, next_attempt_at, last_error FROM sagas
+                 WHERE settled = 0 AND parked_at IS NULL AND order_id > ? ORDER BY order_id LIMIT ?",
+                vec![text(after.unwrap_or("")), Value::Integer(i64::from(limit))],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OpenSaga {
+                order_id: r.get::<&str>(0).unwrap_or_default().to_string(),
+                attempts: r.get::<i64>(1).unwrap_or_default(),
+                next_attempt_at: r.get::<&str>(2).map(str::to_string),
+                last_error: r.get::<&str>(3).map(str::to_string),
+            })
+            .collect())
+    }
+
+    /// Makes every open, unparked saga that is due later than `now` due
+    /// now (after an incident, so sagas backed off for minutes are re-sent
+    /// by the next redrive runs, in their usual batches); how many.
+    pub async fn expedite(&self, now: &str) -> Result<u64, Problem> {
+        self.rows(
+            "UPDATE sagas SET next_attempt_at = ?1
+             WHERE settled = 0 AND parked_at IS NULL AND next_attempt_at > ?1",
+            vec![text(now)],
+        )
+        .await?;
+        Ok(self.0.changes().await)
     }
 
     /// Unparks a saga and makes it due now; `false` if it was not parked.
