@@ -335,7 +335,7 @@ fn count_param(req: &Request, name: &str, default: u32, max: u32) -> Result<u32,
 async fn redrive(req: &Request) -> ApiResult {
     let batch = count_param(req, "batch", 200, 5000)?;
     let retention: f64 = match query_param(req.uri().query(), "retention_seconds") {
-        None => bazaar_service::MESSAGE_RETENTION_SECONDS,
+        None => bazaar_database::MESSAGE_RETENTION_SECONDS,
         Some(value) => value
             .parse::<f64>()
             .ok()

@@ -1,7 +1,7 @@
 //! The users service's own SQLite database (label `users`).
 
 use bazaar_api::Problem;
-use bazaar_service::{Database, Migration};
+use bazaar_database::{Database, Migration};
 use spin_sdk::sqlite::{RowResult, Value};
 
 const MIGRATIONS: &[Migration] = &[

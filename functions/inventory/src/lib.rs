@@ -2,11 +2,11 @@
 //! `inventory.reserve`, reserve every line of an order or none; on
 //! `inventory.release`, give a reservation's stock back. The change, the
 //! reply and the consumed message id commit together; the reply is then
-//! published (transactional outbox, `bazaar_service::run_step`).
+//! published (transactional outbox, `bazaar_database::run_step`).
 
+use bazaar_database::{Database, Step};
 use bazaar_envelope::{Envelope, saga};
 use bazaar_product_store::Store;
-use bazaar_service::{Database, Step};
 use spin_sdk::redis_subscriber;
 
 struct Inventory(Store);
@@ -39,5 +39,5 @@ impl Step for Inventory {
 #[redis_subscriber]
 async fn on_command(message: Vec<u8>) -> Result<(), String> {
     let store = Store::open().await.map_err(|p| p.detail)?;
-    bazaar_service::run_step(&Inventory(store), &message).await
+    bazaar_database::run_step(&Inventory(store), &message).await
 }

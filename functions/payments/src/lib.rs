@@ -3,11 +3,11 @@
 //! approves, `tok_decline` declines, `tok_error` fails transiently); on
 //! `payment.refund`, refund its charge. The change, the reply and the
 //! consumed message id commit together; the reply is then published
-//! (`bazaar_service::run_step`).
+//! (`bazaar_database::run_step`).
 
+use bazaar_database::{Database, Step};
 use bazaar_envelope::{Envelope, saga};
 use bazaar_payment_store::Store;
-use bazaar_service::{Database, Step};
 use spin_sdk::redis_subscriber;
 
 struct Payments(Store);
@@ -38,5 +38,5 @@ impl Step for Payments {
 #[redis_subscriber]
 async fn on_command(message: Vec<u8>) -> Result<(), String> {
     let store = Store::open().await.map_err(|p| p.detail)?;
-    bazaar_service::run_step(&Payments(store), &message).await
+    bazaar_database::run_step(&Payments(store), &message).await
 }

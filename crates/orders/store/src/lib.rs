@@ -11,15 +11,13 @@
 //! the outbox) or a view behind its stream.
 
 use bazaar_api::Problem;
+use bazaar_database::{Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration};
+pub use bazaar_database::{OutboxMessage, Pruned};
 use bazaar_envelope::Envelope;
 use bazaar_envelope::saga::{self as saga_messages, Charge, ReserveStock, StockLine};
 use bazaar_order_model::saga::{self, Command, Decision, Wake};
 use bazaar_order_model::{Event, Order, StoredEvent};
-use bazaar_service::{
-    Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration, random_fraction,
-    seconds_from_now_rfc3339,
-};
-pub use bazaar_service::{OutboxMessage, Pruned};
+use bazaar_service::{random_fraction, seconds_from_now_rfc3339};
 
 /// The card token a saga keeps: none once it is settled (nothing left to
 /// charge), else `$token`; the one place that rule is written, as an SQL
@@ -614,7 +612,7 @@ impl OrderStore {
         self.rows(
             "DELETE FROM idempotency_keys WHERE rowid IN
              (SELECT rowid FROM idempotency_keys WHERE created_at < ? LIMIT ?)",
-            vec![text(before), Value::Integer(bazaar_service::PRUNE_BATCH)],
+            vec![text(before), Value::Integer(bazaar_database::PRUNE_BATCH)],
         )
         .await?;
         Ok(OrdersPruned {

@@ -8,9 +8,9 @@
 //! charges twice.
 
 use bazaar_api::Problem;
+use bazaar_database::{Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration};
 use bazaar_envelope::saga::{self, Charge};
 use bazaar_payment_domain::{Answer, ChargeRequest};
-use bazaar_service::{Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration};
 use serde::Serialize;
 use spin_sdk::sqlite::Value;
 

@@ -9,8 +9,8 @@
 //! reservation leaves a tombstone that the late reservation respects.
 
 use bazaar_api::Problem;
+use bazaar_database::{Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration};
 use bazaar_envelope::saga::{self, StockLine};
-use bazaar_service::{Database, MESSAGING_TABLES, MESSAGING_TABLES_V2, Migration};
 use serde::Serialize;
 use spin_sdk::sqlite::{RowResult, Value};
 

@@ -1,25 +1,18 @@
 //! What every Bazaar service component does the same way, on top of
 //! `spin-sdk`: reading JSON bodies, reading its settings (Spin variables),
-//! knowing who is calling, and using its own database. Rules that need no Spin live in `bazaar-api`
-//! and `bazaar-auth`, where they are tested natively.
+//! knowing who is calling, honouring its caller's deadline, and telling
+//! the time in the form its database stores. Its own database, and the
+//! messages that leave it, are `bazaar-database`'s. Rules that need no Spin
+//! live in `bazaar-api` and `bazaar-auth`, where they are tested natively.
 
 use bazaar_api::{Problem, parse_json};
 use bazaar_auth::{Hop, IDENTITY_HEADER, Identity, Keys};
 use serde::de::DeserializeOwned;
 use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
-use spin_sdk::sqlite::{Connection, RowResult, Value};
-
-pub use bazaar_migrations::{Migration, migrate};
 
 mod deadline;
-mod faults;
-mod messaging;
-mod step;
 pub use deadline::{Deadline, TIMEOUT_HEADER, within};
-pub use faults::{Fault, inject as inject_fault};
-pub use messaging::{MESSAGING_TABLES, MESSAGING_TABLES_V2, OutboxMessage, PRUNE_BATCH, Pruned};
-pub use step::{MESSAGE_RETENTION_SECONDS, Step, run_step};
 
 /// Reads and parses the request's JSON body.
 pub async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, Problem> {
@@ -183,69 +176,6 @@ pub fn random_fraction() -> f64 {
 
 fn rfc3339(at: time::OffsetDateTime) -> String {
     at.format(TIMESTAMP).unwrap_or_default()
-}
-
-thread_local! {
-    /// Databases this instance has migrated: migrations run once per
-    /// instance (an instance serves many requests), not on every `open`.
-    /// Only a cache: a new instance checks the schema again.
-    static MIGRATED: std::cell::RefCell<std::collections::BTreeSet<String>> =
-        const { std::cell::RefCell::new(std::collections::BTreeSet::new()) };
-}
-
-/// A service's own SQLite database, migrated when first opened. Failures are
-/// logged with their cause and answered as 503.
-pub struct Database {
-    conn: Connection,
-    service: &'static str,
-}
-
-impl Database {
-    pub async fn open(
-        label: &str,
-        service: &'static str,
-        migrations: &[Migration],
-    ) -> Result<Database, Problem> {
-        let conn = Connection::open(label)
-            .await
-            .map_err(|e| unavailable(service, e))?;
-        if !MIGRATED.with_borrow(|done| done.contains(label)) {
-            migrate(&conn, migrations)
-                .await
-                .map_err(|e| unavailable(service, e))?;
-            MIGRATED.with_borrow_mut(|done| done.insert(label.to_string()));
-        }
-        Ok(Database { conn, service })
-    }
-
-    /// Runs one statement and collects its rows.
-    pub async fn rows(&self, sql: &str, params: Vec<Value>) -> Result<Vec<RowResult>, Problem> {
-        let failed = |e| unavailable(self.service, e);
-        self.conn
-            .execute(sql, params)
-            .await
-            .map_err(failed)?
-            .collect()
-            .await
-            .map_err(failed)
-    }
-
-    /// Rows changed by the last statement.
-    pub async fn changes(&self) -> u64 {
-        self.conn.changes().await
-    }
-
-    pub async fn ping(&self) -> Result<(), Problem> {
-        self.rows("SELECT 1", vec![]).await.map(drop)
-    }
-}
-
-pub(crate) fn unavailable(service: &str, e: spin_sdk::sqlite::Error) -> Problem {
-    eprintln!("{service} database error: {e:?}");
-    Problem::new(
-        bazaar_api::StatusCode::SERVICE_UNAVAILABLE,
-        format!("the {service} database is unavailable"),
-    )
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use bazaar_api::{Problem, StatusCode};
 use bazaar_envelope::Envelope;
 use spin_sdk::sqlite::Value;
 
-use crate::{Database, seconds_from_now_rfc3339};
+use crate::Database;
+use bazaar_service::seconds_from_now_rfc3339;
 
 /// How long a writer owns the messages it enqueued before a sweep may
 /// publish them in its place.

@@ -4,8 +4,9 @@
 use bazaar_api::Problem;
 use bazaar_envelope::Envelope;
 
+use crate::Database;
 use crate::messaging::OutboxMessage;
-use crate::{Database, now_rfc3339, random_fraction, seconds_ago_rfc3339, setting};
+use bazaar_service::{now_rfc3339, random_fraction, seconds_ago_rfc3339, setting};
 
 /// How long published messages and consumed message ids are kept.
 pub const MESSAGE_RETENTION_SECONDS: f64 = 7.0 * 24.0 * 3600.0;

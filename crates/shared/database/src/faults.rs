@@ -4,8 +4,8 @@
 //! the points where a crash is hardest to recover from. Recovery (redrive,
 //! the outbox sweep, consumers dropping duplicates) must make up for each.
 
-use crate::{optional_setting, random_fraction};
 use bazaar_api::Problem;
+use bazaar_service::{optional_setting, random_fraction};
 
 /// Where a fault strikes.
 #[derive(Clone, Copy, Debug)]
