@@ -509,15 +509,8 @@ variables = { name = "asker", next_channel = "", redis_url = "{{ redis_url }}" }
     );
     // The HTTP-triggered probe, allowed nothing of the kind, is denied
     // rather than refused: the allow-list is checked first.
-    let (status, body) = host.get("/fetch?url=http://self.alt/headers").await;
-    assert_eq!(status, 502, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("HttpRequestDenied"),
-        "{body}"
-    );
+    host.assert_fetch_denied("", "http://self.alt/headers")
+        .await;
 }
 
 #[tokio::test]

@@ -216,6 +216,27 @@ impl Host {
         send(reqwest::Client::new().get(self.url(path))).await
     }
 
+    /// Has the probe routed at `prefix` GET `url` (outbound HTTP); both it
+    /// and the answer must be 200. The answer's JSON body.
+    pub async fn fetch_via(&self, prefix: &str, url: &str) -> serde_json::Value {
+        let (status, body) = self.get(&format!("{prefix}/fetch?url={url}")).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &serde_json::json!(200)),
+            "{url}: {body}"
+        );
+        serde_json::from_str(body["body"].as_str().unwrap()).unwrap()
+    }
+
+    /// Has the probe routed at `prefix` GET `url`, which its allow-list
+    /// must deny.
+    pub async fn assert_fetch_denied(&self, prefix: &str, url: &str) {
+        let (status, body) = self.get(&format!("{prefix}/fetch?url={url}")).await;
+        assert_eq!(status, 502, "{url}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains("HttpRequestDenied"), "{url}: {body}");
+    }
+
     /// Runs `statements` on one guest SQLite connection through the probe's
     /// session route at `path`, which must answer 200; returns its replies.
     pub async fn sql_session(&self, path: &str, statements: &[&str]) -> serde_json::Value {
