@@ -603,14 +603,23 @@ impl<T> sqlite::HostConnectionWithStore<T> for Sqlite {
             let view = access.get();
             Ok::<_, wasmtime::Error>((view.handle(&conn)?, view.trace.cloned(), view.deadline))
         })?;
-        let QueryResult { columns, rows } =
+        // As in Spin, a statement's failure (a syntax error, a constraint,
+        // a deadline) arrives through the result future, after no rows;
+        // only the connection itself fails the call.
+        let (QueryResult { columns, rows }, outcome) =
             match execute(conn, trace.as_ref(), deadline, statement, parameters).await {
-                Ok(result) => result,
-                Err(e) => return Ok(Err(e)),
+                Ok(result) => (result, Ok(())),
+                Err(e) => (
+                    QueryResult {
+                        columns: Vec::new(),
+                        rows: Vec::new(),
+                    },
+                    Err(e),
+                ),
             };
         accessor.with(|mut access| {
             let rows = StreamReader::new(&mut access, rows)?;
-            let done = FutureReader::new(&mut access, async { Ok::<_, wasmtime::Error>(Ok(())) })?;
+            let done = FutureReader::new(&mut access, async { Ok::<_, wasmtime::Error>(outcome) })?;
             Ok(Ok((columns, rows, done)))
         })
     }

@@ -258,14 +258,22 @@ async fn sql(label: &str, statement: &str) -> Response<String> {
         Ok(conn) => conn,
         Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
     };
+    // `at` says where the error arrived: from the call, or (as Spin
+    // delivers a statement's failure) with the rows.
+    let failed = |at: &str, e: sqlite::Error| {
+        json(
+            400,
+            serde_json::json!({ "error": format!("{e:?}"), "at": at }),
+        )
+    };
     let result = match conn.execute(statement, []).await {
         Ok(result) => result,
-        Err(e) => return json(400, serde_json::json!({ "error": format!("{e:?}") })),
+        Err(e) => return failed("execute", e),
     };
     let columns = result.columns().to_vec();
     let rows = match result.collect().await {
         Ok(rows) => rows,
-        Err(e) => return json(400, serde_json::json!({ "error": format!("{e:?}") })),
+        Err(e) => return failed("rows", e),
     };
     let rows: Vec<Vec<serde_json::Value>> = rows
         .iter()
