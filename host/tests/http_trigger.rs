@@ -341,9 +341,11 @@ async fn self_requests_reach_the_application_through_its_routes() {
     assert!(client.starts_with("127.0.0.1:"), "{inner}");
     // Without `http://self` in its allow-list, a component may not.
     host.assert_fetch_denied("", "http://self.alt/api").await;
+    host.assert_fetch_denied("", "http://self.alt:8080/api")
+        .await;
     host.wait_for_stderr(
         r#"add \"http://self\" to the component's allowed_outbound_hosts"#,
-        1,
+        2,
         std::time::Duration::from_secs(10),
     );
 }

@@ -140,12 +140,10 @@ impl OutboundHttp {
             )))
     }
 
-    fn deny(&self, destination: &str) -> SendFuture {
-        let entry = if destination.ends_with(SELF_HOST) {
-            "http://self"
-        } else {
-            destination
-        };
+    /// Refuses a request the allow-list does not cover, naming the entry
+    /// that would (for a self request, `http://self`, whatever the port).
+    fn deny(&self, destination: &str, to_self: bool) -> SendFuture {
+        let entry = if to_self { "http://self" } else { destination };
         tracing::warn!(
             component = %self.component,
             destination,
@@ -183,7 +181,7 @@ impl WasiHttpHooks for OutboundHttp {
             self.grants().allowed.allows(&scheme, &host, uri.port_u16())
         };
         if !allowed {
-            return self.deny(&destination);
+            return self.deny(&destination, host == SELF_HOST);
         }
         let span = self.client_span(&request, &host);
         if let Some(span) = &span {
@@ -237,8 +235,9 @@ impl OutboundHttp {
 }
 
 impl OutboundHttp {
-    /// Sends a request the allow-list admits: by chaining, on the pool, or
-    /// on a connection of its own.
+    /// Sends a request the allow-list admits: by chaining, to the
+    /// application's own listener, on the pool, or on a connection of its
+    /// own.
     fn send_allowed(
         &self,
         mut request: Request<WasiBody>,
