@@ -46,6 +46,23 @@ mod tests {
         assert_eq!(documented, served);
     }
 
+    /// Every write is counted against its user's rate limit (and sign-ups
+    /// and logins against the client's address), so each says it may be 429.
+    #[test]
+    fn every_write_may_be_rate_limited() {
+        let doc: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in ["post", "put", "patch", "delete"] {
+                if let Some(operation) = item.get(method) {
+                    assert!(
+                        operation["responses"].get("429").is_some(),
+                        "{method} {path} does not document 429"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_reference_resolves() {
         let doc: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap();

@@ -21,14 +21,19 @@ pub struct NewProduct {
     pub stock: i64,
 }
 
-/// `PATCH /api/v1/products/{id}` body: only what is present changes.
+/// `PATCH /api/v1/products/{id}` body: only what is present changes. Only
+/// the description may be cleared (`null`); a `null` name, price or
+/// currency is refused, not read as "unchanged".
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    #[serde(default, deserialize_with = "not_null")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     pub price_cents: Option<i64>,
+    #[serde(default, deserialize_with = "not_null")]
     pub currency: Option<String>,
 }
 
@@ -37,6 +42,13 @@ pub struct ProductPatch {
 #[serde(deny_unknown_fields)]
 pub struct StockLevel {
     pub available: i64,
+}
+
+/// A field that, when present, must hold a value (absent is `None`).
+fn not_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Distinguishes `"description": null` (clear it) from an absent field.
@@ -251,5 +263,15 @@ mod tests {
         let bad: ProductPatch = serde_json::from_str(r#"{"currency": "euro"}"#).unwrap();
         assert_eq!(bad.apply(p).unwrap_err().status, 422);
         assert!(serde_json::from_str::<ProductPatch>(r#"{"sku": "X"}"#).is_err());
+        // Only the description can be cleared.
+        for cleared in ["name", "price_cents", "currency"] {
+            let body = format!(r#"{{"{cleared}": null}}"#);
+            assert!(
+                serde_json::from_str::<ProductPatch>(&body).is_err(),
+                "{body}"
+            );
+        }
+        let unchanged: ProductPatch = serde_json::from_str("{}").unwrap();
+        assert!(unchanged.name.is_none() && unchanged.description.is_none());
     }
 }

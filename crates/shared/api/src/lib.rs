@@ -234,6 +234,17 @@ pub fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) 
             "the request body is empty; expected a JSON object",
         ));
     }
+    // Every body this API takes is an object. Serde would also read a
+    // struct from an array of its fields in order, so `[]` could pass for
+    // a body whose fields are all optional.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => Problem::unprocessable("the request body must be a JSON object"),
+                Err(e) => Problem::bad_request(format!("the request body is not valid JSON: {e}")),
+            },
+        );
+    }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             Problem::bad_request(format!("the request body is not valid JSON: {e}"))
@@ -328,6 +339,16 @@ mod tests {
         assert!(e.detail.contains("missing field `age`"), "{}", e.detail);
         let e = parse_json::<Login>(None, br#"{"email":"a@b.c","age":"x"}"#).unwrap_err();
         assert_eq!(e.status, 422);
+        for (body, status) in [
+            (&b"[]"[..], 422),
+            (b" [\"a@b.c\", 3]", 422),
+            (b"null", 422),
+            (b"\"text\"", 422),
+            (b"[1,", 400),
+        ] {
+            let e = parse_json::<Login>(None, body).unwrap_err();
+            assert_eq!(e.status, status, "{}", String::from_utf8_lossy(body));
+        }
         let e = parse_json::<Login>(Some("text/plain"), b"{}").unwrap_err();
         assert_eq!(e.status, 415);
     }
