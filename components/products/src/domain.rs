@@ -16,8 +16,10 @@ pub struct NewProduct {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    #[serde(deserialize_with = "bazaar_api::integer")]
     pub price_cents: i64,
     pub currency: String,
+    #[serde(deserialize_with = "bazaar_api::integer")]
     pub stock: i64,
 }
 
@@ -31,7 +33,7 @@ pub struct ProductPatch {
     pub name: Option<String>,
     #[serde(default, deserialize_with = "explicit_null")]
     pub description: Option<Option<String>>,
-    #[serde(default, deserialize_with = "not_null")]
+    #[serde(default, deserialize_with = "bazaar_api::some_integer")]
     pub price_cents: Option<i64>,
     #[serde(default, deserialize_with = "not_null")]
     pub currency: Option<String>,
@@ -41,6 +43,7 @@ pub struct ProductPatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StockLevel {
+    #[serde(deserialize_with = "bazaar_api::integer")]
     pub available: i64,
 }
 
@@ -271,6 +274,10 @@ mod tests {
                 "{body}"
             );
         }
+        // A whole number written as a float is a whole number.
+        let float: ProductPatch = serde_json::from_str(r#"{"price_cents": 999.0}"#).unwrap();
+        assert_eq!(float.price_cents, Some(999));
+        assert!(serde_json::from_str::<ProductPatch>(r#"{"price_cents": 9.5}"#).is_err());
         let unchanged: ProductPatch = serde_json::from_str("{}").unwrap();
         assert!(unchanged.name.is_none() && unchanged.description.is_none());
     }

@@ -20,6 +20,7 @@ pub struct NewOrder {
 #[serde(deny_unknown_fields)]
 pub struct NewOrderItem {
     pub product_id: String,
+    #[serde(deserialize_with = "bazaar_api::integer")]
     pub quantity: i64,
 }
 

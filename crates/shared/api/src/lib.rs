@@ -11,7 +11,9 @@ pub use http::{Method, Response, StatusCode, header};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod integer;
 mod paging;
+pub use integer::{integer, some_integer};
 pub use paging::{DEFAULT_PAGE, MAX_PAGE, Page, PageRequest, is_id, is_position};
 
 pub const JSON: &str = "application/json";
