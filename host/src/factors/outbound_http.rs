@@ -175,13 +175,14 @@ impl WasiHttpHooks for OutboundHttp {
             Some(port) => format!("{scheme}://{host}:{port}"),
             None => format!("{scheme}://{host}"),
         };
-        let allowed = if host == SELF_HOST {
+        let to_self = host == SELF_HOST;
+        let allowed = if to_self {
             self.grants().allowed.allows_self()
         } else {
             self.grants().allowed.allows(&scheme, &host, uri.port_u16())
         };
         if !allowed {
-            return self.deny(&destination, host == SELF_HOST);
+            return self.deny(&destination, to_self);
         }
         let span = self.client_span(&request, &host);
         if let Some(span) = &span {

@@ -236,6 +236,7 @@ pub fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) 
             "the request body is empty; expected a JSON object",
         ));
     }
+    let not_json = |e| Problem::bad_request(format!("the request body is not valid JSON: {e}"));
     // Every body this API takes is an object. Serde would also read a
     // struct from an array of its fields in order, so `[]` could pass for
     // a body whose fields are all optional.
@@ -243,14 +244,12 @@ pub fn parse_json<T: DeserializeOwned>(content_type: Option<&str>, body: &[u8]) 
         return Err(
             match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
                 Ok(_) => Problem::unprocessable("the request body must be a JSON object"),
-                Err(e) => Problem::bad_request(format!("the request body is not valid JSON: {e}")),
+                Err(e) => not_json(e),
             },
         );
     }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            Problem::bad_request(format!("the request body is not valid JSON: {e}"))
-        }
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => not_json(e),
         _ => Problem::unprocessable(format!("invalid request body: {e}")),
     })
 }

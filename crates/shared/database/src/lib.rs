@@ -9,7 +9,8 @@
 use bazaar_api::Problem;
 use spin_sdk::sqlite::{Connection, RowResult, Value};
 
-pub use bazaar_migrations::{Migration, migrate};
+pub use bazaar_migrations::Migration;
+use bazaar_migrations::migrate;
 
 mod faults;
 mod messaging;
@@ -61,6 +62,21 @@ impl Database {
             .collect()
             .await
             .map_err(failed)
+    }
+
+    /// Runs `work` in a write transaction
+    /// ([`bazaar_migrations::transaction`]).
+    pub async fn transaction<T, E: From<Problem>>(
+        &self,
+        work: impl AsyncFnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let run = async |statement: &'static str| {
+            self.rows(statement, vec![])
+                .await
+                .map(drop)
+                .map_err(E::from)
+        };
+        bazaar_migrations::transaction(run, work).await
     }
 
     /// Rows changed by the last statement.

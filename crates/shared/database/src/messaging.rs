@@ -79,21 +79,6 @@ fn redis_unavailable(e: impl std::fmt::Debug) -> Problem {
 }
 
 impl Database {
-    /// Runs `work` in a write transaction
-    /// ([`bazaar_migrations::transaction`]).
-    pub async fn transaction<T, E: From<Problem>>(
-        &self,
-        work: impl AsyncFnOnce() -> Result<T, E>,
-    ) -> Result<T, E> {
-        let run = async |statement: &'static str| {
-            self.rows(statement, vec![])
-                .await
-                .map(drop)
-                .map_err(E::from)
-        };
-        bazaar_migrations::transaction(run, work).await
-    }
-
     /// Records `message_id` as consumed; `false` if it already was (a
     /// duplicate delivery, to be dropped).
     pub async fn consume(&self, message_id: &str, now: &str) -> Result<bool, Problem> {
