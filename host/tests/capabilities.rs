@@ -410,6 +410,50 @@ async fn sqlite_sessions_keep_transactions_to_themselves() {
     assert_eq!(body["results"][1], serde_json::json!([[5]]), "{body}");
 }
 
+/// The synchronous `execute` (SDKs before WASI 0.3): a short read answers
+/// at once; a write (which waits for the writer or a group commit) and a
+/// read too long for the worker (re-run on the blocking pool) are waited
+/// for; a transaction spans the connection's statements.
+#[tokio::test]
+async fn sqlite_synchronous_statements_wait_for_what_they_need() {
+    let app = AppDir::new(STORES);
+    let host = start_timing_out_after(&app, "10s");
+    let body = host
+        .sql_session(
+            "/granted/sql-sync/default",
+            &[
+                "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)",
+                "INSERT INTO items (name) VALUES ('a'), ('b')",
+                "SELECT name FROM items ORDER BY id",
+                "BEGIN",
+                "INSERT INTO items (name) VALUES ('c')",
+                "SELECT count(*) FROM items",
+                "COMMIT",
+                "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 200000) \
+                 SELECT count(*), sum(x) FROM n",
+                "SELECT name FROM nowhere",
+            ],
+        )
+        .await;
+    let results = &body["results"];
+    assert_eq!(results[2], serde_json::json!([["a"], ["b"]]), "{body}");
+    assert_eq!(results[5], serde_json::json!([[3]]), "{body}");
+    assert_eq!(
+        results[7],
+        serde_json::json!([[200000, 20000100000_i64]]),
+        "{body}"
+    );
+    assert!(
+        results[8]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no such table: nowhere")),
+        "{body}"
+    );
+    assert_eq!(body["last_insert_rowid"], 3, "{body}");
+    let (_, body) = sql(&host, "SELECT name FROM items ORDER BY id").await;
+    assert_eq!(body["rows"], serde_json::json!([["a"], ["b"], ["c"]]));
+}
+
 /// Autocommit writes from many sessions at once may commit together (one
 /// sync for several); each still applies on its own: a failing one reports
 /// its own error and takes no other with it.

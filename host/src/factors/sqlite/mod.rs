@@ -531,10 +531,13 @@ impl sqlite::HostConnection for SqliteView<'_> {
     }
 
     /// The synchronous variant (SDKs before WASI 0.3) waits for the
-    /// statement, as such a guest expects, with tokio told that this worker
-    /// blocks (its other tasks move to another thread). A statement of the
-    /// same connection still running (the guest's own `execute-async`) could
-    /// only finish once this call returns: that is an error, not a wait.
+    /// statement, as its caller expects. A statement that finishes at once
+    /// (a short read runs on this thread, see [`sqlite_pool::read`]) just
+    /// returns; one that must wait (for a lease, the writer, the blocking
+    /// pool) waits with tokio told that this worker blocks, so its other
+    /// tasks move to another thread. A statement of the same connection
+    /// still running (the guest's own `execute-async`) could only finish
+    /// once this call returns: that is an error, not a wait.
     fn execute(
         &mut self,
         conn: Resource<ConnectionHandle>,
@@ -546,9 +549,14 @@ impl sqlite::HostConnection for SqliteView<'_> {
             return Ok(Err(busy()));
         }
         let (trace, deadline) = (self.trace, self.deadline);
-        Ok(block_in_place(|| {
-            futures::executor::block_on(execute(conn, trace, deadline, statement, parameters))
-        }))
+        let mut statement = std::pin::pin!(execute(conn, trace, deadline, statement, parameters));
+        // Handing this worker's tasks to another thread costs more than a
+        // short read: only a statement that waits pays for it.
+        let mut first = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(result) = statement.as_mut().poll(&mut first) {
+            return Ok(result);
+        }
+        Ok(block_in_place(|| futures::executor::block_on(statement)))
     }
 
     fn last_insert_rowid(&mut self, conn: Resource<ConnectionHandle>) -> wasmtime::Result<i64> {

@@ -134,6 +134,11 @@ async fn handle(req: Request) -> impl IntoResponse {
             let statements: Vec<String> = serde_json::from_slice(&body).unwrap_or_default();
             sql_session(label, &statements).await
         }
+        ("POST", ["sql-sync", label]) => {
+            let body = req.into_body().bytes().await.unwrap_or_default();
+            let statements: Vec<String> = serde_json::from_slice(&body).unwrap_or_default();
+            sql_sync(label, &statements)
+        }
         (_, ["redis", rest @ ..]) => redis(&method, rest, &query, req).await,
         ("GET", ["fetch"]) => {
             let url = query.strip_prefix("url=").unwrap_or_default();
@@ -314,6 +319,41 @@ async fn sql_session(label: &str, statements: &[String]) -> Response<String> {
             "results": results,
             "last_insert_rowid": conn.last_insert_rowid().await,
             "changes": conn.changes().await,
+        }),
+    )
+}
+
+/// [`sql_session`] through the interface's synchronous functions (`open`,
+/// `execute`), which guests built with SDKs before WASI 0.3 call; spin-sdk 7
+/// reaches them only through its generated bindings.
+fn sql_sync(label: &str, statements: &[String]) -> Response<String> {
+    use sqlite::wit::sqlite::Connection;
+    let conn = match Connection::open(label) {
+        Ok(conn) => conn,
+        Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
+    };
+    let mut results = Vec::new();
+    for statement in statements {
+        match conn.execute(statement, &[]) {
+            Ok(result) => results.push(serde_json::json!(
+                result
+                    .rows
+                    .iter()
+                    .map(|row| row.values.iter().map(value_json).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            )),
+            Err(e) => {
+                results.push(serde_json::json!({ "error": format!("{e:?}") }));
+                break;
+            }
+        }
+    }
+    json(
+        200,
+        serde_json::json!({
+            "results": results,
+            "last_insert_rowid": conn.last_insert_rowid(),
+            "changes": conn.changes(),
         }),
     )
 }
