@@ -295,32 +295,17 @@ async fn sql_session(label: &str, statements: &[String]) -> Response<String> {
         Ok(conn) => conn,
         Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
     };
-    let mut results = Vec::new();
+    let mut results = Results::default();
     for statement in statements {
         let rows = match conn.execute(statement.as_str(), []).await {
             Ok(result) => result.collect().await,
             Err(e) => Err(e),
         };
-        match rows {
-            Ok(rows) => results.push(serde_json::json!(
-                rows.iter()
-                    .map(|row| row.values.iter().map(value_json).collect::<Vec<_>>())
-                    .collect::<Vec<_>>()
-            )),
-            Err(e) => {
-                results.push(serde_json::json!({ "error": format!("{e:?}") }));
-                break;
-            }
+        if !results.record(rows) {
+            break;
         }
     }
-    json(
-        200,
-        serde_json::json!({
-            "results": results,
-            "last_insert_rowid": conn.last_insert_rowid().await,
-            "changes": conn.changes().await,
-        }),
-    )
+    results.report(conn.last_insert_rowid().await, conn.changes().await)
 }
 
 /// [`sql_session`] through the interface's synchronous functions (`open`,
@@ -332,30 +317,49 @@ fn sql_sync(label: &str, statements: &[String]) -> Response<String> {
         Ok(conn) => conn,
         Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
     };
-    let mut results = Vec::new();
+    let mut results = Results::default();
     for statement in statements {
-        match conn.execute(statement, &[]) {
-            Ok(result) => results.push(serde_json::json!(
-                result
-                    .rows
-                    .iter()
-                    .map(|row| row.values.iter().map(value_json).collect::<Vec<_>>())
-                    .collect::<Vec<_>>()
-            )),
+        if !results.record(conn.execute(statement, &[]).map(|result| result.rows)) {
+            break;
+        }
+    }
+    results.report(conn.last_insert_rowid(), conn.changes())
+}
+
+/// A session's outcome, statement by statement, up to the first error.
+#[derive(Default)]
+struct Results(Vec<serde_json::Value>);
+
+impl Results {
+    /// Records one statement's rows or error; `false` after an error.
+    fn record(&mut self, rows: Result<Vec<sqlite::RowResult>, sqlite::Error>) -> bool {
+        match rows {
+            Ok(rows) => {
+                self.0.push(serde_json::json!(
+                    rows.iter()
+                        .map(|row| row.values.iter().map(value_json).collect::<Vec<_>>())
+                        .collect::<Vec<_>>()
+                ));
+                true
+            }
             Err(e) => {
-                results.push(serde_json::json!({ "error": format!("{e:?}") }));
-                break;
+                self.0
+                    .push(serde_json::json!({ "error": format!("{e:?}") }));
+                false
             }
         }
     }
-    json(
-        200,
-        serde_json::json!({
-            "results": results,
-            "last_insert_rowid": conn.last_insert_rowid(),
-            "changes": conn.changes(),
-        }),
-    )
+
+    fn report(self, last_insert_rowid: i64, changes: u64) -> Response<String> {
+        json(
+            200,
+            serde_json::json!({
+                "results": self.0,
+                "last_insert_rowid": last_insert_rowid,
+                "changes": changes,
+            }),
+        )
+    }
 }
 
 fn value_json(value: &sqlite::Value) -> serde_json::Value {
