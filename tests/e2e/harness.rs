@@ -177,6 +177,17 @@ impl App {
         .expect("the service's database file")
     }
 
+    /// A connection that may write to a service's database file, beside
+    /// the running app, for tests that put it in a state the app would not
+    /// (a view of an older shape).
+    pub fn database_for_writing(&self, label: &str) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(self.state.path().join(format!("{label}.db")))
+            .expect("the service's database file");
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        conn
+    }
+
     /// Starts the app with its stores where `runtime_config` (Spin's
     /// runtime configuration) puts them.
     pub fn start_with_config(runtime_config: &str, env: &[(&str, &str)], args: &[&str]) -> App {
