@@ -134,6 +134,16 @@ async fn an_idempotency_key_returns_the_same_order() {
         .await;
     assert_eq!((first.status, second.status), (202, 202), "{}", second.body);
     assert_eq!(first.body["id"], second.body["id"]);
+    // The replay placed nothing: one order, one unit of stock taken.
+    let orders = shop.app.all("/api/v1/orders", Some(&shop.alice)).await;
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    let id = first.body["id"].as_str().unwrap();
+    crate::saga::wait_for(&shop.app, &shop.alice, id, "confirmed").await;
+    let mug = shop
+        .app
+        .get(&format!("/api/v1/products/{}", shop.mug), None)
+        .await;
+    assert_eq!(mug.body["stock_available"], 9, "{}", mug.body);
     shop.app
         .send(place(lines_body(&[(&shop.mug, 2)]), "key-1"))
         .await

@@ -54,6 +54,17 @@ async fn only_admins_change_the_catalogue() {
         )
         .json(&json!({ "available": 9 }));
     app.send(stock).await.assert_problem(403);
+    // Refused means unchanged.
+    let unchanged = app.get(&path, None).await;
+    assert_eq!(
+        (
+            &unchanged.body["price_cents"],
+            &unchanged.body["stock_available"]
+        ),
+        (&json!(500), &json!(1)),
+        "{}",
+        unchanged.body
+    );
 }
 
 #[tokio::test]

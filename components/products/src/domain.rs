@@ -255,14 +255,17 @@ mod tests {
 
     #[test]
     fn patch_changes_only_given_fields() {
-        let p = new("MUG-1", 1250, "EUR", 3).validate().unwrap();
-        let patch: ProductPatch =
-            serde_json::from_str(r#"{"price_cents": 999, "description": null}"#).unwrap();
-        let q = patch.apply(p.clone()).unwrap();
+        let mut p = new("MUG-1", 1250, "EUR", 3).validate().unwrap();
+        p.description = Some("Blue".into());
+        let untouched: ProductPatch = serde_json::from_str(r#"{"price_cents": 999}"#).unwrap();
+        let q = untouched.apply(p.clone()).unwrap();
         assert_eq!(
-            (q.price_cents, q.name.as_str(), q.description.clone()),
-            (999, "Mug", None)
+            (q.price_cents, q.name.as_str(), q.description.as_deref()),
+            (999, "Mug", Some("Blue"))
         );
+        let cleared: ProductPatch = serde_json::from_str(r#"{"description": null}"#).unwrap();
+        let q = cleared.apply(p.clone()).unwrap();
+        assert_eq!((q.price_cents, q.description), (1250, None));
         let bad: ProductPatch = serde_json::from_str(r#"{"currency": "euro"}"#).unwrap();
         assert_eq!(bad.apply(p).unwrap_err().status, 422);
         assert!(serde_json::from_str::<ProductPatch>(r#"{"sku": "X"}"#).is_err());
