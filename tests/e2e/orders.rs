@@ -92,6 +92,7 @@ async fn placing_an_order_snapshots_prices() {
         .get(&format!("/api/v1/orders/{id}"), Some(&shop.alice))
         .await;
     assert_eq!(again.body["total_cents"], 2 * 1250 + 800);
+    assert_eq!(again.body["items"][0]["unit_price_cents"], 1250);
 }
 
 #[tokio::test]
