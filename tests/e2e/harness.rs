@@ -104,6 +104,11 @@ pub const SERVICE_DATABASES: [&str; 4] = ["users", "products", "orders", "paymen
 /// payment commands.
 const REDIS_CHANNELS: usize = 3;
 
+/// Where a service's SQLite file lives in an app's state directory.
+fn database_file(state: &std::path::Path, label: &str) -> PathBuf {
+    state.join(format!("{label}.db"))
+}
+
 impl App {
     pub fn start() -> App {
         Self::start_with(&[])
@@ -136,7 +141,7 @@ impl App {
                 )),
                 None => config.push_str(&format!(
                     "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
-                    state.path().join(format!("{label}.db"))
+                    database_file(state.path(), label)
                 )),
             }
         }
@@ -158,7 +163,7 @@ impl App {
             .map(|label| {
                 format!(
                     "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
-                    state.path().join(format!("{label}.db"))
+                    database_file(state.path(), label)
                 )
             })
             .collect();
@@ -171,7 +176,7 @@ impl App {
     /// [`App::start_on_files`]).
     pub fn database(&self, label: &str) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
-            self.state.path().join(format!("{label}.db")),
+            database_file(self.state.path(), label),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("the service's database file")
@@ -181,7 +186,7 @@ impl App {
     /// the running app, for tests that put it in a state the app would not
     /// (a view of an older shape).
     pub fn database_for_writing(&self, label: &str) -> rusqlite::Connection {
-        let conn = rusqlite::Connection::open(self.state.path().join(format!("{label}.db")))
+        let conn = rusqlite::Connection::open(database_file(self.state.path(), label))
             .expect("the service's database file");
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .unwrap();
