@@ -3,13 +3,13 @@
 
 mod allocator;
 mod app;
+mod backends;
 mod bindings;
 mod build;
 mod component;
 mod factors;
 mod redis_broker;
 mod redis_url;
-mod sqlite_pool;
 mod telemetry;
 mod triggers;
 

@@ -611,6 +611,24 @@ async fn guest_sql_stays_inside_its_database() {
         // "not authorized" when prepared; "authorization denied" when run.
         assert!(error.contains("authoriz"), "{statement}: {body}");
     }
+    // The same, named by an expression or a parameter: SQLite gives the
+    // authorizer no file name then.
+    let folder = format!("{}/", outside.display());
+    let spelled = [
+        serde_json::json!(format!("ATTACH DATABASE '{folder}' || 'a.db' AS x")),
+        serde_json::json!(["ATTACH DATABASE ? AS x", escape.display().to_string()]),
+        serde_json::json!(["VACUUM INTO ?1 || ?2", folder, "b.db"]),
+        serde_json::json!(["SELECT load_extension(?)", "/usr/lib/libm.so.6"]),
+    ];
+    for statement in spelled {
+        let body = session_with_params(
+            &host,
+            &[statement.clone(), "CREATE TABLE x.stolen (a)".into()],
+        )
+        .await;
+        let error = body["results"][0]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("authoriz"), "{statement}: {body}");
+    }
     assert!(
         std::fs::read_dir(&outside).unwrap().next().is_none(),
         "a file was created outside the database"
@@ -633,6 +651,67 @@ async fn guest_sql_stays_inside_its_database() {
     assert_eq!(results[1], serde_json::json!([[7]]), "{body}");
     assert_eq!(results[2][0][1], "body", "{body}");
     assert_eq!(results[3], serde_json::json!([["wal"]]), "{body}");
+}
+
+/// A guest's `TEMP` trigger lives no longer than its own connection: it
+/// never acts on another request's writes (which it could use to switch
+/// off a service's duplicate detection).
+#[tokio::test]
+async fn temporary_sql_objects_do_not_outlive_their_request() {
+    let app = AppDir::new(STORES);
+    let host = start(&app);
+    session(&host, &["CREATE TABLE processed (id TEXT PRIMARY KEY)"]).await;
+    let body = session(
+        &host,
+        &[
+            "CREATE TEMP TRIGGER wipe AFTER INSERT ON main.processed BEGIN DELETE FROM processed; END",
+            "CREATE TEMP TABLE kept (a)",
+            "ATTACH ':memory:' AS scratch",
+        ],
+    )
+    .await;
+    assert!(
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("error").is_none()),
+        "{body}"
+    );
+    // Many requests, so that every pooled connection is leased.
+    for id in 0..40 {
+        let body = session(
+            &host,
+            &[
+                &format!("INSERT INTO processed VALUES ('{id}')"),
+                "SELECT count(*) FROM processed",
+                "SELECT count(*) FROM temp.sqlite_schema",
+                "SELECT count(*) FROM pragma_database_list",
+            ],
+        )
+        .await;
+        assert_eq!(
+            body["results"],
+            serde_json::json!([[], [[id + 1]], [[0]], [[2]]]),
+            "{body}"
+        );
+    }
+}
+
+/// [`session`] with statements that may carry parameters:
+/// `["SELECT ?", 1]`.
+async fn session_with_params(
+    host: &common::Host,
+    statements: &[serde_json::Value],
+) -> serde_json::Value {
+    let (status, body) = send(
+        reqwest::Client::new()
+            .post(host.url("/granted/sql-session/default"))
+            .json(statements),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use rusqlite::OptionalExtension;
 use std::sync::Arc;
 
 use crate::app::runtime_config::Location;
+use crate::backends::sqlite_pool::{self, SqliteFile, on_blocking_thread};
 use crate::bindings::key_value::Error;
-use crate::sqlite_pool::{self, SqliteFile, on_blocking_thread};
 
 /// Spin's schema, so a store written by `bazaar` can be read by `spin up`
 /// and back.

@@ -22,8 +22,8 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::{io_error, query, starts_with_one_of, to_sql};
+use crate::backends::sqlite_pool::{self, SqliteFile, Writer, on_blocking_thread};
 use crate::bindings::sqlite::{Error, QueryResult, Value};
-use crate::sqlite_pool::{self, SqliteFile, Writer, on_blocking_thread};
 
 /// What a statement did: its result, then the connection's last insert
 /// rowid and the rows it changed.

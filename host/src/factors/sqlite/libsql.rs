@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{ResultRows, starts_with_one_of};
+use crate::backends::sqlite_pool::BUSY_TIMEOUT;
 use crate::bindings::sqlite::{Error, QueryResult, Value};
-use crate::sqlite_pool::BUSY_TIMEOUT;
 
 /// How long start-up waits for the server before naming it unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

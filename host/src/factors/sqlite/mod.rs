@@ -1,5 +1,5 @@
 //! `spin:sqlite/sqlite@3.1.0`, backed by SQLite files (Spin's `type = "spin"`
-//! databases) through [`crate::sqlite_pool`], or by a libSQL server (Spin's
+//! databases) through [`crate::backends::sqlite_pool`], or by a libSQL server (Spin's
 //! `type = "libsql"`, in [`libsql`]).
 //!
 //! On a file, a guest's connection is a session, not a socket: each statement borrows a
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
 use crate::app::runtime_config::DbLocation;
+use crate::backends::sqlite_pool::{self, SqliteFile, Writer};
 use crate::bindings::sqlite::{self, Error, QueryResult, RowResult, Value};
-use crate::sqlite_pool::{self, SqliteFile, Writer};
 use crate::telemetry::traces::{self, Span};
 use libsql::{LibsqlDatabase, RemoteSession};
 use opentelemetry::KeyValue;
@@ -64,7 +64,7 @@ impl Databases {
         for (label, location) in locations {
             let database = match &location {
                 DbLocation::Local(location) => {
-                    let file = SqliteFile::open(location, "", Some(sandbox::install))
+                    let file = SqliteFile::open(location, "", Some(sandbox::GUARD))
                         .with_context(|| format!("SQLite database `{label}` ({location:?})"))?;
                     Database::Local(LocalDatabase {
                         file,

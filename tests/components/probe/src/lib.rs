@@ -131,7 +131,8 @@ async fn handle(req: Request) -> impl IntoResponse {
         }
         ("POST", ["sql-session", label]) => {
             let body = req.into_body().bytes().await.unwrap_or_default();
-            let statements: Vec<String> = serde_json::from_slice(&body).unwrap_or_default();
+            let statements: Vec<serde_json::Value> =
+                serde_json::from_slice(&body).unwrap_or_default();
             sql_session(label, &statements).await
         }
         ("POST", ["sql-sync", label]) => {
@@ -289,15 +290,23 @@ async fn sql(label: &str, statement: &str) -> Response<String> {
 
 /// Runs `statements` in order on one connection, stopping at the first
 /// error, and ends without committing whatever is still open: the host must
-/// roll it back when the connection goes.
-async fn sql_session(label: &str, statements: &[String]) -> Response<String> {
+/// roll it back when the connection goes. A statement is its SQL, or an
+/// array of its SQL and its parameters (`["SELECT ?", 1]`).
+async fn sql_session(label: &str, statements: &[serde_json::Value]) -> Response<String> {
     let conn = match sqlite::Connection::open(label).await {
         Ok(conn) => conn,
         Err(e) => return json(403, serde_json::json!({ "error": format!("{e:?}") })),
     };
     let mut results = Results::default();
     for statement in statements {
-        let rows = match conn.execute(statement.as_str(), []).await {
+        let (sql, params) = match statement {
+            serde_json::Value::Array(parts) => (
+                parts.first().and_then(|s| s.as_str()).unwrap_or_default(),
+                parts.iter().skip(1).map(json_value).collect(),
+            ),
+            other => (other.as_str().unwrap_or_default(), Vec::new()),
+        };
+        let rows = match conn.execute(sql, params).await {
             Ok(result) => result.collect().await,
             Err(e) => Err(e),
         };
@@ -359,6 +368,19 @@ impl Results {
                 "changes": changes,
             }),
         )
+    }
+}
+
+/// A JSON parameter as SQL: strings as text, whole numbers as integers,
+/// other numbers as reals, anything else as NULL.
+fn json_value(value: &serde_json::Value) -> sqlite::Value {
+    match value {
+        serde_json::Value::String(s) => sqlite::Value::Text(s.clone()),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => sqlite::Value::Integer(i),
+            None => sqlite::Value::Real(n.as_f64().unwrap_or_default()),
+        },
+        _ => sqlite::Value::Null,
     }
 }
 

@@ -24,6 +24,7 @@
 use anyhow::Context as _;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -64,21 +65,69 @@ struct Pool {
     /// Where new connections open; `None` for an in-memory database, whose
     /// one connection is made at start-up.
     path: Option<PathBuf>,
-    /// Run on every new connection before it is used (an authorizer).
-    guard: Guard,
+    /// Fitted to every new connection before it is used (an authorizer).
+    guard: Option<Guard>,
     size: usize,
     state: Mutex<PoolState>,
     returned: Notify,
 }
 
 struct PoolState {
-    idle: Vec<Connection>,
+    idle: Vec<Pooled>,
     opened: usize,
+}
+
+/// A connection, and whether its guard saw a statement leave state on it
+/// that the next lease must not find.
+struct Pooled {
+    conn: Connection,
+    tainted: Tainted,
+}
+
+/// Set by a connection's guard when a statement leaves state behind on the
+/// connection itself rather than in the database (a `TEMP` table or
+/// trigger, an attached database): the lease that returns it has the
+/// guard's `reset` clear it first. A flag, so a lease whose statements left
+/// nothing (nearly all) pays one atomic load.
+#[derive(Clone, Default)]
+pub struct Tainted(Arc<AtomicBool>);
+
+impl Tainted {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// What a file's connections are fitted with before their first statement
+/// (the `sqlite` factor's sandbox, for guests' databases; nothing for the
+/// host's own tables), and how one is put back in order between leases.
+#[derive(Clone, Copy)]
+pub struct Guard {
+    /// Fits a new connection; sets the [`Tainted`] it is given when a
+    /// statement leaves state on the connection.
+    pub install: fn(&Connection, Tainted) -> rusqlite::Result<()>,
+    /// Clears that state from a returned connection; if it cannot, the
+    /// connection is closed rather than leased again.
+    pub reset: fn(&Connection) -> anyhow::Result<()>,
+}
+
+impl Guard {
+    fn fit(guard: Option<Guard>, conn: Connection) -> rusqlite::Result<Pooled> {
+        let tainted = Tainted::default();
+        if let Some(guard) = guard {
+            (guard.install)(&conn, tainted.clone())?;
+        }
+        Ok(Pooled { conn, tainted })
+    }
 }
 
 /// A connection leased from its pool, back to it when dropped.
 pub struct Lease {
-    conn: Option<Connection>,
+    conn: Option<Pooled>,
     pool: Arc<Pool>,
 }
 
@@ -91,34 +140,55 @@ pub type Writer = Lease;
 impl std::ops::Deref for Lease {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        self.conn
+        &self
+            .conn
             .as_ref()
             .expect("a lease holds its connection until dropped")
+            .conn
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(pooled) = self.conn.take() {
             // A lease dropped inside a transaction (its task was cancelled
             // while a statement ran elsewhere) must not hand the next user a
             // connection in the middle of it.
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+            if !pooled.conn.is_autocommit() {
+                let _ = pooled.conn.execute_batch("ROLLBACK");
             }
-            self.pool.state().idle.push(conn);
+            if pooled.tainted.take()
+                && let Some(guard) = self.pool.guard
+                && let Err(error) = (guard.reset)(&pooled.conn)
+            {
+                if self.pool.path.is_some() {
+                    tracing::warn!(
+                        "closing a SQLite connection whose state could not be reset: {error:#}"
+                    );
+                    drop(pooled);
+                    self.pool.state().opened -= 1;
+                    self.pool.returned.notify_one();
+                    return;
+                }
+                // An in-memory database has only this connection: closing
+                // it would lose the data.
+                tracing::error!(
+                    "the state of an in-memory SQLite connection could not be reset: {error:#}"
+                );
+            }
+            self.pool.state().idle.push(pooled);
             self.pool.returned.notify_one();
         }
     }
 }
 
-/// What a file's connections are fitted with before their first statement:
-/// the `sqlite` factor's sandbox for guests' databases, nothing for the
-/// host's own tables.
-pub type Guard = Option<fn(&Connection)>;
-
 impl Pool {
-    fn new(path: Option<PathBuf>, guard: Guard, size: usize, idle: Vec<Connection>) -> Arc<Pool> {
+    fn new(
+        path: Option<PathBuf>,
+        guard: Option<Guard>,
+        size: usize,
+        idle: Vec<Pooled>,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             path,
             guard,
@@ -147,7 +217,7 @@ impl Pool {
             })
     }
 
-    async fn next_free(&self) -> Result<Connection, String> {
+    async fn next_free(&self) -> Result<Pooled, String> {
         loop {
             let returned = self.returned.notified();
             tokio::pin!(returned);
@@ -179,11 +249,7 @@ impl Pool {
                 let mut slot = Slot(Some(self));
                 let (path, guard) = (path.clone(), self.guard);
                 let conn = on_blocking_thread(move || {
-                    let conn = Connection::open(path).and_then(configure)?;
-                    if let Some(guard) = guard {
-                        guard(&conn);
-                    }
-                    Ok::<_, rusqlite::Error>(conn)
+                    Guard::fit(guard, Connection::open(path).and_then(configure)?)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -198,8 +264,12 @@ impl Pool {
 impl SqliteFile {
     /// Opens a first connection now (creating the folder and turning on
     /// WAL), so a bad path fails at start-up; `init` runs on it first (a
-    /// schema), then `guard` on it and every later connection.
-    pub fn open(location: &Location, init: &str, guard: Guard) -> anyhow::Result<Arc<SqliteFile>> {
+    /// schema), then `guard` fits it and every later connection.
+    pub fn open(
+        location: &Location,
+        init: &str,
+        guard: Option<Guard>,
+    ) -> anyhow::Result<Arc<SqliteFile>> {
         let first = match location {
             Location::File(path) => open_file(path)?,
             Location::Memory => configure(Connection::open_in_memory()?)?,
@@ -207,9 +277,7 @@ impl SqliteFile {
         if !init.is_empty() {
             first.execute_batch(init)?;
         }
-        if let Some(guard) = guard {
-            guard(&first);
-        }
+        let first = Guard::fit(guard, first)?;
         let file = match location {
             Location::File(path) => SqliteFile {
                 readers: Some(Pool::new(
