@@ -55,6 +55,11 @@ struct ManifestArg {
 struct UpArgs {
     #[command(flatten)]
     manifest: ManifestArg,
+    /// [Experimental] Serve only this component (repeatable), as `spin up
+    /// -c`: only its triggers run, and it may not chain to a component left
+    /// out. The default is all components.
+    #[arg(short = 'c', long = "component-id", value_name = "COMPONENT")]
+    components: Vec<String>,
     /// Address to serve HTTP on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -224,7 +229,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 async fn up(args: UpArgs) -> Result<()> {
-    let manifest = Manifest::load(&args.manifest.manifest)?;
+    let mut manifest = Manifest::load(&args.manifest.manifest)?;
+    if !args.follow.is_empty() {
+        check_follow(&manifest, &args.follow)?;
+    }
+    app::selection::retain_components(&mut manifest, &args.components)?;
     if args.build {
         build::build_all(&manifest)?;
     }
@@ -249,7 +258,6 @@ async fn up(args: UpArgs) -> Result<()> {
     } else if args.follow.is_empty() {
         Follow::None
     } else {
-        check_follow(&manifest, &args.follow)?;
         Follow::Some(args.follow.iter().cloned().collect())
     };
     let dev_defaults = if args.no_dev_defaults {

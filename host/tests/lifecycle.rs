@@ -214,6 +214,83 @@ fn start_up_errors_are_clear() {
     );
 }
 
+/// `front` chains to `back`; `other` cannot even be compiled (its wasm is
+/// missing) and alone uses the default database.
+const SPLIT: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "split"
+[[trigger.http]]
+route = "/front/..."
+component = "front"
+[[trigger.http]]
+route = "/back/..."
+component = "back"
+[[trigger.http]]
+route = "/other/..."
+component = "other"
+[component.front]
+source = "{probe}"
+allowed_outbound_hosts = ["http://back.spin.internal"]
+[component.back]
+source = "{probe}"
+[component.other]
+source = "missing/other.wasm"
+sqlite_databases = ["default"]
+"#;
+
+/// `bazaar up -c`: only the selected components are served, the others
+/// cost nothing (not compiled, their stores not opened), and a selection
+/// that would break service chaining is refused at start-up, in Spin's
+/// words.
+#[tokio::test]
+async fn up_serves_only_the_selected_components() {
+    let app = AppDir::new(SPLIT);
+    let state = app.path().join("state");
+    let state_arg = state.to_str().unwrap();
+    let host = app.start(&["-c", "back", "--state-dir", state_arg]);
+    let (status, body) = host.get("/back/instance").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(host.get("/front/instance").await.0, 404);
+    assert_eq!(host.get("/other/instance").await.0, 404);
+    let banner = host.wait_for_stdout("back: ");
+    assert!(!banner.contains("front: "), "{banner}");
+    drop(host);
+
+    let host = app.start(&[
+        "-c",
+        "front",
+        "--component-id",
+        "back",
+        "--state-dir",
+        state_arg,
+    ]);
+    assert_eq!(host.get("/front/instance").await.0, 200);
+    assert_eq!(host.get("/back/instance").await.0, 200);
+    drop(host);
+    assert!(
+        !state.join("sqlite_db.db").exists(),
+        "the database only an unselected component uses was opened"
+    );
+
+    let stderr = app.fail(&["-c", "front"]);
+    assert!(
+        stderr.contains(
+            "Selected component 'front' cannot use service chaining to unselected component: \
+             allowed_outbound_hosts = [\"http://back.spin.internal\"]"
+        ),
+        "{stderr}"
+    );
+    let stderr = app.fail(&["-c", "back", "-c", "nosuch"]);
+    assert!(
+        stderr.contains("Specified component \"nosuch\" not found in application"),
+        "{stderr}"
+    );
+    // Without a selection, every component is compiled: `other` fails.
+    let stderr = app.fail(&[]);
+    assert!(stderr.contains("run `bazaar build`"), "{stderr}");
+}
+
 #[tokio::test]
 async fn compiled_components_are_cached_on_disk() {
     let app = AppDir::new(ONE);

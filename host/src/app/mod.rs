@@ -8,6 +8,7 @@
 pub mod allowed_hosts;
 pub mod manifest;
 pub mod runtime_config;
+pub mod selection;
 pub mod template;
 pub mod variable_sources;
 pub mod variables;
