@@ -74,11 +74,22 @@ async fn patch_and_stock_updates() {
     let product = app.product(&admin, "PEN-1", 199, 3).await;
     let path = format!("/api/v1/products/{}", product["id"].as_str().unwrap());
 
+    let read = app.get(&path, None).await;
+    let first = read
+        .header("etag")
+        .expect("GET gives the product's ETag")
+        .to_string();
     let patch = app
         .request(reqwest::Method::PATCH, &path, Some(&admin))
+        .header("if-match", &first)
         .json(&json!({ "price_cents": 249, "description": "Blue ink" }));
     let reply = app.send(patch).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    let second = reply
+        .header("etag")
+        .expect("a PATCH gives the new ETag")
+        .to_string();
+    assert_ne!(second, first, "a change moves the ETag");
     assert_eq!(
         (
             reply.body["price_cents"].as_i64(),
@@ -88,12 +99,39 @@ async fn patch_and_stock_updates() {
     );
     assert_eq!(reply.body["description"], "Blue ink");
 
+    // #28: an edit made against the version another admin has changed
+    // since is refused (412, with the current ETag), not silently lost;
+    // an edit that names no version is refused too (428).
+    let lost = app
+        .request(reqwest::Method::PATCH, &path, Some(&admin))
+        .header("if-match", &first)
+        .json(&json!({ "name": "Lost edit" }));
+    let reply = app.send(lost).await;
+    reply.assert_problem(412);
+    assert_eq!(reply.header("etag"), Some(second.as_str()));
+    let blind = app
+        .request(reqwest::Method::PATCH, &path, Some(&admin))
+        .json(&json!({ "name": "Blind edit" }));
+    app.send(blind).await.assert_problem(428);
+    let kept = app.get(&path, None).await;
+    assert_eq!(
+        (
+            kept.body["name"].as_str(),
+            kept.body["price_cents"].as_i64()
+        ),
+        (Some("Product PEN-1"), Some(249)),
+        "{}",
+        kept.body
+    );
+
     let invalid = app
         .request(reqwest::Method::PATCH, &path, Some(&admin))
+        .header("if-match", &second)
         .json(&json!({ "currency": "euro" }));
     app.send(invalid).await.assert_problem(422);
     let unknown_field = app
         .request(reqwest::Method::PATCH, &path, Some(&admin))
+        .header("if-match", &second)
         .json(&json!({ "sku": "X" }));
     app.send(unknown_field).await.assert_problem(422);
 

@@ -265,7 +265,8 @@ async fn forward(
     }
     let method = req.method().clone();
     let idempotent = matches!(method, Method::GET | Method::HEAD)
-        || req.headers().contains_key("idempotency-key");
+        || (req.headers().contains_key("idempotency-key")
+            && routes::honours_idempotency_key(&method, req.uri().path()));
     // GET and HEAD carry no content anyone defines (RFC 9110 §9.3.1): the
     // services get none, and the gateway spares the read and its timer.
     let body = if matches!(method, Method::GET | Method::HEAD) {

@@ -125,6 +125,21 @@ fn matches(template: &str, got: &[&str]) -> bool {
     }
 }
 
+/// Writes whose service honours `Idempotency-Key`: a replay with the same
+/// key answers as the first request did and changes nothing again. Only
+/// these writes may be sent to a service twice; another write that carries
+/// a key (`POST /users`, say) is not retried, or a retry of one that had
+/// succeeded would answer with an error (409, 412).
+const WRITES_HONOURING_IDEMPOTENCY_KEYS: &[(Method, &str)] = &[(Method::POST, "/api/v1/orders")];
+
+/// Whether the service behind `method` `path` honours `Idempotency-Key`.
+pub fn honours_idempotency_key(method: &Method, path: &str) -> bool {
+    let got = bazaar_api::segments(path);
+    WRITES_HONOURING_IDEMPOTENCY_KEYS
+        .iter()
+        .any(|(m, t)| m == method && matches(t, &got))
+}
+
 pub fn route(method: &Method, path: &str) -> Routing {
     let got = bazaar_api::segments(path);
     let matching = ROUTES.iter().filter(|(_, t, _)| matches(t, &got));
@@ -165,6 +180,21 @@ mod tests {
             route(&Method::GET, "/api/v1/payments"),
             Routing::To(Service::Payments)
         );
+    }
+
+    #[test]
+    fn only_order_placement_honours_idempotency_keys() {
+        assert!(honours_idempotency_key(&Method::POST, "/api/v1/orders"));
+        for (method, path) in [
+            (Method::POST, "/api/v1/users"),
+            (Method::POST, "/api/v1/products"),
+            (Method::PATCH, "/api/v1/products/p-1"),
+            (Method::PUT, "/api/v1/products/p-1/stock"),
+            (Method::POST, "/api/v1/orders/o-1/cancel"),
+            (Method::GET, "/api/v1/orders"),
+        ] {
+            assert!(!honours_idempotency_key(&method, path), "{method} {path}");
+        }
     }
 
     #[test]

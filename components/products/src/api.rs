@@ -8,7 +8,7 @@ use bazaar_service::{admin, json_body, now_rfc3339};
 use spin_sdk::http::Request;
 
 use crate::domain::{self, NewProduct, ProductPatch, StockLevel};
-use bazaar_product_store::{StockChange, Store};
+use bazaar_product_store::{Conditional, Store};
 
 /// This service's name: the audience of the identity tokens it accepts.
 const SERVICE: &str = "products";
@@ -102,17 +102,25 @@ async fn create(req: Request) -> ApiResult {
     Ok(json(StatusCode::CREATED, &product))
 }
 
+/// Changes a product's name, description or price. Another admin may have
+/// changed it since the caller read it, so the caller must say which
+/// version it read (`If-Match`), as for stock: otherwise one of two edits
+/// would be lost.
 async fn update(id: &str, req: Request) -> ApiResult {
     admin(&req, SERVICE, "change the catalogue").await?;
+    let version = if_match(&req, id, "an edit made since you read it is not lost")?;
     let patch: ProductPatch = json_body(req).await?;
     let store = Store::open().await?;
     let current = store
         .get(id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no product {id}")))?;
+    if current.version != version {
+        return Err(stale(id, version, current.version));
+    }
     let updated = patch.apply(current)?;
-    store.update(&updated, &now_rfc3339()).await?;
-    Ok(json(StatusCode::OK, &updated))
+    let change = store.update(&updated, version, &now_rfc3339()).await?;
+    changed(&store, id, version, change).await
 }
 
 /// Sets the stock a product has. Reservations change it too, so the
@@ -120,36 +128,51 @@ async fn update(id: &str, req: Request) -> ApiResult {
 /// computed from an older read would undo them.
 async fn set_stock(id: &str, req: Request) -> ApiResult {
     admin(&req, SERVICE, "change the catalogue").await?;
-    let version = match bazaar_service::header(&req, "if-match") {
-        Some(value) => domain::if_match_version(&value)?,
-        None => {
-            return Err(Problem::new(
-                StatusCode::PRECONDITION_REQUIRED,
-                format!(
-                    "send If-Match with the product's ETag (GET /api/v1/products/{id}), so that stock reserved since you read it is not overwritten"
-                ),
-            ));
-        }
-    };
+    let version = if_match(
+        &req,
+        id,
+        "stock reserved since you read it is not overwritten",
+    )?;
     let available = json_body::<StockLevel>(req).await?.validate()?;
     let store = Store::open().await?;
-    match store
+    let change = store
         .set_stock(id, available, version, &now_rfc3339())
-        .await?
-    {
-        StockChange::Set => {}
-        StockChange::NoSuchProduct => {
+        .await?;
+    changed(&store, id, version, change).await
+}
+
+/// The product version a change is made against: its `If-Match`, which is
+/// required (428), so that `why` holds.
+fn if_match(req: &Request, id: &str, why: &str) -> Result<i64, Problem> {
+    match bazaar_service::header(req, "if-match") {
+        Some(value) => domain::if_match_version(&value),
+        None => Err(Problem::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            format!(
+                "send If-Match with the product's ETag (GET /api/v1/products/{id}), so that {why}"
+            ),
+        )),
+    }
+}
+
+/// 412, with the product's current `ETag`.
+fn stale(id: &str, version: i64, current: i64) -> Problem {
+    Problem::new(
+        StatusCode::PRECONDITION_FAILED,
+        format!("product {id} changed since version {version} (it is at {current}): read it again"),
+    )
+    .header(header::ETAG, domain::etag(current))
+}
+
+/// The answer to a change made against `version`: the product as it is
+/// now, with its new `ETag`; 404 or 412 if the change was not made.
+async fn changed(store: &Store, id: &str, version: i64, change: Conditional) -> ApiResult {
+    match change {
+        Conditional::Applied => {}
+        Conditional::NoSuchProduct => {
             return Err(Problem::not_found(format!("no product {id}")));
         }
-        StockChange::Stale(current) => {
-            return Err(Problem::new(
-                StatusCode::PRECONDITION_FAILED,
-                format!(
-                    "product {id} changed since version {version} (it is at {current}): read it again"
-                ),
-            )
-            .header(header::ETAG, domain::etag(current)));
-        }
+        Conditional::Stale(current) => return Err(stale(id, version, current)),
     }
     let product = store
         .get(id)

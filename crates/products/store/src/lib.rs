@@ -69,10 +69,11 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// What a conditional stock change did.
+/// What a change made only if the product is still at the caller's
+/// version (`If-Match`) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StockChange {
-    Set,
+pub enum Conditional {
+    Applied,
     NoSuchProduct,
     /// The product is at another version (this one) than the caller's.
     Stale(i64),
@@ -154,10 +155,17 @@ impl Store {
         Ok(rows.iter().map(product).collect())
     }
 
-    pub async fn update(&self, p: &Product, now: &str) -> Result<(), Problem> {
+    /// Writes a product's name, description and price if it is still at
+    /// `version` (so an edit made since the caller read it is not lost).
+    pub async fn update(
+        &self,
+        p: &Product,
+        version: i64,
+        now: &str,
+    ) -> Result<Conditional, Problem> {
         self.rows(
             "UPDATE products SET name = ?, description = ?, price_cents = ?, currency = ?, updated_at = ?,
-             version = version + 1 WHERE id = ?",
+             version = version + 1 WHERE id = ? AND version = ?",
             vec![
                 text(&p.name),
                 p.description.as_deref().map_or(Value::Null, text),
@@ -165,10 +173,11 @@ impl Store {
                 text(&p.currency),
                 text(now),
                 text(&p.id),
+                Value::Integer(version),
             ],
         )
-        .await
-        .map(drop)
+        .await?;
+        self.conditional_outcome(&p.id).await
     }
 
     /// Sets the available stock if the product is still at `version` (so
@@ -179,7 +188,7 @@ impl Store {
         available: i64,
         version: i64,
         now: &str,
-    ) -> Result<StockChange, Problem> {
+    ) -> Result<Conditional, Problem> {
         self.rows(
             "UPDATE products SET stock_available = ?, updated_at = ?, version = version + 1
              WHERE id = ? AND version = ?",
@@ -191,12 +200,17 @@ impl Store {
             ],
         )
         .await?;
+        self.conditional_outcome(id).await
+    }
+
+    /// What the `UPDATE … WHERE id = ? AND version = ?` just run did.
+    async fn conditional_outcome(&self, id: &str) -> Result<Conditional, Problem> {
         if self.0.changes().await == 1 {
-            return Ok(StockChange::Set);
+            return Ok(Conditional::Applied);
         }
         Ok(match self.get(id).await? {
-            Some(product) => StockChange::Stale(product.version),
-            None => StockChange::NoSuchProduct,
+            Some(product) => Conditional::Stale(product.version),
+            None => Conditional::NoSuchProduct,
         })
     }
 
