@@ -431,6 +431,31 @@ impl App {
         self.user(ADMIN_EMAIL).await
     }
 
+    /// Changes product `id` as `admin`, as a client that reads before it
+    /// writes does: with the ETag of a fresh read, and again with the
+    /// current one (which a 412 names) when something moved it in between
+    /// (a reservation by the saga).
+    pub async fn patch_product(&self, admin: &str, id: &str, body: Value) -> Reply {
+        let path = format!("/api/v1/products/{id}");
+        let read = self.get(&path, None).await;
+        let mut etag = read.header("etag").expect("a product's ETag").to_string();
+        for _ in 0..20 {
+            let patch = self
+                .request(reqwest::Method::PATCH, &path, Some(admin))
+                .header("if-match", &etag)
+                .json(&body);
+            let reply = self.send(patch).await;
+            if reply.status != 412 {
+                return reply;
+            }
+            etag = reply
+                .header("etag")
+                .expect("a 412 names the current ETag")
+                .to_string();
+        }
+        panic!("product {id} changed under 20 edits in a row")
+    }
+
     /// Creates a product as `admin`, returning its JSON.
     pub async fn product(&self, admin: &str, sku: &str, price_cents: i64, stock: i64) -> Value {
         let body = json!({ "sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "currency": "EUR", "stock": stock });

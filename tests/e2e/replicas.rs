@@ -277,10 +277,13 @@ async fn settle_orders_on(a: &App, b: &App) -> String {
         .zip(sent)
         .zip(dropped_a.iter().zip(dropped_b.iter()))
     {
+        // Which replica handles a message is a race (one may win them
+        // all): what holds is that every message reached both, and one of
+        // the two dropped it.
         assert!(
-            x + y >= sent && *x > 0 && *y > 0,
-            "{step}: each of its {sent} messages reached both replicas, and each replica \
-             handled some of them: a dropped {x}, b dropped {y}"
+            x + y >= sent,
+            "{step}: each of its {sent} messages reached both replicas and one dropped it: \
+             a dropped {x}, b dropped {y}"
         );
     }
     report
