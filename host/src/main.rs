@@ -174,10 +174,28 @@ const DEV_DEFAULTS: &[(&str, &str, &str)] = &[
         "bazaar-INSECURE-development-jwt-secret",
         "WARNING: `jwt_secret` is not set: using an INSECURE development secret. Set SPIN_VARIABLE_JWT_SECRET for anything but local development.",
     ),
+    // Development key pairs, published here and so INSECURE: each private
+    // key is announced; a public key alone is not (it cannot sign, and a
+    // mismatched pair fails closed).
     (
-        "identity_token_secret",
-        "bazaar-INSECURE-development-identity-secret",
-        "WARNING: `identity_token_secret` is not set: using an INSECURE development secret. Set SPIN_VARIABLE_IDENTITY_TOKEN_SECRET for anything but local development.",
+        "gateway_identity_key",
+        "RHTVqH12wQnoqdXKNSbjB_MIMPtZFrbNsgHKvIXMyxU",
+        "WARNING: `gateway_identity_key` is not set: using an INSECURE development key pair. Set SPIN_VARIABLE_GATEWAY_IDENTITY_KEY and SPIN_VARIABLE_GATEWAY_IDENTITY_PUBLIC_KEYS for anything but local development.",
+    ),
+    (
+        "gateway_identity_public_keys",
+        "LNYSSolZKo6fWzoGnolpIUf0noShIHD4JY1xsJZtOLU",
+        "",
+    ),
+    (
+        "orders_identity_key",
+        "5uXu1KT33lCr8-FxEIUTE6sgWL7T-9Zejy56djtYJAY",
+        "WARNING: `orders_identity_key` is not set: using an INSECURE development key pair. Set SPIN_VARIABLE_ORDERS_IDENTITY_KEY and SPIN_VARIABLE_ORDERS_IDENTITY_PUBLIC_KEYS for anything but local development.",
+    ),
+    (
+        "orders_identity_public_keys",
+        "RFxfrWEPJ81Ck0d7hsxB9lp20XgQ_F5N5OBBMcpOX-c",
+        "",
     ),
 ];
 

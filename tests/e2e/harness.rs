@@ -10,7 +10,12 @@ use std::sync::OnceLock;
 pub const ADMIN_EMAIL: &str = "admin@bazaar.test";
 pub const PASSWORD: &str = "correct horse battery";
 pub const JWT_SECRET: &str = "e2e-jwt-secret-of-at-least-32-bytes";
-pub const IDENTITY_SECRET: &str = "e2e-identity-secret-of-at-least-32-bytes";
+/// The tests' identity key pairs (made with `deploy/identity-keys`): the
+/// gateway's, and the orders service's for its calls to products.
+pub const GATEWAY_IDENTITY_KEY: &str = "7Ik08HiQg1cehrxFvLX9V60Nbl7bSrLPWyluK98ztnE";
+pub const GATEWAY_IDENTITY_PUBLIC_KEY: &str = "O1WKu4fpTusRSL4UToiFYiGEJA8tyDMdSBxmW0TRxBg";
+pub const ORDERS_IDENTITY_KEY: &str = "o2AmwRz_alOhwrUkLacGJtVOdGsLK7eLbySUoNHgQuw";
+pub const ORDERS_IDENTITY_PUBLIC_KEY: &str = "ndmRNhiy2345LNRXADTS7BDtwV_tLacmE-n8OBmtVE4";
 
 /// The body of `POST /api/v1/orders` for one line: `quantity` of
 /// `product` (an id, as a string or a JSON value), paid with `card`.
@@ -240,7 +245,16 @@ impl App {
             .args(args)
             .env("RUST_LOG", "bazaar=info,warn")
             .env("SPIN_VARIABLE_JWT_SECRET", JWT_SECRET)
-            .env("SPIN_VARIABLE_IDENTITY_TOKEN_SECRET", IDENTITY_SECRET)
+            .env("SPIN_VARIABLE_GATEWAY_IDENTITY_KEY", GATEWAY_IDENTITY_KEY)
+            .env(
+                "SPIN_VARIABLE_GATEWAY_IDENTITY_PUBLIC_KEYS",
+                GATEWAY_IDENTITY_PUBLIC_KEY,
+            )
+            .env("SPIN_VARIABLE_ORDERS_IDENTITY_KEY", ORDERS_IDENTITY_KEY)
+            .env(
+                "SPIN_VARIABLE_ORDERS_IDENTITY_PUBLIC_KEYS",
+                ORDERS_IDENTITY_PUBLIC_KEY,
+            )
             .env("SPIN_VARIABLE_ADMIN_EMAILS", ADMIN_EMAIL)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

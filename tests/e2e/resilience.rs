@@ -396,7 +396,7 @@ async fn the_gateway_sets_trace_request_id_and_forwarding_headers_itself() {
 /// call only: this service, this method, this path and query, 15 s.
 #[tokio::test]
 async fn identity_tokens_are_bound_to_the_service_method_and_path() {
-    use bazaar_auth::{Hop, Keys, verify_identity};
+    use bazaar_auth::{GATEWAY, Hop, VerifyingKeys, verify_identity};
     let upstream = Upstream::start().await;
     let app = app_in_front_of(&upstream, &[]);
     let alice = app.user("alice@hop.test").await;
@@ -406,13 +406,18 @@ async fn identity_tokens_are_bound_to_the_service_method_and_path() {
     let seen = upstream.seen().pop().expect("the upstream was called");
     let tokens = seen.values("x-bazaar-identity");
     assert_eq!(tokens.len(), 1, "{seen:?}");
-    let keys = Keys::new("identity_token_secret", crate::harness::IDENTITY_SECRET, "").unwrap();
+    let keys = VerifyingKeys::new(
+        "gateway_identity_public_keys",
+        crate::harness::GATEWAY_IDENTITY_PUBLIC_KEY,
+    )
+    .unwrap();
     let hop = Hop {
         service: "products",
         method: "GET",
         path,
     };
-    let identity = verify_identity(&keys, &hop, tokens[0]).expect("good for this very call");
+    let identity = verify_identity(&keys, GATEWAY, &hop, tokens[0], bazaar_auth::now())
+        .expect("good for this very call");
     assert_eq!(identity.email, "alice@hop.test");
     for other in [
         Hop {
@@ -429,7 +434,7 @@ async fn identity_tokens_are_bound_to_the_service_method_and_path() {
         },
     ] {
         assert!(
-            verify_identity(&keys, &other, tokens[0]).is_err(),
+            verify_identity(&keys, GATEWAY, &other, tokens[0], bazaar_auth::now()).is_err(),
             "replayable as {other:?}"
         );
     }

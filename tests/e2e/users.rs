@@ -1,6 +1,6 @@
 //! Registration, tokens and `GET /users/me`.
 
-use crate::harness::{ADMIN_EMAIL, App, IDENTITY_SECRET, JWT_SECRET, PASSWORD};
+use crate::harness::{ADMIN_EMAIL, App, GATEWAY_IDENTITY_KEY, JWT_SECRET, PASSWORD};
 use serde_json::json;
 
 #[tokio::test]
@@ -169,7 +169,8 @@ async fn clients_cannot_pose_as_the_gateway() {
     // Even a correctly signed identity token, for this very call, is
     // stripped at the gateway.
     let smuggled = bazaar_auth::issue_identity(
-        &bazaar_auth::Keys::new("identity_token_secret", IDENTITY_SECRET, "").unwrap(),
+        &bazaar_auth::SigningKey::new("identity_key", GATEWAY_IDENTITY_KEY).unwrap(),
+        bazaar_auth::GATEWAY,
         &bazaar_auth::Hop {
             service: "users",
             method: "GET",

@@ -3,8 +3,8 @@
 //! trace context, and one structured log line.
 
 use bazaar_api::{Method, Problem, StatusCode};
-use bazaar_auth::{ACCESS_AUDIENCE, Hop, IDENTITY_HEADER, Identity};
-use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as, signing_keys, verifying_keys};
+use bazaar_auth::{ACCESS_AUDIENCE, GATEWAY, Hop, IDENTITY_HEADER, Identity};
+use bazaar_service::{TIMEOUT_HEADER, header, setting, setting_as, sign_identity, verifying_keys};
 use bazaar_trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -220,13 +220,7 @@ pub async fn identity_token(
         path: path_and_query,
     };
     let deadline_ms: u64 = setting_as(service.timeout_variable()).await?;
-    Ok(bazaar_auth::issue_identity(
-        &signing_keys("identity_token_secret").await?,
-        &hop,
-        identity,
-        bazaar_auth::now(),
-        deadline_ms.div_ceil(1000),
-    ))
+    sign_identity(GATEWAY, identity, &hop, deadline_ms.div_ceil(1000)).await
 }
 
 async fn forward(

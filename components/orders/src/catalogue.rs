@@ -2,13 +2,17 @@
 //! placed; the order keeps them even if the catalogue changes later.
 
 use bazaar_api::{Problem, StatusCode};
+use bazaar_auth::{Hop, IDENTITY_HEADER};
 use bazaar_order_model::{LineItem, NewOrder};
-use bazaar_service::setting;
+use bazaar_service::{identity_token, setting};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
 use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
+
+/// The name orders calls the products service by.
+const SERVICE: &str = "orders";
 
 /// Line items priced from the catalogue.
 pub struct Priced {
@@ -79,8 +83,17 @@ async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     let url = format!("{}/internal/products/lookup", base.trim_end_matches('/'));
     let body = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
         .map_err(|e| Problem::internal(e.to_string()))?;
-    let request = Request::post(url)
+    // The products service answers orders alone here, as its identity
+    // token (signed with orders' own key) shows.
+    let hop = Hop {
+        service: "products",
+        method: "POST",
+        path: path_of(&url),
+    };
+    let token = identity_token(SERVICE, &hop, 0).await?;
+    let request = Request::post(&url)
         .header("content-type", "application/json")
+        .header(IDENTITY_HEADER, token)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| Problem::internal(format!("the catalogue request: {e}")))?;
     let response = spin_sdk::http::send(request)
@@ -100,4 +113,28 @@ async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     serde_json::from_slice::<Lookup>(&body)
         .map(|l| l.products)
         .map_err(|e| unavailable(format!("the products service answered nonsense: {e}")))
+}
+
+/// The path (and query) of `url`, as the service it names receives it.
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map_or("/", |at| &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_of;
+
+    #[test]
+    fn the_path_is_what_follows_the_authority() {
+        assert_eq!(
+            path_of("http://products.spin.internal/internal/products/lookup"),
+            "/internal/products/lookup"
+        );
+        assert_eq!(
+            path_of("http://10.0.0.7:3001/p/internal/x?a=1"),
+            "/p/internal/x?a=1"
+        );
+        assert_eq!(path_of("http://products"), "/");
+    }
 }

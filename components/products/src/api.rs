@@ -4,7 +4,7 @@
 use bazaar_api::{
     ApiResult, Conflict, Method, PageRequest, Problem, Response, StatusCode, header, json,
 };
-use bazaar_service::{admin, json_body, now_rfc3339};
+use bazaar_service::{admin, calling_service, json_body, now_rfc3339};
 use spin_sdk::http::Request;
 
 use crate::domain::{self, NewProduct, ProductPatch, StockLevel};
@@ -36,8 +36,11 @@ pub async fn route(req: Request) -> ApiResult {
 }
 
 /// Several products in one call, for the orders service to price an order
-/// (private: the gateway has no route here). Ids not found are left out.
+/// (the gateway has no route here, and only orders may call it: its
+/// identity token must be signed with orders' key). Ids not found are
+/// left out.
 async fn lookup(req: Request) -> ApiResult {
+    calling_service(&req, SERVICE, "orders").await?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Lookup {

@@ -22,7 +22,7 @@ pub struct AppVariables {
 impl AppVariables {
     /// Resolves every declared variable: from `env` (normally the process
     /// environment), then `overrides`, then the manifest default, then
-    /// `fallbacks`.
+    /// `fallbacks` (which also replace an empty value).
     pub fn resolve(
         manifest: &Manifest,
         env: impl Fn(&str) -> Option<String>,
@@ -37,6 +37,9 @@ impl AppVariables {
             let configured = env(&env_name)
                 .or_else(|| overrides.get(name).cloned())
                 .or_else(|| decl.default.clone());
+            // An empty value takes a fallback too: a secret that the
+            // manifest leaves empty (see spin.toml) is one nobody set.
+            let configured = configured.filter(|v| !v.is_empty() || !fallbacks.contains_key(name));
             let value = configured.or_else(|| {
                 let fallback = fallbacks.get(name).cloned();
                 if fallback.is_some() {
@@ -145,6 +148,28 @@ pub(crate) mod tests {
                 .unwrap(),
             "e"
         );
+    }
+
+    /// A secret the manifest leaves empty takes its development fallback,
+    /// unless something sets it; with no fallback it stays empty.
+    #[test]
+    fn an_empty_value_takes_a_fallback() {
+        let m = manifest("key = { default = \"\", secret = true }\nother = { default = \"\" }");
+        let fall = BTreeMap::from([("key".to_string(), "dev".to_string())]);
+        let vars = AppVariables::resolve(&m, |_| None, &none(), &fall).unwrap();
+        assert_eq!(vars.fallbacks_used(), ["key"]);
+        let get = |vars: &AppVariables, n: &str| {
+            vars.render(&Template::parse(&format!("{{{{ {n} }}}}")).unwrap())
+                .unwrap()
+        };
+        assert_eq!(
+            (get(&vars, "key"), get(&vars, "other")),
+            ("dev".into(), String::new())
+        );
+        let env = |k: &str| (k == "SPIN_VARIABLE_KEY").then(|| "set".to_string());
+        let vars = AppVariables::resolve(&m, env, &none(), &fall).unwrap();
+        assert_eq!(get(&vars, "key"), "set");
+        assert!(vars.fallbacks_used().is_empty());
     }
 
     #[test]

@@ -1,94 +1,41 @@
-//! Bazaar's two kinds of signed tokens (HS256 JWTs):
+//! Bazaar's two kinds of signed tokens (JWTs):
 //!
-//! - **access tokens**, issued by the users service to clients
-//!   (`POST /api/v1/auth/token`) and verified by the gateway, once, per
-//!   request;
-//! - **identity tokens**, minted by the gateway for the private service a
-//!   request is routed to, in the [`IDENTITY_HEADER`]. Services trust the
-//!   caller's identity only from this header, and only when its signature
-//!   checks out, so a request that reaches a service some other way (a
-//!   misconfigured deployment, a forged header) carries no identity at all.
-//!   Each one is good for one [`Hop`]: its audience names the service, and
-//!   it names the method and path it was minted for (`htm`, `htu`, as in
-//!   DPoP, RFC 9449), so a token seen by one service cannot be replayed
-//!   against another, or against another route of the same service.
+//! - **access tokens** ([`access`], HS256), issued by the users service to
+//!   clients (`POST /api/v1/auth/token`) and verified by the gateway, once,
+//!   per request;
+//! - **identity tokens** ([`identity`], EdDSA over Ed25519), in the
+//!   [`IDENTITY_HEADER`] of a call from one component to a service. The
+//!   gateway mints them for the client a request is routed for; a service
+//!   calling another (orders → products) mints its own, naming itself.
+//!   Each signer holds its own private key and every service only public
+//!   keys, so no service can mint a token another accepts as a client's,
+//!   an administrator's or a third service's. Each token is good for one
+//!   [`Hop`]: its audience names the service, and it names the method and
+//!   path it was minted for (`htm`, `htu`, as in DPoP, RFC 9449), so a
+//!   token seen by one service cannot be replayed against another, or
+//!   against another route of the same service.
 //!
-//! The two use different secrets and audiences, so neither can stand in for
-//! the other. Each secret can be rotated: tokens name their key (`kid`, a
-//! fingerprint of the secret), and a previous secret keeps verifying the
-//! tokens it signed until they expire, while only the current one signs.
+//! The two use different keys and audiences, so neither can stand in for
+//! the other. Every key can be rotated: tokens name their key (`kid`, a
+//! fingerprint), and a verifier keeps accepting the keys it is given until
+//! they are dropped from its list, while only the current one signs.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+pub mod access;
+pub mod identity;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The shortest secret accepted: an HS256 key must be at least as long as
-/// the hash's output (RFC 7518, section 3.2).
-pub const MIN_SECRET_BYTES: usize = 32;
-
-/// One signing secret and its key id.
-#[derive(Clone)]
-struct Key {
-    id: String,
-    secret: Vec<u8>,
-}
-
-impl Key {
-    fn new(variable: &str, secret: &str) -> Result<Key, String> {
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(format!(
-                "variable {variable}: the secret is {} bytes; at least {MIN_SECRET_BYTES} are required",
-                secret.len()
-            ));
-        }
-        // A fingerprint, not the secret: 8 bytes of its SHA-256.
-        let digest = Sha256::digest(secret.as_bytes());
-        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Key {
-            id,
-            secret: secret.as_bytes().to_vec(),
-        })
-    }
-}
-
-/// The keys of one kind of token: `current` signs and verifies;
-/// `previous`, during a rotation, only verifies.
-#[derive(Clone)]
-pub struct Keys {
-    current: Key,
-    previous: Option<Key>,
-}
-
-impl Keys {
-    /// `variable` names the setting in errors; an empty `previous` means
-    /// no rotation is under way.
-    pub fn new(variable: &str, current: &str, previous: &str) -> Result<Keys, String> {
-        Ok(Keys {
-            current: Key::new(variable, current)?,
-            previous: if previous.is_empty() {
-                None
-            } else {
-                Some(Key::new(&format!("{variable}_previous"), previous)?)
-            },
-        })
-    }
-
-    fn by_id(&self, id: &str) -> Option<&Key> {
-        std::iter::once(&self.current)
-            .chain(&self.previous)
-            .find(|key| key.id == id)
-    }
-}
+pub use access::{Keys, MIN_SECRET_BYTES, issue, verify};
+pub use identity::{
+    GATEWAY, IDENTITY_TTL_SECONDS, SigningKey, VerifyingKeys, issue_identity, verify_identity,
+};
 
 pub const ISSUER: &str = "bazaar";
 /// Audience of tokens clients present to the gateway.
 pub const ACCESS_AUDIENCE: &str = "bazaar-api";
-/// Header carrying the identity token from the gateway to a service.
+/// Header carrying an identity token to a service.
 pub const IDENTITY_HEADER: &str = "x-bazaar-identity";
-/// The shortest an identity token lives. It covers one hop, retries
-/// included, so the gateway gives it the call's deadline plus a margin
-/// when that is longer (the default deadlines are 5 and 10 s).
-pub const IDENTITY_TTL_SECONDS: u64 = 15;
 
 /// The one request an identity token is for.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +60,7 @@ pub const CUSTOMER_ROLE: &str = "customer";
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// The user id.
+    /// The user id; for a service calling on its own account, its name.
     pub sub: String,
     pub email: String,
     pub roles: Vec<String>,
@@ -130,39 +77,19 @@ impl Identity {
         }
     }
 
+    /// A service calling another on its own account (orders asking
+    /// products for prices): no roles, so no route that serves clients or
+    /// administrators takes it for one.
+    pub fn service(name: &str) -> Identity {
+        Identity {
+            sub: name.into(),
+            email: String::new(),
+            roles: Vec::new(),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == ADMIN_ROLE)
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    #[serde(flatten)]
-    identity: Identity,
-    iss: String,
-    aud: String,
-    iat: u64,
-    exp: u64,
-    /// Identity tokens only: the method and path they were minted for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    htm: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    htu: Option<String>,
-}
-
-impl Claims {
-    /// Bazaar's claims about `identity` for `aud`, from `now` for
-    /// `ttl_seconds`, bound to no request.
-    fn new(identity: &Identity, aud: String, now: u64, ttl_seconds: u64) -> Self {
-        Claims {
-            identity: identity.clone(),
-            iss: ISSUER.into(),
-            aud,
-            iat: now,
-            exp: now + ttl_seconds,
-            htm: None,
-            htu: None,
-        }
     }
 }
 
@@ -183,95 +110,31 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-/// Signs an access token for `identity` with the current key, valid for
-/// `ttl_seconds` from `now` (seconds since the Unix epoch).
-pub fn issue(
-    keys: &Keys,
-    audience: &str,
-    identity: &Identity,
-    now: u64,
-    ttl_seconds: u64,
-) -> String {
-    sign(
-        keys,
-        Claims::new(identity, audience.into(), now, ttl_seconds),
-    )
-}
-
-/// Signs an identity token for `identity`, good for `hop` only, for the
-/// `deadline_seconds` the call may take plus a margin, at least
-/// [`IDENTITY_TTL_SECONDS`], from `now`.
-pub fn issue_identity(
-    keys: &Keys,
-    hop: &Hop<'_>,
-    identity: &Identity,
-    now: u64,
-    deadline_seconds: u64,
-) -> String {
-    let ttl = IDENTITY_TTL_SECONDS.max(deadline_seconds.saturating_add(5));
-    sign(
-        keys,
-        Claims {
-            htm: Some(hop.method.into()),
-            htu: Some(hop.path.into()),
-            ..Claims::new(identity, hop.audience(), now, ttl)
-        },
-    )
-}
-
-fn sign(keys: &Keys, claims: Claims) -> String {
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(keys.current.id.clone());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &EncodingKey::from_secret(&keys.current.secret),
-    )
-    .expect("HS256 signing of serialisable claims cannot fail")
-}
-
-/// Checks an access token's signature (with the key the token names),
-/// issuer, audience and expiry (against the clock).
-pub fn verify(keys: &Keys, audience: &str, token: &str) -> Result<Identity, TokenError> {
-    decode(keys, audience, token).map(|claims| claims.identity)
-}
-
-/// Checks an identity token as [`verify`] does, and that it was minted for
-/// this very `hop`.
-pub fn verify_identity(keys: &Keys, hop: &Hop<'_>, token: &str) -> Result<Identity, TokenError> {
-    let claims = decode(keys, &hop.audience(), token)?;
-    if claims.htm.as_deref() != Some(hop.method) || claims.htu.as_deref() != Some(hop.path) {
-        return Err(TokenError::Invalid(format!(
-            "minted for {} {}, not {} {}",
-            claims.htm.as_deref().unwrap_or("no method"),
-            claims.htu.as_deref().unwrap_or("no path"),
-            hop.method,
-            hop.path
-        )));
-    }
-    Ok(claims.identity)
-}
-
-fn decode(keys: &Keys, audience: &str, token: &str) -> Result<Claims, TokenError> {
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
-    let key = header
-        .kid
-        .as_deref()
-        .and_then(|id| keys.by_id(id))
-        .ok_or_else(|| {
-            TokenError::Invalid("signed with a key this service does not have".into())
-        })?;
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.set_audience(&[audience]);
-    validation.set_issuer(&[ISSUER]);
-    validation.leeway = 0;
-    jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key.secret), &validation)
-        .map(|data| data.claims)
-        .map_err(|e| match e.kind() {
+impl From<jsonwebtoken::errors::Error> for TokenError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid(e.to_string()),
-        })
+        }
+    }
+}
+
+/// A key's id in the tokens it signs: 8 bytes of the SHA-256 of its
+/// public part (or of an HS256 secret), in hex, which names the key
+/// without revealing it.
+fn key_id(material: &[u8]) -> String {
+    Sha256::digest(material)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The key id a token's header names.
+fn kid(token: &str) -> Result<String, TokenError> {
+    jsonwebtoken::decode_header(token)
+        .map_err(|e| TokenError::Invalid(e.to_string()))?
+        .kid
+        .ok_or_else(|| TokenError::Invalid("the token names no key".into()))
 }
 
 /// The token in an `Authorization: Bearer <token>` header value.
@@ -295,123 +158,17 @@ pub fn now() -> u64 {
 mod tests {
     use super::*;
 
-    fn alice() -> Identity {
-        Identity {
-            sub: "u-1".into(),
-            email: "alice@example.com".into(),
-            roles: vec![CUSTOMER_ROLE.into()],
-        }
-    }
-
-    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
-    const OTHER: &str = "another-secret-of-at-least-32-bytes!";
-
-    fn keys(current: &str, previous: &str) -> Keys {
-        Keys::new("jwt_secret", current, previous).unwrap()
-    }
-
-    #[test]
-    fn a_token_round_trips() {
-        let token = issue(&keys(SECRET, ""), ACCESS_AUDIENCE, &alice(), now(), 60);
-        assert_eq!(
-            verify(&keys(SECRET, ""), ACCESS_AUDIENCE, &token),
-            Ok(alice())
-        );
-    }
-
-    #[test]
-    fn wrong_secret_audience_or_expiry_is_refused() {
-        let k = keys(SECRET, "");
-        let token = issue(&k, ACCESS_AUDIENCE, &alice(), now(), 60);
-        assert!(matches!(
-            verify(&keys(OTHER, ""), ACCESS_AUDIENCE, &token),
-            Err(TokenError::Invalid(_))
-        ));
-        assert!(matches!(
-            verify(&k, "bazaar-services/orders", &token),
-            Err(TokenError::Invalid(_))
-        ));
-        let old = issue(&k, ACCESS_AUDIENCE, &alice(), now() - 120, 60);
-        assert_eq!(verify(&k, ACCESS_AUDIENCE, &old), Err(TokenError::Expired));
-        assert!(matches!(
-            verify(&k, ACCESS_AUDIENCE, "not.a.jwt"),
-            Err(TokenError::Invalid(_))
-        ));
-    }
-
-    #[test]
-    fn an_identity_token_is_good_for_one_service_method_and_path() {
-        let k = keys(SECRET, "");
-        let hop = Hop {
-            service: "orders",
-            method: "POST",
-            path: "/api/v1/orders/o-1/cancel",
-        };
-        let token = issue_identity(&k, &hop, &alice(), now(), 10);
-        assert_eq!(verify_identity(&k, &hop, &token), Ok(alice()));
-        for other in [
-            Hop {
-                service: "payments",
-                ..hop
-            },
-            Hop {
-                method: "GET",
-                ..hop
-            },
-            Hop {
-                path: "/api/v1/orders/o-2/cancel",
-                ..hop
-            },
-        ] {
-            assert!(
-                matches!(
-                    verify_identity(&k, &other, &token),
-                    Err(TokenError::Invalid(_))
-                ),
-                "{other:?}"
-            );
-        }
-        // An access token is no identity token, even with the right audience.
-        let access = issue(&k, "bazaar-services/orders", &alice(), now(), 60);
-        assert!(matches!(
-            verify_identity(&k, &hop, &access),
-            Err(TokenError::Invalid(_))
-        ));
-        let old = issue_identity(&k, &hop, &alice(), now() - IDENTITY_TTL_SECONDS - 1, 10);
-        assert_eq!(verify_identity(&k, &hop, &old), Err(TokenError::Expired));
-    }
-
-    #[test]
-    fn a_rotated_secret_verifies_its_tokens_until_it_is_dropped() {
-        let before = issue(&keys(OTHER, ""), ACCESS_AUDIENCE, &alice(), now(), 60);
-        let rotating = keys(SECRET, OTHER);
-        assert_eq!(verify(&rotating, ACCESS_AUDIENCE, &before), Ok(alice()));
-        let after = issue(&rotating, ACCESS_AUDIENCE, &alice(), now(), 60);
-        assert_eq!(
-            verify(&keys(SECRET, ""), ACCESS_AUDIENCE, &after),
-            Ok(alice()),
-            "the current key signs"
-        );
-        assert!(matches!(
-            verify(&keys(SECRET, ""), ACCESS_AUDIENCE, &before),
-            Err(TokenError::Invalid(_))
-        ));
-    }
-
-    #[test]
-    fn short_secrets_are_refused_naming_the_variable() {
-        let e = Keys::new("jwt_secret", "too short", "").err().unwrap();
-        assert!(e.contains("jwt_secret") && e.contains("32"), "{e}");
-        let e = Keys::new("jwt_secret", SECRET, "short").err().unwrap();
-        assert!(e.contains("jwt_secret_previous"), "{e}");
-    }
-
     #[test]
     fn bearer_header_parsing() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer"), None);
-        assert!(!alice().is_admin());
+    }
+
+    #[test]
+    fn only_the_gateway_is_an_administrator_of_its_own() {
+        assert!(Identity::gateway().is_admin());
+        assert!(!Identity::service("orders").is_admin());
     }
 }

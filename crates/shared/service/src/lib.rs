@@ -6,13 +6,16 @@
 //! live in `bazaar-api` and `bazaar-auth`, where they are tested natively.
 
 use bazaar_api::{Problem, parse_json};
-use bazaar_auth::{Hop, IDENTITY_HEADER, Identity, Keys};
 use serde::de::DeserializeOwned;
 use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
 
 mod deadline;
+mod identity;
 pub use deadline::{Deadline, TIMEOUT_HEADER, within};
+pub use identity::{
+    admin, caller, calling_service, identity_token, sign_identity, signing_keys, verifying_keys,
+};
 
 /// Reads and parses the request's JSON body.
 pub async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, Problem> {
@@ -80,59 +83,6 @@ thread_local! {
     /// an optional one it found absent.
     static SETTINGS: std::cell::RefCell<std::collections::BTreeMap<String, Option<String>>> =
         const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
-}
-
-/// The key that signs tokens of the kind `variable` holds the secret of.
-/// A secret under 32 bytes is the operator's mistake: logged, and 500.
-pub async fn signing_keys(variable: &str) -> Result<Keys, Problem> {
-    keys(variable, "").await
-}
-
-/// The keys that verify tokens of the kind `variable` holds the secret of:
-/// the current one, and `<variable>_previous` during a rotation.
-pub async fn verifying_keys(variable: &str) -> Result<Keys, Problem> {
-    let previous = setting(&format!("{variable}_previous")).await?;
-    keys(variable, &previous).await
-}
-
-async fn keys(variable: &str, previous: &str) -> Result<Keys, Problem> {
-    Keys::new(variable, &setting(variable).await?, previous).map_err(|e| {
-        eprintln!("{e}");
-        Problem::internal("the service is misconfigured")
-    })
-}
-
-/// The caller, as the gateway vouches for it in the identity header: a
-/// token minted for `service` and for this request's method and path.
-pub async fn caller(req: &Request, service: &str) -> Result<Identity, Problem> {
-    let token = header(req, IDENTITY_HEADER).ok_or_else(|| {
-        Problem::unauthorized("authentication required: send a Bearer access token")
-    })?;
-    let hop = Hop {
-        service,
-        method: req.method().as_str(),
-        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-    };
-    bazaar_auth::verify_identity(
-        &verifying_keys("identity_token_secret").await?,
-        &hop,
-        &token,
-    )
-    .map_err(|e| Problem::unauthorized(format!("the caller's identity could not be verified: {e}")))
-}
-
-/// The caller, who must be an administrator (the gateway's own calls to
-/// internal routes carry [`bazaar_auth::Identity::gateway`]): "only
-/// administrators may `what`" otherwise.
-pub async fn admin(req: &Request, service: &str, what: &str) -> Result<Identity, Problem> {
-    let identity = caller(req, service).await?;
-    if identity.is_admin() {
-        Ok(identity)
-    } else {
-        Err(Problem::forbidden(format!(
-            "only administrators may {what}"
-        )))
-    }
 }
 
 /// Timestamps are RFC 3339 in UTC with a fixed six-digit fraction, so that
