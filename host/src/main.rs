@@ -413,12 +413,7 @@ fn check_follow(manifest: &Manifest, follow: &[String]) -> Result<()> {
             "--follow names components that are not in {}: {:?} (components: {})",
             manifest.path.display(),
             unknown,
-            manifest
-                .components
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            manifest.component_ids()
         );
     }
     Ok(())

@@ -288,6 +288,13 @@ impl Manifest {
         })
     }
 
+    /// The components' ids, comma-separated, for messages that list what
+    /// a name could have been.
+    pub fn component_ids(&self) -> String {
+        let ids: Vec<&str> = self.components.keys().map(String::as_str).collect();
+        ids.join(", ")
+    }
+
     /// Where a component's `.wasm` is, resolved against the manifest folder.
     pub fn source_path(&self, component: &Component) -> PathBuf {
         self.dir.join(&component.source)

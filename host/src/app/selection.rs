@@ -36,12 +36,7 @@ pub fn retain_components(manifest: &mut Manifest, selected: &[String]) -> Result
                 "failed to resolve application with only components selected with --component: \
                  Specified component \"{id}\" not found in application {} (components: {})",
                 manifest.path.display(),
-                manifest
-                    .components
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                manifest.component_ids()
             );
         }
     }

@@ -2,10 +2,8 @@
 //! gateway verifies. Both hold the secret (`jwt_secret`): the users service
 //! to sign, the gateway to verify; no other component has it.
 
+use crate::{ISSUER, Identity, Registered, TokenError, key_id, kid};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-
-use crate::{ISSUER, Identity, TokenError, key_id, kid};
 
 /// The shortest secret accepted: an HS256 key must be at least as long as
 /// the hash's output (RFC 7518, section 3.2).
@@ -62,16 +60,6 @@ impl Keys {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    #[serde(flatten)]
-    identity: Identity,
-    iss: String,
-    aud: String,
-    iat: u64,
-    exp: u64,
-}
-
 /// Signs an access token for `identity` with the current key, valid for
 /// `ttl_seconds` from `now` (seconds since the Unix epoch).
 pub fn issue(
@@ -83,13 +71,7 @@ pub fn issue(
 ) -> String {
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(keys.current.id.clone());
-    let claims = Claims {
-        identity: identity.clone(),
-        iss: ISSUER.into(),
-        aud: audience.into(),
-        iat: now,
-        exp: now + ttl_seconds,
-    };
+    let claims = Registered::new(identity, ISSUER, audience.into(), now, ttl_seconds);
     jsonwebtoken::encode(
         &header,
         &claims,
@@ -108,9 +90,12 @@ pub fn verify(keys: &Keys, audience: &str, token: &str) -> Result<Identity, Toke
     validation.set_audience(&[audience]);
     validation.set_issuer(&[ISSUER]);
     validation.leeway = 0;
-    let claims =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key.secret), &validation)?
-            .claims;
+    let claims = jsonwebtoken::decode::<Registered>(
+        token,
+        &DecodingKey::from_secret(&key.secret),
+        &validation,
+    )?
+    .claims;
     Ok(claims.identity)
 }
 

@@ -31,7 +31,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signature, Signer as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{Hop, Identity, TokenError, key_id};
+use crate::{Hop, Identity, Registered, TokenError, key_id};
 
 /// The issuer of identity tokens that speak for clients, and for the
 /// gateway's own calls as an administrator.
@@ -120,11 +120,7 @@ struct JoseHeader {
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     #[serde(flatten)]
-    identity: Identity,
-    iss: String,
-    aud: String,
-    iat: u64,
-    exp: u64,
+    registered: Registered,
     /// The method and path the token was minted for.
     htm: String,
     htu: String,
@@ -147,11 +143,7 @@ pub fn issue_identity(
         kid: key.id.clone(),
     };
     let claims = Claims {
-        identity: identity.clone(),
-        iss: issuer.into(),
-        aud: hop.audience(),
-        iat: now,
-        exp: now + ttl,
+        registered: Registered::new(identity, issuer, hop.audience(), now, ttl),
         htm: hop.method.into(),
         htu: hop.path.into(),
     };
@@ -208,7 +200,11 @@ pub fn verify_identity(
         .ok_or_else(|| invalid("its signature is malformed"))?;
     key.verify_strict(signing_input.as_bytes(), &signature)
         .map_err(|_| invalid("its signature does not verify"))?;
-    let claims: Claims = decoded(claims, "claims")?;
+    let Claims {
+        registered: claims,
+        htm,
+        htu,
+    } = decoded(claims, "claims")?;
     if claims.iss != issuer {
         return Err(TokenError::Invalid(format!(
             "issued by {}, not {issuer}",
@@ -221,10 +217,10 @@ pub fn verify_identity(
     if claims.exp < now {
         return Err(TokenError::Expired);
     }
-    if claims.htm != hop.method || claims.htu != hop.path {
+    if htm != hop.method || htu != hop.path {
         return Err(TokenError::Invalid(format!(
-            "minted for {} {}, not {} {}",
-            claims.htm, claims.htu, hop.method, hop.path
+            "minted for {htm} {htu}, not {} {}",
+            hop.method, hop.path
         )));
     }
     Ok(claims.identity)
@@ -366,11 +362,7 @@ mod tests {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(key_id(&public));
         let claims = Claims {
-            identity: root(),
-            iss: GATEWAY.into(),
-            aud: HOP.audience(),
-            iat: now(),
-            exp: now() + 60,
+            registered: Registered::new(&root(), GATEWAY, HOP.audience(), now(), 60),
             htm: HOP.method.into(),
             htu: HOP.path.into(),
         };

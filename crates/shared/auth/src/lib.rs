@@ -93,6 +93,39 @@ impl Identity {
     }
 }
 
+/// The claims both kinds of token carry: whom they speak for, who signed
+/// them, for whom, and when. Flattened into each kind's own claims, so the
+/// JSON stays flat as RFC 7519 has it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Registered {
+    #[serde(flatten)]
+    identity: Identity,
+    iss: String,
+    aud: String,
+    iat: u64,
+    exp: u64,
+}
+
+impl Registered {
+    /// `issuer`'s claims about `identity` for `audience`, from `now` for
+    /// `ttl_seconds`.
+    fn new(
+        identity: &Identity,
+        issuer: &str,
+        audience: String,
+        now: u64,
+        ttl_seconds: u64,
+    ) -> Self {
+        Registered {
+            identity: identity.clone(),
+            iss: issuer.into(),
+            aud: audience,
+            iat: now,
+            exp: now + ttl_seconds,
+        }
+    }
+}
+
 /// Why a token was refused; deliberately coarse, since clients are told no
 /// more than "invalid or expired".
 #[derive(Debug, Clone, PartialEq, Eq)]
