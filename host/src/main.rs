@@ -162,17 +162,22 @@ const DEV_SCHEDULES: &[&str] = &["http://gateway.spin.internal/internal/saga/red
 
 /// Values `bazaar up` gives an application's variables when nothing
 /// configures them, so that the app runs with one command on a fresh
-/// machine. Each use is announced; `--no-dev-defaults` turns them off.
-const DEV_DEFAULTS: &[(&str, &str, &str)] = &[
+/// machine. Each use is announced, but for a public key's; `--no-dev-defaults`
+/// turns them off.
+const DEV_DEFAULTS: &[(&str, &str, Option<&str>)] = &[
     (
         "redis_url",
         EMBEDDED_ADDRESS,
-        "No Redis configured for `redis_url`: defaulting to the embedded broker (pass --redis URL or set SPIN_VARIABLE_REDIS_URL for a real one).",
+        Some(
+            "No Redis configured for `redis_url`: defaulting to the embedded broker (pass --redis URL or set SPIN_VARIABLE_REDIS_URL for a real one).",
+        ),
     ),
     (
         "jwt_secret",
         "bazaar-INSECURE-development-jwt-secret",
-        "WARNING: `jwt_secret` is not set: using an INSECURE development secret. Set SPIN_VARIABLE_JWT_SECRET for anything but local development.",
+        Some(
+            "WARNING: `jwt_secret` is not set: using an INSECURE development secret. Set SPIN_VARIABLE_JWT_SECRET for anything but local development.",
+        ),
     ),
     // Development key pairs, published here and so INSECURE: each private
     // key is announced; a public key alone is not (it cannot sign, and a
@@ -180,22 +185,26 @@ const DEV_DEFAULTS: &[(&str, &str, &str)] = &[
     (
         "gateway_identity_key",
         "RHTVqH12wQnoqdXKNSbjB_MIMPtZFrbNsgHKvIXMyxU",
-        "WARNING: `gateway_identity_key` is not set: using an INSECURE development key pair. Set SPIN_VARIABLE_GATEWAY_IDENTITY_KEY and SPIN_VARIABLE_GATEWAY_IDENTITY_PUBLIC_KEYS for anything but local development.",
+        Some(
+            "WARNING: `gateway_identity_key` is not set: using an INSECURE development key pair. Set SPIN_VARIABLE_GATEWAY_IDENTITY_KEY and SPIN_VARIABLE_GATEWAY_IDENTITY_PUBLIC_KEYS for anything but local development.",
+        ),
     ),
     (
         "gateway_identity_public_keys",
         "LNYSSolZKo6fWzoGnolpIUf0noShIHD4JY1xsJZtOLU",
-        "",
+        None,
     ),
     (
         "orders_identity_key",
         "5uXu1KT33lCr8-FxEIUTE6sgWL7T-9Zejy56djtYJAY",
-        "WARNING: `orders_identity_key` is not set: using an INSECURE development key pair. Set SPIN_VARIABLE_ORDERS_IDENTITY_KEY and SPIN_VARIABLE_ORDERS_IDENTITY_PUBLIC_KEYS for anything but local development.",
+        Some(
+            "WARNING: `orders_identity_key` is not set: using an INSECURE development key pair. Set SPIN_VARIABLE_ORDERS_IDENTITY_KEY and SPIN_VARIABLE_ORDERS_IDENTITY_PUBLIC_KEYS for anything but local development.",
+        ),
     ),
     (
         "orders_identity_public_keys",
         "RFxfrWEPJ81Ck0d7hsxB9lp20XgQ_F5N5OBBMcpOX-c",
-        "",
+        None,
     ),
 ];
 
@@ -320,7 +329,7 @@ async fn up(args: UpArgs) -> Result<()> {
             .collect(),
         fallback_warnings: dev_defaults
             .iter()
-            .map(|(n, _, w)| (n.to_string(), w.to_string()))
+            .filter_map(|(n, _, w)| Some((n.to_string(), (*w)?.to_string())))
             .collect(),
     };
     if let Some(addr) = args.metrics_listen {

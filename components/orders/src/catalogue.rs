@@ -8,10 +8,11 @@ use bazaar_service::{identity_token, setting};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
-use spin_sdk::http::Request;
 use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{Request, Uri};
 
-/// The name orders calls the products service by.
+/// The name orders signs its own calls with: the issuer the products
+/// service trusts for the price lookup.
 const SERVICE: &str = "orders";
 
 /// Line items priced from the catalogue.
@@ -80,7 +81,9 @@ pub async fn price(order: &NewOrder) -> Result<Priced, Problem> {
 
 async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     let unavailable = |detail: String| Problem::new(StatusCode::BAD_GATEWAY, detail);
-    let url = format!("{}/internal/products/lookup", base.trim_end_matches('/'));
+    let uri: Uri = format!("{}/internal/products/lookup", base.trim_end_matches('/'))
+        .parse()
+        .map_err(|e| Problem::internal(format!("products_url {base:?}: {e}")))?;
     let body = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
         .map_err(|e| Problem::internal(e.to_string()))?;
     // The products service answers orders alone here, as its identity
@@ -88,10 +91,10 @@ async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     let hop = Hop {
         service: "products",
         method: "POST",
-        path: path_of(&url),
+        path: uri.path_and_query().map_or("/", |p| p.as_str()),
     };
     let token = identity_token(SERVICE, &hop, 0).await?;
-    let request = Request::post(&url)
+    let request = Request::post(&uri)
         .header("content-type", "application/json")
         .header(IDENTITY_HEADER, token)
         .body(Full::new(Bytes::from(body)))
@@ -113,28 +116,4 @@ async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     serde_json::from_slice::<Lookup>(&body)
         .map(|l| l.products)
         .map_err(|e| unavailable(format!("the products service answered nonsense: {e}")))
-}
-
-/// The path (and query) of `url`, as the service it names receives it.
-fn path_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.find('/').map_or("/", |at| &rest[at..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::path_of;
-
-    #[test]
-    fn the_path_is_what_follows_the_authority() {
-        assert_eq!(
-            path_of("http://products.spin.internal/internal/products/lookup"),
-            "/internal/products/lookup"
-        );
-        assert_eq!(
-            path_of("http://10.0.0.7:3001/p/internal/x?a=1"),
-            "/p/internal/x?a=1"
-        );
-        assert_eq!(path_of("http://products"), "/");
-    }
 }

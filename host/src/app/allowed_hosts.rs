@@ -13,6 +13,9 @@
 
 use anyhow::{Result, bail};
 
+/// The domain of service chaining: `<component>.spin.internal`.
+pub const CHAINING_SUFFIX: &str = ".spin.internal";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedHost {
     scheme: Pattern,

@@ -160,9 +160,7 @@ pub async fn load(manifest: &Manifest, options: &AppOptions, engine: &Engine) ->
         &options.variable_fallbacks,
     )?;
     for name in variables.fallbacks_used() {
-        if let Some(warning) = options.fallback_warnings.get(name)
-            && !warning.is_empty()
-        {
+        if let Some(warning) = options.fallback_warnings.get(name) {
             eprintln!("{warning}");
         }
     }

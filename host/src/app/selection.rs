@@ -16,13 +16,11 @@
 //!   else is compiled, and no store only they use is opened.
 //! - An application left with no trigger is refused.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use std::collections::BTreeSet;
 
+use crate::app::allowed_hosts::CHAINING_SUFFIX;
 use crate::app::manifest::Manifest;
-
-/// The domain of Spin's service chaining hosts.
-const CHAINING_DOMAIN: &str = ".spin.internal";
 
 /// Keeps only the components `selected` names (all of them when it is
 /// empty), and their triggers, or says why the selection cannot run.
@@ -30,11 +28,17 @@ pub fn retain_components(manifest: &mut Manifest, selected: &[String]) -> Result
     if selected.is_empty() {
         return Ok(());
     }
+    // Spin's words for what follows.
+    retain(manifest, selected)
+        .context("failed to resolve application with only components selected with --component")
+}
+
+/// [`retain_components`] for a non-empty selection.
+fn retain(manifest: &mut Manifest, selected: &[String]) -> Result<()> {
     for id in selected {
         if !manifest.components.contains_key(id) {
             bail!(
-                "failed to resolve application with only components selected with --component: \
-                 Specified component \"{id}\" not found in application {} (components: {})",
+                "Specified component \"{id}\" not found in application {} (components: {})",
                 manifest.path.display(),
                 manifest.component_ids()
             );
@@ -69,8 +73,7 @@ pub fn retain_components(manifest: &mut Manifest, selected: &[String]) -> Result
     manifest.components.retain(|id, _| kept.contains(id));
     if kept.is_empty() {
         bail!(
-            "failed to resolve application with only components selected with --component: \
-             No triggers in app (no trigger of {} runs {})",
+            "No triggers in app (no trigger of {} runs {})",
             manifest.path.display(),
             selected.into_iter().collect::<Vec<_>>().join(", ")
         );
@@ -86,16 +89,14 @@ fn check_chaining(id: &str, allowed: &[String], selected: &BTreeSet<&str>) -> Re
         };
         if target == "*" {
             bail!(
-                "failed to resolve application with only components selected with --component: \
-                 Selected component '{id}' cannot use wildcard service chaining: \
-                 allowed_outbound_hosts = [\"http://*{CHAINING_DOMAIN}\"]"
+                "Selected component '{id}' cannot use wildcard service chaining: \
+                 allowed_outbound_hosts = [\"http://*{CHAINING_SUFFIX}\"]"
             );
         }
         if !selected.contains(target) {
             bail!(
-                "failed to resolve application with only components selected with --component: \
-                 Selected component '{id}' cannot use service chaining to unselected component: \
-                 allowed_outbound_hosts = [\"http://{target}{CHAINING_DOMAIN}\"]"
+                "Selected component '{id}' cannot use service chaining to unselected component: \
+                 allowed_outbound_hosts = [\"http://{target}{CHAINING_SUFFIX}\"]"
             );
         }
     }
@@ -115,7 +116,7 @@ fn chaining_target(entry: &str) -> Option<&str> {
         Some((host, port)) if port.chars().all(|c| c.is_ascii_digit() || c == '*') => host,
         _ => authority,
     };
-    host.strip_suffix(CHAINING_DOMAIN)
+    host.strip_suffix(CHAINING_SUFFIX)
         .filter(|target| !target.is_empty() && !target.contains('.'))
 }
 
@@ -202,7 +203,14 @@ users_url = { default = "http://users.spin.internal" }
 
     #[test]
     fn refuses_chaining_to_an_unselected_component_in_spins_words() {
-        let error = select(&["gateway"]).unwrap_err().to_string();
+        let error = select(&["gateway"]).unwrap_err();
+        let error = format!("{error:#}");
+        assert!(
+            error.starts_with(
+                "failed to resolve application with only components selected with --component: "
+            ),
+            "{error}"
+        );
         assert!(
             error.contains(
                 "Selected component 'gateway' cannot use service chaining to unselected component: \
@@ -214,7 +222,8 @@ users_url = { default = "http://users.spin.internal" }
 
     #[test]
     fn refuses_wildcard_chaining() {
-        let error = select(&["users"]).unwrap_err().to_string();
+        let error = select(&["users"]).unwrap_err();
+        let error = format!("{error:#}");
         assert!(
             error.contains(
                 "Selected component 'users' cannot use wildcard service chaining: \
@@ -226,12 +235,14 @@ users_url = { default = "http://users.spin.internal" }
 
     #[test]
     fn refuses_an_unknown_component_and_a_selection_with_no_trigger() {
-        let error = select(&["products", "nope"]).unwrap_err().to_string();
+        let error = select(&["products", "nope"]).unwrap_err();
+        let error = format!("{error:#}");
         assert!(
             error.contains("Specified component \"nope\" not found in application"),
             "{error}"
         );
-        let error = select(&["lonely"]).unwrap_err().to_string();
+        let error = select(&["lonely"]).unwrap_err();
+        let error = format!("{error:#}");
         assert!(error.contains("No triggers in app"), "{error}");
     }
 

@@ -28,15 +28,12 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::app::allowed_hosts::AllowList;
+use crate::app::allowed_hosts::{AllowList, CHAINING_SUFFIX};
 use crate::factors::Capabilities;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{self, Span};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
-
-/// The domain of service chaining: `<component>.spin.internal`.
-pub const CHAINING_SUFFIX: &str = ".spin.internal";
 
 /// The host that names the application itself, as in Spin (some SDKs need
 /// a host in every URL).

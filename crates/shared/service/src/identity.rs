@@ -43,21 +43,21 @@ fn misconfigured(e: String) -> Problem {
 }
 
 thread_local! {
-    /// Identity keys this instance has parsed, by variable: deriving a
-    /// public key or decoding a list on every request would cost more
-    /// than the signature itself. Variables do not change under a running
-    /// instance.
-    static SIGNING: RefCell<BTreeMap<String, SigningKey>> = const { RefCell::new(BTreeMap::new()) };
+    /// Identity keys this instance has parsed (its own, and each signer's
+    /// public keys by variable): deriving a public key or decoding a list
+    /// on every request would cost more than the signature itself.
+    /// Variables do not change under a running instance.
+    static OWN_KEY: RefCell<Option<SigningKey>> = const { RefCell::new(None) };
     static VERIFYING: RefCell<BTreeMap<String, VerifyingKeys>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 async fn own_key() -> Result<SigningKey, Problem> {
-    if let Some(key) = SIGNING.with_borrow(|keys| keys.get(IDENTITY_KEY).cloned()) {
+    if let Some(key) = OWN_KEY.with_borrow(Clone::clone) {
         return Ok(key);
     }
     let key =
         SigningKey::new(IDENTITY_KEY, &setting(IDENTITY_KEY).await?).map_err(misconfigured)?;
-    SIGNING.with_borrow_mut(|keys| keys.insert(IDENTITY_KEY.into(), key.clone()));
+    OWN_KEY.set(Some(key.clone()));
     Ok(key)
 }
 

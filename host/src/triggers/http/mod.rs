@@ -21,7 +21,8 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
 
-use crate::factors::outbound_http::{AppRequests, CHAINING_SUFFIX};
+use crate::app::allowed_hosts::CHAINING_SUFFIX;
+use crate::factors::outbound_http::AppRequests;
 use crate::telemetry::metrics;
 use crate::telemetry::traces::{self, Span};
 use crate::triggers::http::pool::Call;
