@@ -152,7 +152,7 @@ async fn internal_redrive_is_the_applications_own() {
         &[],
         &[
             "--schedule",
-            "http://orders.spin.internal/internal/saga/redrive@100ms",
+            "http://orders.spin.internal/services/orders/internal/saga/redrive@100ms",
         ],
     );
     let refused = direct.host.wait_for_stderr(
@@ -190,4 +190,133 @@ async fn internal_redrive_is_the_applications_own() {
         .post("/api/v1/admin/saga/redrive", Some(&admin), json!({}))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// An identity token `key` signs, in which `issuer` vouches for an
+/// administrator on `method` `path` of `service`.
+fn admin_token(key: &str, issuer: &str, service: &str, method: &str, path: &str) -> String {
+    let hop = bazaar_auth::Hop {
+        service,
+        method,
+        path,
+    };
+    let admin = bazaar_auth::Identity {
+        sub: "mallory".into(),
+        email: "mallory@direct.test".into(),
+        roles: vec![bazaar_auth::ADMIN_ROLE.into()],
+    };
+    let key = bazaar_auth::SigningKey::new("key", key).unwrap();
+    bazaar_auth::issue_identity(&key, issuer, &hop, &admin, bazaar_auth::now(), 5)
+}
+
+/// #26: each service has a route of its own (`/services/<name>/...`), on
+/// this listener as on a process of its own. A client there without the
+/// gateway's identity token gets 401 on every route but the catalogue's
+/// reads (public data, the same through the gateway), access token or not;
+/// so does one with a token a service's own key signed, whatever issuer it
+/// names. The same claims signed with the gateway's key get through: the
+/// key is what refuses.
+#[tokio::test]
+async fn services_refuse_clients_who_go_around_the_gateway() {
+    use crate::harness::{ADMIN_EMAIL, GATEWAY_IDENTITY_KEY, ORDERS_IDENTITY_KEY, PASSWORD};
+    use reqwest::Method;
+    let app = App::start();
+    let admin = app.admin().await;
+    let product = app.product(&admin, "DIRECT-1", 500, 3).await;
+    let new_product = |sku: &str| json!({ "sku": sku, "name": "Direct", "price_cents": 100, "currency": "EUR", "stock": 1 });
+    let mallory =
+        json!({ "email": "mallory@direct.test", "password": PASSWORD, "name": "Mallory" });
+    let direct: [(Method, &str, Option<serde_json::Value>); 6] = [
+        (
+            Method::POST,
+            "/services/users/api/v1/users",
+            Some(mallory.clone()),
+        ),
+        (
+            Method::POST,
+            "/services/users/api/v1/auth/token",
+            Some(json!({ "email": ADMIN_EMAIL, "password": PASSWORD })),
+        ),
+        (Method::GET, "/services/users/api/v1/users/me", None),
+        (Method::GET, "/services/orders/api/v1/orders", None),
+        (
+            Method::POST,
+            "/services/products/api/v1/products",
+            Some(new_product("DIRECT-2")),
+        ),
+        (
+            Method::GET,
+            "/services/payments/api/v1/payments?order_id=x",
+            None,
+        ),
+    ];
+    for (method, path, body) in direct {
+        for token in [None, Some(admin.as_str())] {
+            let mut request = app.request(method.clone(), path, token);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let reply = app.send(request).await;
+            reply.assert_problem(401);
+            assert!(
+                reply.body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("through the gateway"),
+                "{method} {path}: {}",
+                reply.body
+            );
+        }
+    }
+    // The refused sign-up left nothing behind.
+    assert_eq!(
+        app.register("mallory@direct.test", "Mallory").await.status,
+        201
+    );
+
+    let path = "/services/products/api/v1/products";
+    for (key, issuer) in [
+        (ORDERS_IDENTITY_KEY, "bazaar-gateway"),
+        (ORDERS_IDENTITY_KEY, "orders"),
+    ] {
+        let forged = admin_token(key, issuer, "products", "POST", path);
+        let reply = app
+            .send(
+                app.request(Method::POST, path, None)
+                    .header("x-bazaar-identity", forged)
+                    .json(&new_product("FORGED-1")),
+            )
+            .await;
+        reply.assert_problem(401);
+    }
+    let genuine = admin_token(
+        GATEWAY_IDENTITY_KEY,
+        "bazaar-gateway",
+        "products",
+        "POST",
+        path,
+    );
+    let reply = app
+        .send(
+            app.request(Method::POST, path, None)
+                .header("x-bazaar-identity", genuine)
+                .json(&new_product("GENUINE-1")),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let catalogue = app.all("/api/v1/products", None).await;
+    let skus: Vec<&str> = catalogue.iter().filter_map(|p| p["sku"].as_str()).collect();
+    assert_eq!(skus.len(), 2, "{skus:?}");
+    assert!(
+        skus.contains(&"GENUINE-1") && !skus.contains(&"FORGED-1"),
+        "{skus:?}"
+    );
+
+    let id = product["id"].as_str().unwrap();
+    let at_service = app
+        .get(&format!("/services/products/api/v1/products/{id}"), None)
+        .await;
+    let through_gateway = app.get(&format!("/api/v1/products/{id}"), None).await;
+    assert_eq!(at_service.status, 200, "{}", at_service.body);
+    assert_eq!(at_service.body, through_gateway.body);
 }

@@ -411,10 +411,11 @@ async fn identity_tokens_are_bound_to_the_service_method_and_path() {
         crate::harness::GATEWAY_IDENTITY_PUBLIC_KEY,
     )
     .unwrap();
+    // The service is asked on its own route, and the token names that.
     let hop = Hop {
         service: "products",
         method: "GET",
-        path,
+        path: "/services/products/api/v1/products?limit=3",
     };
     let identity = verify_identity(&keys, GATEWAY, &hop, tokens[0], bazaar_auth::now())
         .expect("good for this very call");
@@ -429,9 +430,10 @@ async fn identity_tokens_are_bound_to_the_service_method_and_path() {
             ..hop
         },
         Hop {
-            path: "/api/v1/products?limit=4",
+            path: "/services/products/api/v1/products?limit=4",
             ..hop
         },
+        Hop { path, ..hop },
     ] {
         assert!(
             verify_identity(&keys, GATEWAY, &other, tokens[0], bazaar_auth::now()).is_err(),

@@ -138,12 +138,12 @@ fn service_label(service: Service) -> Labels {
 /// A service's `GET /internal/metrics` (JSON), asked on the gateway's own
 /// account, or `None` if it did not answer in time.
 async fn ask(service: Service, ctx: &Context) -> Option<serde_json::Value> {
-    const PATH: &str = "/internal/metrics";
+    let path = service.path("/internal/metrics");
     let base = setting(service.url_variable()).await.ok()?;
-    let token = identity_token(service, "GET", PATH, &bazaar_auth::Identity::gateway())
+    let token = identity_token(service, "GET", &path, &bazaar_auth::Identity::gateway())
         .await
         .ok()?;
-    let request = Request::get(format!("{}{PATH}", base.trim_end_matches('/')))
+    let request = Request::get(format!("{}{path}", base.trim_end_matches('/')))
         .header(bazaar_auth::IDENTITY_HEADER, token)
         .header(bazaar_trace::REQUEST_ID, &ctx.request_id)
         .header(bazaar_trace::TRACEPARENT, ctx.trace.child().to_string())

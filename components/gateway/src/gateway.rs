@@ -1,6 +1,6 @@
 //! One request through the gateway: CORS preflight, routing, authentication,
-//! forwarding to the private service with the caller's identity and the
-//! trace context, and one structured log line.
+//! forwarding to the service's own route (`/services/<name>/...`) with the
+//! caller's identity and the trace context, and one structured log line.
 
 use bazaar_api::{Method, Problem, StatusCode};
 use bazaar_auth::{ACCESS_AUDIENCE, GATEWAY, Hop, IDENTITY_HEADER, Identity};
@@ -131,7 +131,9 @@ async fn dispatch(
             {
                 limits::check(Rule::Writes, user).await?;
             }
-            forward(req, service, identity, ctx, Traffic::Clients).await
+            let vouched = identity
+                .or_else(|| (!routes::serves_anyone(method, path)).then(Identity::anonymous));
+            forward(req, service, vouched, ctx, Traffic::Clients).await
         }
         Routing::MethodNotAllowed(allowed) => Err(not_allowed(&allowed)),
         Routing::NotFound => Err(Problem::not_found(format!("no route for {path}"))),
@@ -232,11 +234,7 @@ async fn forward(
 ) -> Result<Reply, Problem> {
     let max_body: usize = setting_as("max_body_bytes").await?;
     let base = setting(service.url_variable()).await?;
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let path_and_query = service.path(req.uri().path_and_query().map_or("/", |p| p.as_str()));
     let mut headers = HeaderMap::new();
     for (name, value) in req.headers() {
         // `spin-*` headers are the host's word about this hop (route, URL,

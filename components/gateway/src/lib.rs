@@ -1,6 +1,8 @@
 //! Bazaar's gateway: the single public entry point. It routes
-//! `/api/v1/<service>/...` to the private services by Spin service chaining,
-//! verifies access tokens once and vouches for the caller to the services,
+//! `/api/v1/<service>/...` to each service's own route, by Spin service
+//! chaining in one process or over HTTP to a service's process of its own
+//! (`<service>_url`), verifies access tokens once and vouches for the
+//! caller to the services,
 //! carries request ids and W3C trace context, limits request bodies, applies
 //! CORS, and reports the health of the whole system. It calls each service
 //! within a deadline, retries what is safe to retry, stops calling a failing

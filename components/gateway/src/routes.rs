@@ -41,6 +41,12 @@ impl Service {
         }
     }
 
+    /// The path by which the service is asked for its own `path`: under
+    /// its mount, `/services/<name>` ([`bazaar_api::service_path`]).
+    pub fn path(self, path: &str) -> String {
+        bazaar_api::service_path(self.name(), path)
+    }
+
     /// The variable holding the service's base URL (by default
     /// `http://<name>.spin.internal`, overridable for a distributed
     /// deployment).
@@ -132,6 +138,26 @@ fn matches(template: &str, got: &[&str]) -> bool {
 /// succeeded would answer with an error (409, 412).
 const WRITES_HONOURING_IDEMPOTENCY_KEYS: &[(Method, &str)] = &[(Method::POST, "/api/v1/orders")];
 
+/// Routes whose service answers anyone, without an identity token: the
+/// catalogue's reads. The data is public, and the same through the gateway
+/// or at the service's own route, so the gateway spares an anonymous
+/// caller's token (a signature here and its check there, the most of a
+/// catalogue read's cost). Every other route gets one, an anonymous
+/// caller's included, so that no service serves a client who went around
+/// the gateway's checks.
+const SERVING_ANYONE: &[(Method, &str)] = &[
+    (Method::GET, "/api/v1/products"),
+    (Method::GET, "/api/v1/products/{id}"),
+];
+
+/// Whether the service behind `method` `path` serves anyone, unvouched.
+pub fn serves_anyone(method: &Method, path: &str) -> bool {
+    let got = bazaar_api::segments(path);
+    SERVING_ANYONE
+        .iter()
+        .any(|(m, t)| m == method && matches(t, &got))
+}
+
 /// Whether the service behind `method` `path` honours `Idempotency-Key`.
 pub fn honours_idempotency_key(method: &Method, path: &str) -> bool {
     let got = bazaar_api::segments(path);
@@ -194,6 +220,23 @@ mod tests {
             (Method::GET, "/api/v1/orders"),
         ] {
             assert!(!honours_idempotency_key(&method, path), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn only_catalogue_reads_serve_anyone() {
+        assert!(serves_anyone(&Method::GET, "/api/v1/products"));
+        assert!(serves_anyone(&Method::GET, "/api/v1/products/p-1"));
+        for (method, path) in [
+            (Method::POST, "/api/v1/products"),
+            (Method::PATCH, "/api/v1/products/p-1"),
+            (Method::GET, "/api/v1/products/p-1/stock"),
+            (Method::POST, "/api/v1/users"),
+            (Method::POST, "/api/v1/auth/token"),
+            (Method::GET, "/api/v1/orders"),
+            (Method::GET, "/api/v1/payments"),
+        ] {
+            assert!(!serves_anyone(&method, path), "{method} {path}");
         }
     }
 

@@ -81,7 +81,8 @@ pub async fn price(order: &NewOrder) -> Result<Priced, Problem> {
 
 async fn lookup(base: &str, ids: &[&str]) -> Result<Vec<Product>, Problem> {
     let unavailable = |detail: String| Problem::new(StatusCode::BAD_GATEWAY, detail);
-    let uri: Uri = format!("{}/internal/products/lookup", base.trim_end_matches('/'))
+    let path = bazaar_api::service_path("products", "/internal/products/lookup");
+    let uri: Uri = format!("{}{path}", base.trim_end_matches('/'))
         .parse()
         .map_err(|e| Problem::internal(format!("products_url {base:?}: {e}")))?;
     let body = serde_json::to_vec(&serde_json::json!({ "ids": ids }))

@@ -1,6 +1,7 @@
 //! Bazaar's products service: the catalogue and each product's available
-//! stock. Private: reached through the gateway, and by the orders service
-//! for the prices it snapshots.
+//! stock. Reached through the gateway, and by the orders service for the
+//! prices it snapshots; its catalogue reads serve anyone (see
+//! `bazaar_api::service_path`).
 
 mod api;
 mod domain;

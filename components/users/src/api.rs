@@ -1,8 +1,10 @@
-//! The users service's HTTP routes (reached from the gateway only).
+//! The users service's HTTP routes (reached from the gateway only: every
+//! route demands the gateway's identity token, anonymous for sign-up and
+//! login).
 
 use bazaar_api::{ApiResult, Conflict, Method, Problem, StatusCode, json};
 use bazaar_auth::{ACCESS_AUDIENCE, Identity};
-use bazaar_service::{caller, json_body, now_rfc3339, setting, setting_as};
+use bazaar_service::{caller, json_body, now_rfc3339, setting, setting_as, through_gateway};
 use serde::{Deserialize, Serialize};
 use spin_sdk::http::Request;
 
@@ -15,7 +17,9 @@ const SERVICE: &str = "users";
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    match (method, bazaar_api::segments(&path).as_slice()) {
+    let local = bazaar_api::local_path(SERVICE, &path)
+        .ok_or_else(|| Problem::not_found(format!("no route for {path}")))?;
+    match (method, bazaar_api::segments(local).as_slice()) {
         (Method::GET, ["health"]) => health().await,
         (Method::POST, ["api", "v1", "users"]) => register(req).await,
         (Method::POST, ["api", "v1", "auth", "token"]) => token(req).await,
@@ -37,6 +41,7 @@ async fn health() -> ApiResult {
 const BOOTSTRAP_HEADER: &str = "x-admin-bootstrap-token";
 
 async fn register(req: Request) -> ApiResult {
+    through_gateway(&req, SERVICE).await?;
     let presented = bazaar_service::header(&req, BOOTSTRAP_HEADER);
     let registration: Registration = json_body(req).await?;
     let valid = registration.validate()?;
@@ -93,6 +98,7 @@ struct AccessToken {
 /// unknown email get the same answer, after the same work: one Argon2id
 /// computation at the configured cost.
 async fn token(req: Request) -> ApiResult {
+    through_gateway(&req, SERVICE).await?;
     let credentials: Credentials = json_body(req).await?;
     let cost = hash_cost().await?;
     let store = Store::open().await?;

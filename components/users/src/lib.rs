@@ -1,5 +1,5 @@
 //! Bazaar's users service: registration, credentials (Argon2id) and access
-//! tokens. Private: reached through the gateway, which verifies tokens and
+//! tokens. Reached through the gateway only, which verifies tokens and
 //! vouches for the caller.
 
 mod api;

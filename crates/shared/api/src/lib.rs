@@ -12,8 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod integer;
+mod mount;
 mod paging;
 pub use integer::{integer, some_integer};
+pub use mount::{local_path, service_path};
 pub use paging::{DEFAULT_PAGE, MAX_PAGE, Page, PageRequest, is_id, is_position};
 
 pub const JSON: &str = "application/json";

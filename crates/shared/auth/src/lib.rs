@@ -88,6 +88,22 @@ impl Identity {
         }
     }
 
+    /// A client who presented no access token, as the gateway vouches for
+    /// it on the routes that serve anyone (sign-up, login): the request
+    /// came through the gateway, its checks and its rate limits, and is
+    /// nobody's. No route that serves a user takes it for one.
+    pub fn anonymous() -> Identity {
+        Identity {
+            sub: String::new(),
+            email: String::new(),
+            roles: Vec::new(),
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.sub.is_empty()
+    }
+
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == ADMIN_ROLE)
     }

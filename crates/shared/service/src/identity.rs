@@ -90,7 +90,9 @@ async fn verified(
     issuer: &str,
 ) -> Result<Identity, Problem> {
     let token = header(req, IDENTITY_HEADER).ok_or_else(|| {
-        Problem::unauthorized("authentication required: send a Bearer access token")
+        Problem::unauthorized(
+            "no identity token: clients call this API through the gateway, with a Bearer access token where one is needed",
+        )
     })?;
     bazaar_auth::verify_identity(
         &public_keys(signer).await?,
@@ -104,8 +106,23 @@ async fn verified(
 
 /// The caller, as the gateway vouches for it in the identity header: a
 /// token the gateway signed for `service` and for this request's method
-/// and path.
+/// and path. An anonymous caller ([`Identity::anonymous`]) is refused: the
+/// route needs a user.
 pub async fn caller(req: &Request, service: &str) -> Result<Identity, Problem> {
+    let identity = through_gateway(req, service).await?;
+    if identity.is_anonymous() {
+        return Err(Problem::unauthorized(
+            "authentication required: send a Bearer access token",
+        ));
+    }
+    Ok(identity)
+}
+
+/// The caller of a route that serves anyone who comes through the gateway
+/// (sign-up, login), anonymous or not. A request that reached the service
+/// another way (its own route, `/services/<name>/...`) bypassed the
+/// gateway's checks and rate limits, and is refused (401).
+pub async fn through_gateway(req: &Request, service: &str) -> Result<Identity, Problem> {
     verified(req, service, "gateway", GATEWAY).await
 }
 

@@ -14,7 +14,8 @@ mod deadline;
 mod identity;
 pub use deadline::{Deadline, TIMEOUT_HEADER, within};
 pub use identity::{
-    admin, caller, calling_service, identity_token, sign_identity, signing_keys, verifying_keys,
+    admin, caller, calling_service, identity_token, sign_identity, signing_keys, through_gateway,
+    verifying_keys,
 };
 
 /// Reads and parses the request's JSON body.
