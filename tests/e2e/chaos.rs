@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Every final order's events, payments and status, read as an admin.
-async fn snapshot(
+pub(crate) async fn snapshot(
     app: &App,
     admin: &str,
     ids: &[String],
@@ -35,7 +35,7 @@ async fn snapshot(
 }
 
 /// Waits until every order in `ids` reads as neither pending nor an error.
-async fn settle(app: &App, admin: &str, ids: &[String], within: Duration) {
+pub(crate) async fn settle(app: &App, admin: &str, ids: &[String], within: Duration) {
     let deadline = Instant::now() + within;
     let mut open: Vec<String> = ids.to_vec();
     while !open.is_empty() {
@@ -569,7 +569,7 @@ async fn orders_survive_faults_and_a_redis_restart(
 /// and its status fits how the order ended: `charged` only on a confirmed
 /// order, `refunded` and `declined` only on a cancelled one (a refund
 /// equals its charge: it is the same row).
-fn payment_rows_add_up(id: &str, order: &Value, payments: &[Value]) {
+pub(crate) fn payment_rows_add_up(id: &str, order: &Value, payments: &[Value]) {
     assert!(
         payments.len() <= 1,
         "order {id} has several payments: {payments:?}"
@@ -596,7 +596,7 @@ fn payment_rows_add_up(id: &str, order: &Value, payments: &[Value]) {
 /// undoes, or after a cancellation request, which voids what is still in
 /// flight), and the end state's compensations done (a cancelled order
 /// released what it reserved and refunded what it charged).
-fn events_follow_the_state_machine(id: &str, order: &Value, events: &Value) {
+pub(crate) fn events_follow_the_state_machine(id: &str, order: &Value, events: &Value) {
     let kinds: Vec<&str> = events
         .as_array()
         .unwrap()

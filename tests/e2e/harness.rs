@@ -107,7 +107,7 @@ pub const SERVICE_DATABASES: [&str; 4] = ["users", "products", "orders", "paymen
 
 /// The channels spin.toml subscribes to: saga replies, inventory and
 /// payment commands.
-const REDIS_CHANNELS: usize = 3;
+pub const REDIS_CHANNELS: usize = 3;
 
 /// Where a service's SQLite file lives in an app's state directory.
 fn database_file(state: &std::path::Path, label: &str) -> PathBuf {
@@ -225,18 +225,53 @@ impl App {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> App {
+        Self::launch_part(
+            state,
+            config_file,
+            env,
+            args,
+            Some("127.0.0.1:0"),
+            REDIS_CHANNELS,
+        )
+    }
+
+    /// One process of a split application (`args` selects its components
+    /// with `-c`), with its own state dir for logs and the stores in
+    /// `config_file`: serving HTTP on `listen`, or, without, Redis
+    /// messages only (a saga worker). Returns once it has subscribed to
+    /// `subscriptions` channels.
+    pub fn start_part(
+        config_file: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+        listen: Option<&str>,
+        subscriptions: usize,
+    ) -> App {
+        Self::launch_part(
+            tempfile::tempdir().unwrap(),
+            config_file,
+            env,
+            args,
+            listen,
+            subscriptions,
+        )
+    }
+
+    fn launch_part(
+        state: tempfile::TempDir,
+        config_file: PathBuf,
+        env: &[(&str, &str)],
+        args: &[&str],
+        listen: Option<&str>,
+        subscriptions: usize,
+    ) -> App {
         let manifest = built_manifest();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bazaar"));
-        cmd.arg("up")
-            .arg("--from")
-            .arg(&manifest)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--redis",
-                "embedded",
-                "--state-dir",
-            ])
+        cmd.arg("up").arg("--from").arg(&manifest);
+        if let Some(listen) = listen {
+            cmd.args(["--listen", listen]);
+        }
+        cmd.args(["--redis", "embedded", "--state-dir"])
             .arg(state.path().join(".spin"))
             .arg("--runtime-config-file")
             .arg(&config_file)
@@ -261,14 +296,19 @@ impl App {
         for (key, value) in env {
             cmd.env(key, value);
         }
-        let host = common::start(cmd);
+        let host = match listen {
+            Some(_) => common::start(cmd),
+            None => common::start_worker(cmd),
+        };
         // Messages published before the trigger subscribes are lost (pub/sub):
         // no test may place an order before every channel is subscribed.
-        host.wait_for_stderr(
-            "subscribed",
-            REDIS_CHANNELS,
-            std::time::Duration::from_secs(60),
-        );
+        if subscriptions > 0 {
+            host.wait_for_stderr(
+                "subscribed",
+                subscriptions,
+                std::time::Duration::from_secs(60),
+            );
+        }
         App {
             host,
             client: reqwest::Client::new(),

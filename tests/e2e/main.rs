@@ -22,5 +22,6 @@ mod resilience;
 mod saga;
 mod serial;
 mod test_server;
+mod topology;
 mod traces;
 mod users;

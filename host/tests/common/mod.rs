@@ -116,7 +116,24 @@ impl AppDir {
 }
 
 /// Spawns a prepared `bazaar up` command and waits until it serves.
-pub fn start(mut cmd: Command) -> Host {
+pub fn start(cmd: Command) -> Host {
+    spawn_until(cmd, |line| {
+        line.strip_prefix("Serving ").map(str::to_string)
+    })
+}
+
+/// Spawns a prepared `bazaar up` command for an application with no HTTP
+/// trigger (a saga worker: `-c` of Redis-triggered components only), and
+/// waits until it lists its subscriptions. Its `base` is empty.
+pub fn start_worker(cmd: Command) -> Host {
+    spawn_until(cmd, |line| {
+        (line == "Redis subscriptions:").then(String::new)
+    })
+}
+
+/// Spawns `cmd` and waits until a line of its stdout makes `ready` say
+/// where it serves.
+fn spawn_until(mut cmd: Command, ready: impl Fn(&str) -> Option<String>) -> Host {
     let mut child = cmd.spawn().expect("spawn bazaar");
     let stderr = Arc::new(Mutex::new(String::new()));
     let sink = Arc::clone(&stderr);
@@ -145,8 +162,8 @@ pub fn start(mut cmd: Command) -> Host {
     let deadline = Instant::now() + Duration::from_secs(120);
     let base = loop {
         let text = stdout.lock().unwrap().clone();
-        if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Serving ")) {
-            break url.to_string();
+        if let Some(url) = text.lines().find_map(&ready) {
+            break url;
         }
         if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
             let _ = child.kill();
