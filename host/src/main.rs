@@ -60,8 +60,10 @@ struct UpArgs {
     /// out. The default is all components.
     #[arg(short = 'c', long = "component-id", value_name = "COMPONENT")]
     components: Vec<String>,
-    /// Address to serve HTTP on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:3000")]
+    /// Address to serve HTTP on (port 0 picks a free port); as in Spin,
+    /// `SPIN_HTTP_LISTEN_ADDR` sets it too (SpinKube and the container
+    /// image do).
+    #[arg(long, env = "SPIN_HTTP_LISTEN_ADDR", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     /// Folder for default stores and logs [default: the runtime config's
     /// `state_dir`, else `.spin` beside the manifest].

@@ -31,7 +31,7 @@ pub fn order_body(
 }
 
 /// Builds the application's components once per test binary.
-fn built_manifest() -> PathBuf {
+pub fn built_manifest() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
