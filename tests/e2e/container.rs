@@ -75,7 +75,7 @@ impl Podman {
             .status()
             .expect("run debootstrap");
         assert!(status.success(), "debootstrap failed");
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(root.path())
             .args(["-c", "."])
@@ -85,9 +85,10 @@ impl Podman {
         let imported = self
             .command()
             .args(["import", "-", BASE_IMAGE])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .output()
             .expect("run podman import");
+        assert!(tar.wait().expect("tar's status").success(), "tar failed");
         assert!(
             imported.status.success(),
             "{}",
