@@ -17,9 +17,29 @@ use bazaar_order_store::{AppendError, Cause, OrderStore, reply_timeout};
 use bazaar_service::{now_rfc3339, setting};
 use spin_sdk::redis_subscriber;
 
+/// Handles one reply, then, on every way out, sweeps the orders outbox: a
+/// command committed earlier whose publish failed must not wait for the
+/// next reply that succeeds, or for redrive's backoff. Only rows past their
+/// writer's lease are swept.
 #[redis_subscriber]
 async fn on_message(message: Vec<u8>) -> Result<(), String> {
-    let envelope = Envelope::from_bytes(&message)?;
+    let handled = handle(&message).await;
+    let swept = sweep().await;
+    handled.and(swept)
+}
+
+async fn sweep() -> Result<(), String> {
+    let store = OrderStore::open().await.map_err(|p| p.detail)?;
+    let address = setting("redis_url").await.map_err(|p| p.detail)?;
+    store
+        .relay_due(&address, &now_rfc3339())
+        .await
+        .map(drop)
+        .map_err(|p| p.detail)
+}
+
+async fn handle(message: &[u8]) -> Result<(), String> {
+    let envelope = Envelope::from_bytes(message)?;
     let Some(input) = input(&envelope)? else {
         return Ok(());
     };

@@ -33,12 +33,21 @@ pub trait Step {
 /// message id commit in one transaction (a duplicate changes nothing), then
 /// the reply is published, and anything an earlier handler left unpublished
 /// is swept.
+///
+/// The sweep runs on every way out, a failure included: a reply committed
+/// by an earlier message whose publish failed must not wait for the next
+/// message that succeeds (or for redrive's backoff, minutes at worst). Only
+/// rows whose writer's lease has run out are swept, so a reply another
+/// handler is publishing now is not sent twice for nothing.
 pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
-    let detail = |p: Problem| p.detail;
-    let command = Envelope::from_bytes(message)?;
-    crate::inject_fault(crate::Fault::BeforeWork)
-        .await
-        .map_err(detail)?;
+    let handled = handle(step, message).await;
+    let swept = sweep(step.db()).await;
+    handled.and(swept).map_err(|p| p.detail)
+}
+
+async fn handle(step: &impl Step, message: &[u8]) -> Result<(), Problem> {
+    let command = Envelope::from_bytes(message).map_err(Problem::bad_request)?;
+    crate::inject_fault(crate::Fault::BeforeWork).await?;
     let now = now_rfc3339();
     let db = step.db();
     let reply = db
@@ -62,18 +71,23 @@ pub async fn run_step(step: &impl Step, message: &[u8]) -> Result<(), String> {
             db.enqueue_all(std::slice::from_ref(&reply)).await?;
             Ok::<_, Problem>(Some(reply))
         })
-        .await
-        .map_err(detail)?;
+        .await?;
     log_handled(&command, reply.as_ref().map(|r| r.envelope.kind.as_str()));
-    let address = setting("redis_url").await.map_err(detail)?;
     if let Some(reply) = reply {
-        db.publish(&address, &[reply], &now).await.map_err(detail)?;
+        db.publish(&setting("redis_url").await?, &[reply], &now)
+            .await?;
     }
-    db.relay_due(&address, &now).await.map_err(detail)?;
+    Ok(())
+}
+
+/// Publishes what writers of `db` left unpublished past their lease, and
+/// now and then prunes old rows.
+async fn sweep(db: &Database) -> Result<(), Problem> {
+    let now = now_rfc3339();
+    db.relay_due(&setting("redis_url").await?, &now).await?;
     if random_fraction() * PRUNE_ONE_IN < 1.0 {
         db.prune(&seconds_ago_rfc3339(MESSAGE_RETENTION_SECONDS))
-            .await
-            .map_err(detail)?;
+            .await?;
     }
     Ok(())
 }
