@@ -92,6 +92,10 @@ struct UpArgs {
     /// Requests one instance serves before it is retired.
     #[arg(long, default_value_t = 128)]
     max_instance_reuse_count: usize,
+    /// Client connections the HTTP listener holds open at once; one more
+    /// is answered 503 (`Retry-After: 1`) and closed.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// Requests one instance serves at the same time.
     #[arg(long, default_value_t = 16)]
     max_instance_concurrent_reuse_count: usize,
@@ -360,7 +364,13 @@ async fn up(args: UpArgs) -> Result<()> {
         .map(|http| triggers::schedule::start(http, schedules));
     match (app.http, listener) {
         (Some(http), Some(listener)) => {
-            triggers::http::serve(http, listener, shutdown_signal()).await?
+            triggers::http::serve(
+                http,
+                listener,
+                args.max_connections as usize,
+                shutdown_signal(),
+            )
+            .await?
         }
         _ => shutdown_signal().await,
     }

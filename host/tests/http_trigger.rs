@@ -440,3 +440,55 @@ async fn allowed_outbound_request_goes_over_a_real_socket() {
     assert_eq!(body["status"], 200);
     assert_eq!(body["body"], "OK");
 }
+
+/// Sends one HTTP/1.1 request on a new connection to `address` and reads
+/// until the server closes it or answers (`Connection: close`).
+async fn raw_request(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// #28: the listener holds at most `--max-connections` client connections;
+/// one more is answered 503 with `Retry-After` (a problem document) and
+/// closed, and a freed slot is served again.
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_with_503() {
+    let app = AppDir::new(ROUTES);
+    let host = app.start(&["--max-connections", "2"]);
+    let address = host.socket_address();
+    let held: Vec<tokio::net::TcpStream> =
+        futures::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(address.as_str())))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let answer = raw_request(&address, "/api/users/me").await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("retry-after: 1\r\n"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("maximum of 2 open connections"), "{answer}");
+    host.wait_for_stderr(
+        "connection refused: the listener is at its cap",
+        1,
+        std::time::Duration::from_secs(5),
+    );
+
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answer = raw_request(&address, "/api/users/me").await;
+        if answer.starts_with("HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again: {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -513,12 +513,40 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight
 /// requests finish.
+/// How long a refused connection may take to receive its 503.
+const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The answer to a connection over the listener's cap, written by hand:
+/// it costs no hyper connection and no component, and then the socket is
+/// closed.
+fn refusal(max_connections: usize) -> Vec<u8> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": format!("the server holds its maximum of {max_connections} open connections; retry after 1 s"),
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Serves `app` on `listener` until `shutdown`, holding at most
+/// `max_connections` client connections open at once: one more is
+/// answered 503 with `Retry-After` and closed, so that a crowd of slow or
+/// idle clients cannot take every socket, task and instance the host has.
 pub async fn serve(
     app: Arc<HttpApp>,
     listener: tokio::net::TcpListener,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let _ = app.origin.set(listener.local_addr()?);
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let refused = Arc::new(refusal(max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request headers (slowloris) is cut off;
@@ -539,6 +567,26 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            let refused = Arc::clone(&refused);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                // The client's request is read and dropped after the answer:
+                // closing a socket with unread data resets it, and the
+                // client could lose the 503 before reading it.
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    stream.write_all(&refused).await?;
+                    stream.shutdown().await?;
+                    let mut sink = [0u8; 1024];
+                    while stream.read(&mut sink).await? > 0 {}
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+            });
+            tracing::warn!(%client, max_connections, "connection refused: the listener is at its cap");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -558,6 +606,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%client, "connection closed with error: {error}");
             }
+            drop(permit);
         });
     }
     eprintln!("Shutting down: waiting for in-flight requests…");
