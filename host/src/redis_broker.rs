@@ -13,6 +13,7 @@
 use redis::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 pub const EMBEDDED_ADDRESS: &str = "redis://embedded.bazaar.invalid";
@@ -31,6 +32,9 @@ pub const SUBSCRIBER_BUFFER: usize = 4096;
 pub struct EmbeddedBroker {
     channels: Mutex<HashMap<String, broadcast::Sender<Vec<u8>>>>,
     data: Mutex<HashMap<Vec<u8>, Entry>>,
+    /// When keys given a time to live (`EXPIRE`) are deleted: on the next
+    /// command that names them, and at every `EXPIRE`, all that are due.
+    expiry: Mutex<HashMap<Vec<u8>, Instant>>,
 }
 
 enum Entry {
@@ -71,6 +75,14 @@ impl EmbeddedBroker {
             ))
         };
         let mut data = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for key in &args {
+            if expiry.get(key).is_some_and(|at| *at <= now) {
+                expiry.remove(key);
+                data.remove(key);
+            }
+        }
         match (name.as_str(), args.as_slice()) {
             ("PING", []) => Ok(Value::SimpleString("PONG".into())),
             ("PUBLISH", [channel, payload]) => {
@@ -84,16 +96,55 @@ impl EmbeddedBroker {
                 Some(Entry::Set(_)) => Err(CommandError(WRONGTYPE.into())),
             },
             ("SET", [key, value]) => {
+                expiry.remove(key);
                 data.insert(key.clone(), Entry::String(value.clone()));
                 Ok(Value::Okay)
             }
+            ("EXPIRE", [key, seconds]) => {
+                let seconds = parse_int(seconds)?;
+                // Every key past its time goes now, not only those named
+                // again, so keys nobody touches again do not pile up.
+                let due: Vec<Vec<u8>> = expiry
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in due {
+                    expiry.remove(&k);
+                    data.remove(&k);
+                }
+                if !data.contains_key(key) {
+                    return Ok(Value::Int(0));
+                }
+                if seconds <= 0 {
+                    data.remove(key);
+                    expiry.remove(key);
+                } else {
+                    expiry.insert(key.clone(), now + Duration::from_secs(seconds as u64));
+                }
+                Ok(Value::Int(1))
+            }
+            ("TTL", [key]) => Ok(Value::Int(
+                match (data.contains_key(key), expiry.get(key)) {
+                    (false, _) => -2,
+                    (true, None) => -1,
+                    (true, Some(at)) => {
+                        at.saturating_duration_since(now).as_secs_f64().ceil() as i64
+                    }
+                },
+            )),
             ("INCR", [key]) => incr_by(&mut data, key, 1),
             ("INCRBY", [key, by]) => {
                 let by = parse_int(by)?;
                 incr_by(&mut data, key, by)
             }
             ("DEL", keys) if !keys.is_empty() => Ok(Value::Int(
-                keys.iter().filter(|k| data.remove(*k).is_some()).count() as i64,
+                keys.iter()
+                    .filter(|k| {
+                        expiry.remove(*k);
+                        data.remove(*k).is_some()
+                    })
+                    .count() as i64,
             )),
             ("EXISTS", keys) if !keys.is_empty() => Ok(Value::Int(
                 keys.iter().filter(|k| data.contains_key(*k)).count() as i64,
@@ -129,12 +180,12 @@ impl EmbeddedBroker {
                 Some(Entry::String(_)) => Err(CommandError(WRONGTYPE.into())),
             },
             (
-                "PING" | "PUBLISH" | "GET" | "SET" | "INCR" | "INCRBY" | "DEL" | "EXISTS" | "SADD"
-                | "SREM" | "SMEMBERS",
+                "PING" | "PUBLISH" | "GET" | "SET" | "EXPIRE" | "TTL" | "INCR" | "INCRBY" | "DEL"
+                | "EXISTS" | "SADD" | "SREM" | "SMEMBERS",
                 _,
             ) => Err(arity_error()),
             _ => Err(CommandError(format!(
-                "ERR unknown command '{command}': the embedded broker supports PING, PUBLISH, GET, SET, INCR, INCRBY, DEL, EXISTS, SADD, SREM and SMEMBERS; use a real Redis (--redis redis://...) for more"
+                "ERR unknown command '{command}': the embedded broker supports PING, PUBLISH, GET, SET, EXPIRE, TTL, INCR, INCRBY, DEL, EXISTS, SADD, SREM and SMEMBERS; use a real Redis (--redis redis://...) for more"
             ))),
         }
     }
@@ -183,6 +234,33 @@ mod tests {
                 .contains("not an integer")
         );
         assert_eq!(run(&b, "DEL", &["k", "n", "missing"]), Ok(Value::Int(2)));
+    }
+
+    #[test]
+    fn keys_expire_as_told() {
+        let b = EmbeddedBroker::default();
+        assert_eq!(run(&b, "EXPIRE", &["n", "10"]), Ok(Value::Int(0)));
+        assert_eq!(run(&b, "INCR", &["n"]), Ok(Value::Int(1)));
+        assert_eq!(run(&b, "TTL", &["n"]), Ok(Value::Int(-1)));
+        assert_eq!(run(&b, "EXPIRE", &["n", "10"]), Ok(Value::Int(1)));
+        assert_eq!(run(&b, "TTL", &["n"]), Ok(Value::Int(10)));
+        // INCR keeps the time to live, SET drops it.
+        assert_eq!(run(&b, "INCR", &["n"]), Ok(Value::Int(2)));
+        assert_eq!(run(&b, "TTL", &["n"]), Ok(Value::Int(10)));
+        assert_eq!(run(&b, "SET", &["n", "5"]), Ok(Value::Okay));
+        assert_eq!(run(&b, "TTL", &["n"]), Ok(Value::Int(-1)));
+        // A time to live of 0 deletes the key, as in Redis.
+        assert_eq!(run(&b, "EXPIRE", &["n", "0"]), Ok(Value::Int(1)));
+        assert_eq!(run(&b, "TTL", &["n"]), Ok(Value::Int(-2)));
+        assert_eq!(run(&b, "GET", &["n"]), Ok(Value::Nil));
+        // Past its time, a key is gone for every command.
+        run(&b, "INCR", &["m"]).unwrap();
+        b.expiry
+            .lock()
+            .unwrap()
+            .insert(b"m".to_vec(), Instant::now() - Duration::from_millis(1));
+        assert_eq!(run(&b, "EXISTS", &["m"]), Ok(Value::Int(0)));
+        assert!(b.data.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -362,6 +362,56 @@ async fn logins_sign_ups_and_writes_are_rate_limited() {
     assert_eq!(app.get("/api/v1/orders", Some(&a)).await.status, 200);
 }
 
+/// #28: counted atomically on Redis, a limit holds under concurrency: 40
+/// concurrent writes by one user, alternating between two replicas, at a
+/// limit of 10 per minute: at most 10 pass (the old read-check-write count
+/// let 17 through). Every counter has a time to live.
+#[tokio::test]
+async fn a_write_limit_holds_for_concurrent_requests_on_two_replicas() {
+    let redis = crate::common::RedisServer::start();
+    let url = redis.url();
+    let env = [
+        ("SPIN_VARIABLE_REDIS_URL", url.as_str()),
+        ("SPIN_VARIABLE_RATE_LIMIT_WRITES_PER_MINUTE", "10"),
+    ];
+    let a = App::start_with(&env);
+    let b = a.replica(&env, &[]);
+    let token = a.user("busy@limits.test").await;
+    let replies = futures::future::join_all((0..40).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        app.post("/api/v1/orders", Some(&token), json!({}))
+    }))
+    .await;
+    let passed = replies.iter().filter(|r| r.status == 422).count();
+    let refused = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!(
+        passed + refused,
+        40,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        (1..=10).contains(&passed),
+        "{passed} writes passed a limit of 10"
+    );
+
+    let redis_cli = |args: &[&str]| {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-u", &url])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let keys = redis_cli(&["--scan", "--pattern", "bazaar:rate:writes:*"]);
+    let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+    assert!(!keys.is_empty(), "no counters on the Redis server");
+    for key in keys {
+        let ttl: i64 = redis_cli(&["TTL", key]).trim().parse().unwrap();
+        assert!((1..=120).contains(&ttl), "{key}: TTL {ttl}");
+    }
+}
+
 #[tokio::test]
 async fn the_gateway_sets_trace_request_id_and_forwarding_headers_itself() {
     let upstream = Upstream::start().await;

@@ -14,4 +14,4 @@ mod rate_limit;
 
 pub use backoff::backoff_ms;
 pub use breaker::{Admission, Breaker, BreakerPolicy};
-pub use rate_limit::{RateWindow, take};
+pub use rate_limit::{admit, window};

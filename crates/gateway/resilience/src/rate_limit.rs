@@ -1,37 +1,48 @@
-use serde::{Deserialize, Serialize};
+//! Rate limits as a sliding-window counter: each caller and rule has one
+//! atomic counter per fixed window (Redis `INCR`, so that concurrent
+//! requests on any instance or replica each see a count of their own), and
+//! a request is weighed against the current window's count plus the share
+//! of the previous window's that still falls within the last period.
+//!
+//! Counting is atomic and the check follows from the number the counter
+//! returns, so no two requests can both be the `limit`-th: under any
+//! concurrency at most `limit` requests pass per period (fewer near a
+//! window's start, while the previous window still weighs). A refused
+//! request counts too, so a caller that keeps trying keeps waiting.
 
-/// One caller's use of one limit: a fixed window and the requests counted in
-/// it. One key per caller and rule, overwritten each window, so the store
-/// holds one small entry per caller that ever came, not one per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateWindow {
-    pub start_ms: u64,
-    pub count: u32,
+/// Which fixed window `now_ms` falls in, and how far into it.
+pub fn window(now_ms: u64, period_ms: u64) -> (u64, u64) {
+    let period_ms = period_ms.max(1);
+    (now_ms / period_ms, now_ms % period_ms)
 }
 
-/// Counts one request against `limit` per `period_ms`. `Ok` carries the
-/// window to store; `Err` the milliseconds until the caller may try again
-/// (nothing to store: a refused request does not count).
-pub fn take(
-    current: Option<RateWindow>,
+/// Whether the request that made the current window's counter `count` (its
+/// own included) is admitted under `limit` per `period_ms`, with `previous`
+/// counted in the window before and `elapsed_ms` into this one. `Err`
+/// carries the milliseconds until a request may pass (at least 1).
+pub fn admit(
+    previous: u64,
+    count: u64,
     limit: u32,
+    elapsed_ms: u64,
     period_ms: u64,
-    now_ms: u64,
-) -> Result<RateWindow, u64> {
-    let window = match current {
-        Some(w) if now_ms >= w.start_ms && now_ms - w.start_ms < period_ms => w,
-        _ => RateWindow {
-            start_ms: now_ms,
-            count: 0,
-        },
-    };
-    if window.count >= limit {
-        return Err(window.start_ms + period_ms - now_ms);
+) -> Result<(), u64> {
+    let period = period_ms.max(1) as f64;
+    let remaining = period_ms.saturating_sub(elapsed_ms) as f64;
+    let limit = f64::from(limit);
+    let estimate = previous as f64 * remaining / period + count as f64;
+    if estimate <= limit {
+        return Ok(());
     }
-    Ok(RateWindow {
-        count: window.count + 1,
-        ..window
-    })
+    // The previous window's share shrinks as this one goes on; if that is
+    // not enough, the next window is the earliest.
+    let room = limit - count as f64;
+    let wait = if previous > 0 && room >= 0.0 {
+        remaining - room * period / previous as f64
+    } else {
+        remaining
+    };
+    Err((wait.ceil() as u64).max(1))
 }
 
 #[cfg(test)]
@@ -39,29 +50,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn allows_the_limit_per_window_then_says_how_long_to_wait() {
-        let mut window = None;
-        for i in 0..3 {
-            window = Some(take(window, 3, 60_000, 1_000 + i).unwrap());
+    fn the_limit_passes_per_window_then_the_wait_is_to_the_next() {
+        let (index, elapsed) = window(61_000, 60_000);
+        assert_eq!((index, elapsed), (1, 1_000));
+        for count in 1..=3 {
+            assert_eq!(admit(0, count, 3, elapsed, 60_000), Ok(()));
         }
-        assert_eq!(take(window, 3, 60_000, 11_000), Err(50_000));
-        let next = take(window, 3, 60_000, 61_000).unwrap();
-        assert_eq!(
-            next,
-            RateWindow {
-                start_ms: 61_000,
-                count: 1
-            }
-        );
+        assert_eq!(admit(0, 4, 3, elapsed, 60_000), Err(59_000));
     }
 
     #[test]
-    fn a_zero_limit_refuses_and_a_clock_gone_back_starts_afresh() {
-        assert_eq!(take(None, 0, 1_000, 5), Err(1_000));
-        let future = RateWindow {
-            start_ms: 9_000,
-            count: 3,
-        };
-        assert_eq!(take(Some(future), 3, 1_000, 5).unwrap().count, 1);
+    fn the_previous_window_weighs_by_what_is_left_of_it() {
+        // Early in a window after a full one, nothing passes; the previous
+        // window's weight falls as time goes on.
+        assert_eq!(admit(10, 1, 10, 0, 60_000), Err(6_000));
+        assert_eq!(admit(10, 1, 10, 6_000, 60_000), Ok(()));
+        assert!(admit(10, 6, 10, 30_000, 60_000).is_err());
+        assert_eq!(admit(10, 5, 10, 30_000, 60_000), Ok(()));
+    }
+
+    /// Whatever order concurrent requests reach the counter in, each sees a
+    /// count of its own: at most `limit` pass in a window.
+    #[test]
+    fn no_more_than_the_limit_pass_however_many_come_at_once() {
+        for previous in [0, 3, 10, 40] {
+            for elapsed in [0, 1, 30_000, 59_999] {
+                let passed = (1..=40)
+                    .filter(|count| admit(previous, *count, 10, elapsed, 60_000).is_ok())
+                    .count();
+                assert!(passed <= 10, "{previous} {elapsed}: {passed}");
+            }
+        }
+        assert_eq!(admit(0, 1, 0, 0, 1_000), Err(1_000));
     }
 }
