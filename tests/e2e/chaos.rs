@@ -646,3 +646,72 @@ pub(crate) fn events_follow_the_state_machine(id: &str, order: &Value, events: &
         other => panic!("order {id} ended {other}"),
     }
 }
+
+/// #27: a message a handler committed to its service's outbox but did not
+/// publish (its writer's lease has run out) is swept by the next message
+/// its service's handler gets, even one it fails on. Before, a step
+/// returned on an error before sweeping and the saga's reply handler never
+/// swept, so such a row waited for the next message that succeeded, or
+/// for redrive (here switched off: its schedule is replaced).
+#[tokio::test]
+async fn a_failing_message_still_sweeps_what_was_left_unpublished() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("bazaar.test.left-behind").await.unwrap();
+    let mut feed = pubsub.into_on_message();
+    let app = App::start_on_files_with_args(
+        &[("SPIN_VARIABLE_REDIS_URL", &redis.url())],
+        &["--schedule", "http://gateway.spin.internal/health@1h"],
+    );
+    // Each service's database, migrated by a first use.
+    let alice = app.user("alice@sweep.test").await;
+    assert_eq!(app.get("/api/v1/products", None).await.status, 200);
+    assert_eq!(app.get("/api/v1/orders", Some(&alice)).await.status, 200);
+    app.get("/api/v1/payments?order_id=none", Some(&alice))
+        .await;
+
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (label, channel) in [
+        ("products", "bazaar.inventory.commands"),
+        ("payments", "bazaar.payments.commands"),
+        ("orders", "bazaar.saga.replies"),
+    ] {
+        let id = format!("left-behind-{label}");
+        app.database_for_writing(label)
+            .execute(
+                "INSERT INTO outbox (id, channel, payload, created_at, claimed_until)
+                 VALUES (?1, 'bazaar.test.left-behind', ?2, ?3, ?3)",
+                rusqlite::params![id, label.as_bytes(), "2000-01-01T00:00:00.000000Z"],
+            )
+            .unwrap();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg("not an envelope")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("the {label} outbox row was never published"))
+            .unwrap();
+        assert_eq!(message.get_payload_bytes(), label.as_bytes());
+        // Marked after it was sent.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let published: Option<String> = app
+                .database(label)
+                .query_row(
+                    "SELECT published_at FROM outbox WHERE id = ?1",
+                    [&id],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            if published.is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{label}: never marked published");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

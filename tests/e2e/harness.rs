@@ -162,6 +162,11 @@ impl App {
     /// read the files themselves ([`App::database`]); `env` as for
     /// [`App::start_with`].
     pub fn start_on_files(env: &[(&str, &str)]) -> App {
+        Self::start_on_files_with_args(env, &[])
+    }
+
+    /// [`App::start_on_files`] with extra `bazaar up` flags.
+    pub fn start_on_files_with_args(env: &[(&str, &str)], args: &[&str]) -> App {
         let state = tempfile::tempdir().unwrap();
         let config: String = SERVICE_DATABASES
             .iter()
@@ -174,7 +179,7 @@ impl App {
             .collect();
         let config_file = state.path().join("runtime-config.toml");
         std::fs::write(&config_file, config).unwrap();
-        Self::launch(state, config_file, env, &[])
+        Self::launch(state, config_file, env, args)
     }
 
     /// A read-only connection to a service's database file (see
