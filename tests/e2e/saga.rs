@@ -56,7 +56,13 @@ impl Store {
             .app
             .post("/api/v1/orders", Some(&self.alice), body)
             .await;
-        assert_eq!(reply.status, 202, "{}", reply.body);
+        assert_eq!(
+            reply.status,
+            202,
+            "{}\n{}",
+            reply.body,
+            std::fs::read_to_string(self.app.host_log("orders_stderr.txt")).unwrap_or_default()
+        );
         reply.body["id"].as_str().unwrap().to_string()
     }
 
