@@ -55,6 +55,11 @@ impl Podman {
         output
     }
 
+    /// Runs podman with `args` for cleaning up, whatever comes of it.
+    fn tidy(&self, args: &[&str]) {
+        let _ = self.command().args(args).output();
+    }
+
     /// The Debian base image, made once: debootstrap's minimal bookworm,
     /// imported.
     fn base_image(&self) {
@@ -105,11 +110,7 @@ struct Container<'a> {
 
 impl Drop for Container<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .podman
-            .command()
-            .args(["rm", "--force", &self.name])
-            .output();
+        self.podman.tidy(&["rm", "--force", &self.name]);
     }
 }
 
@@ -243,16 +244,8 @@ struct ImageGuard<'a> {
 
 impl Drop for ImageGuard<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .podman
-            .command()
-            .args(["rmi", "--force", &self.image])
-            .output();
+        self.podman.tidy(&["rmi", "--force", &self.image]);
         // The build's stages left untagged images behind.
-        let _ = self
-            .podman
-            .command()
-            .args(["image", "prune", "--force"])
-            .output();
+        self.podman.tidy(&["image", "prune", "--force"]);
     }
 }

@@ -114,6 +114,24 @@ fn database_file(state: &std::path::Path, label: &str) -> PathBuf {
     state.join(format!("{label}.db"))
 }
 
+/// The runtime config entry putting database `label` in a SQLite file in
+/// `dir`.
+fn file_database(dir: &std::path::Path, label: &str) -> String {
+    format!(
+        "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
+        database_file(dir, label)
+    )
+}
+
+/// A runtime config putting every service's database in a SQLite file in
+/// `dir`.
+pub fn file_databases(dir: &std::path::Path) -> String {
+    SERVICE_DATABASES
+        .iter()
+        .map(|label| file_database(dir, label))
+        .collect()
+}
+
 impl App {
     pub fn start() -> App {
         Self::start_with(&[])
@@ -144,10 +162,7 @@ impl App {
                     "[sqlite_database.{label}]\ntype = \"libsql\"\nurl = \"{}\"\ntoken = \"unused\"\n",
                     server.url()
                 )),
-                None => config.push_str(&format!(
-                    "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
-                    database_file(state.path(), label)
-                )),
+                None => config.push_str(&file_database(state.path(), label)),
             }
         }
         let config_file = state.path().join("runtime-config.toml");
@@ -168,17 +183,8 @@ impl App {
     /// [`App::start_on_files`] with extra `bazaar up` flags.
     pub fn start_on_files_with_args(env: &[(&str, &str)], args: &[&str]) -> App {
         let state = tempfile::tempdir().unwrap();
-        let config: String = SERVICE_DATABASES
-            .iter()
-            .map(|label| {
-                format!(
-                    "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
-                    database_file(state.path(), label)
-                )
-            })
-            .collect();
         let config_file = state.path().join("runtime-config.toml");
-        std::fs::write(&config_file, config).unwrap();
+        std::fs::write(&config_file, file_databases(state.path())).unwrap();
         Self::launch(state, config_file, env, args)
     }
 

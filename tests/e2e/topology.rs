@@ -13,7 +13,7 @@
 
 use crate::chaos::{events_follow_the_state_machine, payment_rows_add_up, settle, snapshot};
 use crate::common::RedisServer;
-use crate::harness::{App, REDIS_CHANNELS, Reply, SERVICE_DATABASES, order_body};
+use crate::harness::{App, REDIS_CHANNELS, Reply, file_databases, order_body};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -88,17 +88,8 @@ impl Topology {
     fn start() -> Topology {
         let redis = RedisServer::start();
         let stores = tempfile::tempdir().unwrap();
-        let config: String = SERVICE_DATABASES
-            .iter()
-            .map(|label| {
-                format!(
-                    "[sqlite_database.{label}]\ntype = \"spin\"\npath = {:?}\n",
-                    stores.path().join(format!("{label}.db"))
-                )
-            })
-            .collect();
         let config_file = stores.path().join("runtime-config.toml");
-        std::fs::write(&config_file, config).unwrap();
+        std::fs::write(&config_file, file_databases(stores.path())).unwrap();
         let env = [
             ("SPIN_VARIABLE_REDIS_URL", redis.url().as_str()),
             // A dead service's circuit opens after a few calls and is

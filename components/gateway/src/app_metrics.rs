@@ -143,7 +143,7 @@ async fn ask(service: Service, ctx: &Context) -> Option<serde_json::Value> {
     let token = identity_token(service, "GET", &path, &bazaar_auth::Identity::gateway())
         .await
         .ok()?;
-    let request = Request::get(format!("{}{path}", base.trim_end_matches('/')))
+    let request = Request::get(crate::routes::url(&base, &path))
         .header(bazaar_auth::IDENTITY_HEADER, token)
         .header(bazaar_trace::REQUEST_ID, &ctx.request_id)
         .header(bazaar_trace::TRACEPARENT, ctx.trace.child().to_string())

@@ -287,14 +287,12 @@ async fn forward(
         let token = identity_token(service, method.as_str(), &path_and_query, &identity).await?;
         headers.insert(IDENTITY_HEADER, header_value(&token)?);
     }
-    let uri: http::Uri = format!("{}{path_and_query}", base.trim_end_matches('/'))
-        .parse()
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("`{}` is not a URL", service.url_variable()),
-            )
-        })?;
+    let uri: http::Uri = routes::url(&base, &path_and_query).parse().map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("`{}` is not a URL", service.url_variable()),
+        )
+    })?;
     let call = Call {
         service,
         method,

@@ -39,14 +39,10 @@ async fn probe(service: Service, ctx: &Context) -> bool {
     let Ok(base) = setting(service.url_variable()).await else {
         return false;
     };
-    let request = Request::get(format!(
-        "{}{}",
-        base.trim_end_matches('/'),
-        service.path("/health")
-    ))
-    .header(REQUEST_ID, &ctx.request_id)
-    .header(TRACEPARENT, ctx.trace.child().to_string())
-    .body(EmptyBody::new());
+    let request = Request::get(crate::routes::url(&base, &service.path("/health")))
+        .header(REQUEST_ID, &ctx.request_id)
+        .header(TRACEPARENT, ctx.trace.child().to_string())
+        .body(EmptyBody::new());
     match request {
         Ok(request) => spin_sdk::http::send(request)
             .await

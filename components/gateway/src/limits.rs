@@ -66,13 +66,14 @@ pub async fn check(rule: Rule, who: &str) -> Result<(), Problem> {
         let redis = Connection::open(setting("redis_url").await.map_err(|p| p.detail)?)
             .await
             .map_err(|e| format!("{e:?}"))?;
-        let count = redis.incr(key(index)).await.map_err(|e| format!("{e:?}"))?;
+        let current = key(index);
+        let count = redis.incr(&current).await.map_err(|e| format!("{e:?}"))?;
         if count == 1 {
             let ttl = RedisParameter::Int64(COUNTER_TTL_SECONDS);
             redis
                 .execute(
                     "EXPIRE",
-                    [RedisParameter::Binary(key(index).into_bytes()), ttl],
+                    [RedisParameter::Binary(current.into_bytes()), ttl],
                 )
                 .await
                 .map_err(|e| format!("{e:?}"))?;

@@ -60,6 +60,12 @@ impl Service {
     }
 }
 
+/// The URL of `path` (one [`Service::path`] made) on the service at
+/// `base`, its `url_variable`'s value.
+pub fn url(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
 /// Every proxied route: method, path template (`{id}` is one segment), and
 /// the service behind it.
 pub const ROUTES: &[(Method, &str, Service)] = &[

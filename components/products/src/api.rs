@@ -16,8 +16,7 @@ const SERVICE: &str = "products";
 pub async fn route(req: Request) -> ApiResult {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let local = bazaar_api::local_path(SERVICE, &path)
-        .ok_or_else(|| Problem::not_found(format!("no route for {path}")))?;
+    let local = bazaar_api::local_path(SERVICE, &path)?;
     match (method, bazaar_api::segments(local).as_slice()) {
         (Method::GET, ["health"]) => health().await,
         (Method::GET, ["api", "v1", "products"]) => list(&req).await,

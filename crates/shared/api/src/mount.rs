@@ -10,6 +10,8 @@
 //! and the service, not the route, keeps clients out: every route but the
 //! catalogue's reads demands an identity token the gateway signed.
 
+use crate::Problem;
+
 /// The part of the path every service is mounted under.
 const SERVICES: &str = "/services/";
 
@@ -20,14 +22,16 @@ pub fn service_path(service: &str, path: &str) -> String {
 }
 
 /// `path` as `service` routes it, without its mount
-/// (`/services/products/health` → `/health`); `None` for a path outside
-/// the mount, which the service does not serve.
-pub fn local_path<'a>(service: &str, path: &'a str) -> Option<&'a str> {
-    let rest = path.strip_prefix(SERVICES)?.strip_prefix(service)?;
-    if rest.is_empty() {
-        Some("/")
-    } else {
-        rest.starts_with('/').then_some(rest)
+/// (`/services/products/health` → `/health`); 404 for a path outside the
+/// mount, which the service does not serve.
+pub fn local_path<'a>(service: &str, path: &'a str) -> Result<&'a str, Problem> {
+    let rest = path
+        .strip_prefix(SERVICES)
+        .and_then(|p| p.strip_prefix(service));
+    match rest {
+        Some("") => Ok("/"),
+        Some(rest) if rest.starts_with('/') => Ok(rest),
+        _ => Err(Problem::not_found(format!("no route for {path}"))),
     }
 }
 
@@ -39,8 +43,11 @@ mod tests {
     fn paths_round_trip_through_the_mount() {
         let path = service_path("products", "/api/v1/products/p-1");
         assert_eq!(path, "/services/products/api/v1/products/p-1");
-        assert_eq!(local_path("products", &path), Some("/api/v1/products/p-1"));
-        assert_eq!(local_path("products", "/services/products"), Some("/"));
+        assert_eq!(
+            local_path("products", &path).ok(),
+            Some("/api/v1/products/p-1")
+        );
+        assert_eq!(local_path("products", "/services/products").ok(), Some("/"));
     }
 
     #[test]
@@ -52,7 +59,8 @@ mod tests {
             "/services/",
             "/",
         ] {
-            assert_eq!(local_path("products", path), None, "{path}");
+            let refused = local_path("products", path).unwrap_err();
+            assert_eq!(refused.status, crate::StatusCode::NOT_FOUND, "{path}");
         }
     }
 }

@@ -410,19 +410,25 @@ fn header_bytes(headers: &http::HeaderMap) -> usize {
 /// 431, with a problem document saying by how much.
 fn headers_too_large(bytes: usize) -> Response<WasiBody> {
     let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-    let problem = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason(),
-        "status": status.as_u16(),
-        "detail": format!(
-            "the request headers take {bytes} bytes (names and values), more than the {MAX_HEADER_BYTES} this server accepts"
-        ),
-    });
+    let detail = format!(
+        "the request headers take {bytes} bytes (names and values), more than the {MAX_HEADER_BYTES} this server accepts"
+    );
     full(
         status,
         "application/problem+json",
-        Bytes::from(problem.to_string()),
+        Bytes::from(problem(status, &detail)),
     )
+}
+
+/// An RFC 9457 problem document for what the host answers itself.
+fn problem(status: StatusCode, detail: &str) -> String {
+    serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason(),
+        "status": status.as_u16(),
+        "detail": detail,
+    })
+    .to_string()
 }
 
 fn empty(status: StatusCode) -> Response<WasiBody> {
@@ -520,13 +526,12 @@ const REFUSAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// it costs no hyper connection and no component, and then the socket is
 /// closed.
 fn refusal(max_connections: usize) -> Vec<u8> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": format!("the server holds its maximum of {max_connections} open connections; retry after 1 s"),
-    })
-    .to_string();
+    let body = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!(
+            "the server holds its maximum of {max_connections} open connections; retry after 1 s"
+        ),
+    );
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
